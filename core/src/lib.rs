@@ -1,0 +1,48 @@
+//! secretgate's pure core: no Postgres in here.
+//!
+//! * [`Code`]: every refusal's SQLSTATE and code word, in one table.
+//! * [`Keyring`]: the versioned AES-256-GCM keys read from the keyring file,
+//!   each key's cipher expanded once at load time.
+//! * [`Scope`] and the ciphertext layout `nonce(12) || ciphertext || tag(16)`,
+//!   bound to its row by the associated data `secretgate:v1:<scope>:<key>`.
+//!
+//! The extension and the command-line tool both build on this crate.
+
+mod codes;
+mod crypto;
+mod keyring;
+
+pub use codes::Code;
+pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
+pub use keyring::{Keyring, KEY_LEN};
+
+use thiserror::Error;
+
+/// What can go wrong reading or writing a secret. Messages never carry a
+/// key, a plaintext or a ciphertext.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// Authentication failed: corrupt, truncated, or bound to another row.
+    #[error("the ciphertext does not authenticate: {reason}")]
+    DecryptFailed { reason: &'static str },
+    /// The row's `encryption_version` has no key in the keyring.
+    #[error("key version {version} is not in the keyring")]
+    UnknownKeyVersion { version: i32 },
+    /// The keyring cannot be used; `reason` says what to fix.
+    #[error("{reason}")]
+    KeyringUnavailable { reason: String },
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::DecryptFailed { .. } => Code::DecryptFailed,
+            Error::UnknownKeyVersion { .. } => Code::UnknownKeyVersion,
+            Error::KeyringUnavailable { .. } => Code::KeyringUnavailable,
+        }
+    }
+
+    pub(crate) fn keyring(reason: impl Into<String>) -> Self {
+        Error::KeyringUnavailable { reason: reason.into() }
+    }
+}
