@@ -1,1 +1,76 @@
-fn main() {}
+//! `secretgate`: the command-line tool (CONTRACT §7).
+//!
+//! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
+
+mod db;
+mod migrate;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "secretgate", version, about = "secretgate: migrations and maintenance for encrypted workspace secrets")]
+struct Cli {
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_name = "URL")]
+    database_url: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply, list or revert the embedded schema migrations
+    Migrate(migrate::MigrateArgs),
+    // Later: Verify (undecryptable secrets), Rotate (re-encrypt with a progress bar), Probe (liveness).
+}
+
+/// An error and the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// A check failed: exit 1.
+    pub fn check(error: impl Into<anyhow::Error>) -> Self {
+        Failure { code: 1, error: error.into() }
+    }
+
+    /// Usage or connection error: exit 2.
+    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
+        Failure { code: 2, error: error.into() }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let url = cli.database_url.ok_or_else(|| {
+            Failure::usage(anyhow::anyhow!("no database given: pass --database-url or set DATABASE_URL"))
+        })?;
+        match cli.command {
+            Command::Migrate(args) => migrate::main(&url, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", one_line(&format!("{:#}", failure.error)));
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Error chains from the server can span lines; keep one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
