@@ -1,1 +1,43 @@
+//! secretgate: encrypted workspace secrets and fail-closed safety gates,
+//! enforced inside PostgreSQL. The crypto lives in `secretgate-core`; this
+//! crate adapts it to SQL.
 
+use pgrx::prelude::*;
+
+mod keyring;
+mod report;
+mod secrets;
+mod tables;
+
+::pgrx::pg_module_magic!(name, version);
+
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    keyring::register_guc();
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"secretgate".as_ptr()) };
+    // Until the library is loaded, a setting from postgresql.conf is a
+    // placeholder that every role can SHOW. Preloading defines it at start.
+    if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
+        pgrx::warning!("secretgate is not in shared_preload_libraries: until a session loads it, any role can SHOW secretgate.keyring_file");
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'secretgate'",
+            "secretgate.keyring_file = '/tmp/secretgate-pgtest-keyring.json'",
+        ]
+    }
+}

@@ -82,14 +82,14 @@ impl Keyring {
     pub fn decrypt_bytes(&self, blob: &[u8], version: i32, scope: Scope, key_name: &str) -> Result<Vec<u8>, Error> {
         let cipher = self.cipher(version)?;
         if blob.len() < NONCE_LEN + TAG_LEN {
-            return Err(Error::DecryptFailed { reason: "the ciphertext is truncated" });
+            return Err(Error::DecryptFailed { reason: "the ciphertext is truncated (shorter than nonce and tag)" });
         }
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
         let aad = associated_data(scope, key_name);
         cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
             .map_err(|_| Error::DecryptFailed {
-                reason: "authentication failed: corrupt, or bound to another workspace or key name",
+                reason: "the ciphertext does not authenticate: corrupt, or bound to another workspace or key name",
             })
     }
 

@@ -16,6 +16,7 @@ pub use codes::Code;
 pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
 pub use keyring::{Keyring, KEY_LEN};
 
+pub use uuid;
 use thiserror::Error;
 
 /// What can go wrong reading or writing a secret. Messages never carry a
@@ -23,7 +24,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum Error {
     /// Authentication failed: corrupt, truncated, or bound to another row.
-    #[error("the ciphertext does not authenticate: {reason}")]
+    #[error("{reason}")]
     DecryptFailed { reason: &'static str },
     /// The row's `encryption_version` has no key in the keyring.
     #[error("key version {version} is not in the keyring")]

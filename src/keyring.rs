@@ -1,0 +1,84 @@
+//! The keyring inside the server: `secretgate.keyring_file`, read lazily and
+//! re-read whenever the file (or the setting) changes.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use secretgate_core::{Error as CoreError, Keyring};
+use std::cell::RefCell;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+pub static KEYRING_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn register_guc() {
+    GucRegistry::define_string_guc(
+        c"secretgate.keyring_file",
+        c"Absolute path of secretgate's JSON keyring (mode 0600, owned by the server's user).",
+        c"Set only in the server's configuration; re-read when the file changes or on reload.",
+        &KEYRING_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+    );
+}
+
+/// What identifies one version of the file: a change to any of these
+/// (content rewrite, replace by rename, chmod, another path) forces a re-read.
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+thread_local! {
+    static LOADED: RefCell<Option<(Stamp, Rc<Keyring>)>> = const { RefCell::new(None) };
+}
+
+/// The keyring as the file holds it now. One `stat` per call; the file is
+/// parsed and its ciphers expanded only when it changed.
+pub fn current() -> Result<Rc<Keyring>, CoreError> {
+    let path = configured_path()?;
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        forget();
+        CoreError::KeyringUnavailable {
+            reason: format!("the keyring file cannot be found or inspected ({})", e.kind()),
+        }
+    })?;
+    let stamp = Stamp {
+        path,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+    };
+    if let Some(keyring) = LOADED.with_borrow(|l| l.as_ref().filter(|(s, _)| *s == stamp).map(|(_, k)| k.clone())) {
+        return Ok(keyring);
+    }
+    forget();
+    let keyring = Rc::new(Keyring::load(&stamp.path)?);
+    LOADED.set(Some((stamp, keyring.clone())));
+    Ok(keyring)
+}
+
+fn configured_path() -> Result<PathBuf, CoreError> {
+    match KEYRING_FILE.get() {
+        Some(path) if !path.as_bytes().is_empty() => {
+            Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path.as_bytes())))
+        }
+        _ => {
+            forget();
+            Err(CoreError::KeyringUnavailable { reason: "secretgate.keyring_file is not set".into() })
+        }
+    }
+}
+
+/// A broken keyring is never served from the cache (fail closed).
+fn forget() {
+    LOADED.set(None);
+}

@@ -1,0 +1,162 @@
+//! The one place secretgate talks to Postgres' error system.
+//!
+//! pgrx's `PgSqlErrorCode` only knows standard SQLSTATEs, so refusals
+//! (`SG001`…) are raised through Postgres' own `errstart`/`errfinish`.
+//! `errfinish` at ERROR does not return (it longjmps), so callers build a
+//! [`Failure`], let every Rust value they own go out of scope, and raise at
+//! the SQL boundary with [`Failure::raise`]: only the message strings are
+//! live then, and they are dropped before the jump.
+
+use pgrx::PgLogLevel;
+use secretgate_core::Code;
+use serde_json::{Map, Value};
+use std::ffi::{c_char, c_int, CString};
+
+unsafe extern "C-unwind" {
+    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+    fn errcode(sqlerrcode: c_int) -> c_int;
+    fn errmsg_internal(fmt: *const c_char, ...) -> c_int;
+    fn errdetail_internal(fmt: *const c_char, ...) -> c_int;
+    fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errhidestmt(hide_stmt: bool) -> c_int;
+    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+}
+
+/// An error on its way to the client: SQLSTATE, message, optional DETAIL and HINT.
+#[derive(Debug)]
+pub struct Failure {
+    sqlstate: &'static str,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+pub type Result<T> = std::result::Result<T, Failure>;
+
+impl Failure {
+    /// A secretgate refusal: message `WORD: reason`, DETAIL a JSON object
+    /// with `code`, `sqlstate`, `reason` and whatever [`Refusal::with`] adds.
+    pub fn refusal(code: Code, reason: impl Into<String>) -> Refusal {
+        let reason = reason.into();
+        let mut detail = Map::new();
+        detail.insert("code".into(), code.word().into());
+        detail.insert("sqlstate".into(), code.sqlstate().into());
+        detail.insert("reason".into(), reason.clone().into());
+        Refusal { code, reason, detail, hint: None }
+    }
+
+    /// An error with a standard SQLSTATE (`55000`, `42703`, …).
+    pub fn sql(sqlstate: &'static str, message: impl Into<String>) -> Failure {
+        Failure { sqlstate, message: message.into(), detail: None, hint: None }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Failure {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn sqlstate(&self) -> &'static str {
+        self.sqlstate
+    }
+
+    /// Raises this failure as an ERROR. Does not return.
+    pub fn raise(self) -> ! {
+        let Failure { sqlstate, message, detail, hint } = self;
+        let message = c_string(message);
+        let detail = detail.map(c_string);
+        let hint = hint.map(c_string);
+        unsafe {
+            if errstart(PgLogLevel::ERROR as c_int, std::ptr::null()) {
+                errcode(make_sqlstate(sqlstate));
+                errmsg_internal(c"%s".as_ptr(), message.as_ptr());
+                if let Some(detail) = &detail {
+                    errdetail_internal(c"%s".as_ptr(), detail.as_ptr());
+                }
+                if let Some(hint) = &hint {
+                    errhint(c"%s".as_ptr(), hint.as_ptr());
+                }
+            }
+            // Postgres copied the strings; free ours before the longjmp.
+            drop((message, detail, hint));
+            errfinish(c"secretgate".as_ptr(), 0, c"secretgate".as_ptr());
+        }
+        unreachable!("errfinish(ERROR) returned")
+    }
+
+    /// `Ok(v)` → `v`; `Err(f)` → raise `f`.
+    pub fn unwrap_or_raise<T>(result: Result<T>) -> T {
+        result.unwrap_or_else(|f| f.raise())
+    }
+}
+
+/// Builder for a refusal's JSON DETAIL.
+pub struct Refusal {
+    code: Code,
+    reason: String,
+    detail: Map<String, Value>,
+    hint: Option<String>,
+}
+
+impl Refusal {
+    /// Adds a DETAIL field (`workspace_id`, `key`, `provider`, …). Never a secret value.
+    pub fn with(mut self, field: &str, value: impl Into<Value>) -> Refusal {
+        self.detail.insert(field.into(), value.into());
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Refusal {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Failure {
+        Failure {
+            sqlstate: r.code.sqlstate(),
+            message: format!("{}: {}", r.code.word(), r.reason),
+            detail: Some(Value::Object(r.detail).to_string()),
+            hint: r.hint,
+        }
+    }
+}
+
+/// Writes a structured line to the server log only (never to the client),
+/// without the statement text next to it. Log lines survive a rollback.
+pub fn log_line(prefix: &str, fields: &Value) {
+    let line = c_string(format!("{prefix}: {fields}"));
+    unsafe {
+        if errstart(PgLogLevel::LOG_SERVER_ONLY as c_int, std::ptr::null()) {
+            errmsg_internal(c"%s".as_ptr(), line.as_ptr());
+            errhidestmt(true);
+            errfinish(c"secretgate".as_ptr(), 0, c"secretgate".as_ptr());
+        }
+    }
+}
+
+fn c_string(s: String) -> CString {
+    // Interior NULs cannot reach a C string; show them escaped instead.
+    CString::new(s).unwrap_or_else(|e| {
+        let escaped = String::from_utf8_lossy(&e.into_vec()).replace('\0', "\\0");
+        CString::new(escaped).unwrap_or_default()
+    })
+}
+
+/// Postgres' MAKE_SQLSTATE: six bits per character.
+fn make_sqlstate(sqlstate: &str) -> c_int {
+    sqlstate
+        .bytes()
+        .take(5)
+        .enumerate()
+        .fold(0, |acc, (i, ch)| acc | ((((ch as c_int) - ('0' as c_int)) & 0x3F) << (6 * i)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn make_sqlstate_matches_postgres_encoding() {
+        // ERRCODE_INTERNAL_ERROR is MAKE_SQLSTATE('X','X','0','0','0').
+        assert_eq!(super::make_sqlstate("XX000"), pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32);
+        assert_eq!(super::make_sqlstate("42703"), pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN as i32);
+    }
+}

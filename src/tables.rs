@@ -1,0 +1,154 @@
+//! The platform's tables that secretgate guards: validated and recorded by
+//! `attach_gates`, looked up by every function that reads or writes secrets.
+
+use crate::report::{Failure, Result};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// The attached tables, as fully qualified, quoted names safe to splice into SQL.
+pub struct Attached {
+    pub workspaces: String,
+    pub secrets: String,
+    pub global_secrets: String,
+}
+
+/// Columns secretgate relies on, with their types as `format_type` spells them.
+const WORKSPACE_COLUMNS: &[(&str, &str)] =
+    &[("id", "uuid"), ("kind", "text"), ("status", "text"), ("runtime", "text"), ("model", "text")];
+const SECRET_COLUMNS: &[(&str, &str)] =
+    &[("workspace_id", "uuid"), ("key", "text"), ("encrypted_value", "bytea"), ("encryption_version", "integer")];
+const GLOBAL_SECRET_COLUMNS: &[(&str, &str)] =
+    &[("key", "text"), ("encrypted_value", "bytea"), ("encryption_version", "integer")];
+
+const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
+     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
+     WHERE c.oid OPERATOR(pg_catalog.=) {col})";
+
+pub fn attached(client: &SpiClient<'_>) -> Result<Attached> {
+    let q = format!(
+        "SELECT {}, {}, {} FROM secretgate.attached_tables",
+        QUALIFIED.replace("{col}", "workspaces"),
+        QUALIFIED.replace("{col}", "secrets"),
+        QUALIFIED.replace("{col}", "global_secrets"),
+    );
+    let row = client.select(&q, Some(1), &[])?;
+    if row.is_empty() {
+        return Err(not_attached());
+    }
+    let row = row.first();
+    match (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?) {
+        (Some(workspaces), Some(secrets), Some(global_secrets)) => Ok(Attached { workspaces, secrets, global_secrets }),
+        _ => Err(Failure::sql("55000", "secretgate: an attached table no longer exists")
+            .hint("call secretgate.detach_gates(), then secretgate.attach_gates(...) with the current tables")),
+    }
+}
+
+fn not_attached() -> Failure {
+    Failure::sql("55000", "secretgate: no tables are attached")
+        .hint("call secretgate.attach_gates(workspaces, secrets, global_secrets) first (the migrations do)")
+}
+
+/// Validates the three tables and records them; the same tables again is a no-op.
+pub fn attach(client: &mut SpiClient<'_>, workspaces: pg_sys::Oid, secrets: pg_sys::Oid, global: pg_sys::Oid) -> Result<()> {
+    validate(client, workspaces, WORKSPACE_COLUMNS, &["id"])?;
+    validate(client, secrets, SECRET_COLUMNS, &["key", "workspace_id"])?;
+    validate(client, global, GLOBAL_SECRET_COLUMNS, &["key"])?;
+
+    let current = client.select(
+        "SELECT workspaces::oid, secrets::oid, global_secrets::oid FROM secretgate.attached_tables",
+        Some(1),
+        &[],
+    )?;
+    if !current.is_empty() {
+        let row = current.first();
+        let same = (row.get::<pg_sys::Oid>(1)?, row.get::<pg_sys::Oid>(2)?, row.get::<pg_sys::Oid>(3)?)
+            == (Some(workspaces), Some(secrets), Some(global));
+        return if same {
+            Ok(())
+        } else {
+            Err(Failure::sql("55000", "secretgate: other tables are already attached in this database (one set per database)")
+                .hint("call secretgate.detach_gates() first"))
+        };
+    }
+    client.update(
+        "INSERT INTO secretgate.attached_tables (workspaces, secrets, global_secrets) VALUES ($1::pg_catalog.oid, $2::pg_catalog.oid, $3::pg_catalog.oid)",
+        None,
+        &[workspaces.into(), secrets.into(), global.into()],
+    )?;
+    Ok(())
+}
+
+pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
+    client.update("DELETE FROM secretgate.attached_tables", None, &[])?;
+    Ok(())
+}
+
+/// An ordinary or partitioned table with the required columns (extra ones
+/// are fine) and a plain unique index on exactly `unique_key`, which
+/// `set_secret`'s upsert uses as its conflict target.
+fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)], unique_key: &[&str]) -> Result<()> {
+    let rel = client.select(
+        &format!("SELECT {}, c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1", QUALIFIED.replace("{col}", "$1")),
+        Some(1),
+        &[table.into()],
+    )?;
+    let (name, relkind) = match rel.first().get_two::<String, String>()? {
+        (Some(name), Some(kind)) => (name, kind),
+        _ => return Err(Failure::sql("42P01", format!("secretgate: relation with oid {table:?} does not exist"))),
+    };
+    if relkind != "r" && relkind != "p" {
+        return Err(Failure::sql("42809", format!("secretgate: {name} is not a table")));
+    }
+    for (column, want) in columns {
+        let found = client
+            .select(
+                "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+                   AND a.attnum > 0 AND NOT a.attisdropped",
+                Some(1),
+                &[table.into(), (*column).into()],
+            )?
+            .first()
+            .get_one::<String>()?;
+        match found {
+            None => {
+                return Err(Failure::sql("42703", format!("secretgate: table {name} has no column \"{column}\" ({want})")))
+            }
+            Some(got) if got != *want => {
+                return Err(Failure::sql(
+                    "42804",
+                    format!("secretgate: column {name}.\"{column}\" is {got}; secretgate needs {want}"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    let has_key = client
+        .select(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i \
+               WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisunique AND i.indimmediate AND i.indisvalid \
+                 AND i.indpred IS NULL AND i.indexprs IS NULL \
+                 AND (SELECT pg_catalog.array_agg(a.attname::pg_catalog.text ORDER BY a.attname) FROM pg_catalog.pg_attribute a \
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) i.indrelid \
+                        AND a.attnum OPERATOR(pg_catalog.=) ANY (i.indkey::pg_catalog.int2[])) \
+                     OPERATOR(pg_catalog.=) $2::pg_catalog.text[])",
+            Some(1),
+            &[table.into(), unique_key.iter().map(|s| s.to_string()).collect::<Vec<_>>().into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
+    if !has_key {
+        return Err(Failure::sql(
+            "42P10",
+            format!("secretgate: table {name} needs a primary key or unique constraint on ({})", unique_key.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+impl From<pgrx::spi::Error> for Failure {
+    fn from(e: pgrx::spi::Error) -> Failure {
+        Failure::sql("XX000", format!("secretgate: internal SPI error: {e}"))
+    }
+}
