@@ -1,1 +1,226 @@
+//! In-server tests (`cargo pgrx test pg15`). Each runs in its own
+//! transaction, rolled back afterwards. The keyring is the known-answer
+//! vectors' keyring, written to the path `postgresql_conf_options` names.
 
+use pgrx::prelude::*;
+
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    const VECTORS: &str = include_str!("../tests/vectors/aes256gcm.json");
+    const KEYRING_PATH: &str = "/tmp/secretgate-pgtest-keyring.json";
+    const WS: &str = "6f1c2d3e-4b5a-4798-8a7b-0c1d2e3f4a5b";
+    const OTHER_WS: &str = "00000000-0000-4000-8000-000000000002";
+
+    extension_sql!(
+        r#"
+        -- The SQLSTATE a statement raises, or NULL if it succeeds.
+        CREATE FUNCTION tests.sqlstate_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+        BEGIN
+            EXECUTE stmt;
+            RETURN NULL;
+        EXCEPTION WHEN OTHERS THEN
+            RETURN SQLSTATE;
+        END $$;
+        "#,
+        name = "sqlstate_of"
+    );
+
+    fn vectors() -> serde_json::Value {
+        serde_json::from_str(VECTORS).expect("vectors parse")
+    }
+
+    /// Writes the vectors' keyring (0600, by rename so concurrent tests never see half a file).
+    fn ensure_keyring() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let json = vectors()["keyring"].to_string();
+        if std::fs::read_to_string(KEYRING_PATH).ok().as_deref() == Some(json.as_str()) {
+            return;
+        }
+        let tmp = format!("{KEYRING_PATH}.{}", std::process::id());
+        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).unwrap();
+        f.write_all(json.as_bytes()).unwrap();
+        drop(f);
+        std::fs::rename(&tmp, KEYRING_PATH).unwrap();
+    }
+
+    fn sqlstate_of(stmt: &str) -> Option<String> {
+        Spi::get_one_with_args::<String>("SELECT tests.sqlstate_of($1)", &[stmt.into()]).unwrap()
+    }
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap();
+    }
+
+    fn text(sql: &str) -> Option<String> {
+        Spi::get_one::<String>(sql).unwrap()
+    }
+
+    /// The platform's tables as the migrations make them, attached.
+    fn attached_tables() {
+        ensure_keyring();
+        run("CREATE TABLE public.workspaces (id uuid PRIMARY KEY, kind text NOT NULL, status text NOT NULL DEFAULT 'provisioning', runtime text, model text)");
+        run("CREATE TABLE public.workspace_secrets (workspace_id uuid REFERENCES public.workspaces ON DELETE CASCADE, key text, \
+             encrypted_value bytea NOT NULL, encryption_version int NOT NULL, PRIMARY KEY (workspace_id, key))");
+        run("CREATE TABLE public.global_secrets (key text PRIMARY KEY, encrypted_value bytea NOT NULL, encryption_version int NOT NULL)");
+        run("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')");
+        run(&format!("INSERT INTO public.workspaces (id, kind) VALUES ('{WS}', 'workspace'), ('{OTHER_WS}', 'workspace')"));
+    }
+
+    #[pg_test]
+    fn vectors_decrypt_in_the_server_as_in_the_core() {
+        ensure_keyring();
+        let v = vectors();
+        for vector in v["vectors"].as_array().unwrap() {
+            let scope = vector["scope"].as_str().unwrap();
+            let ws = if scope == "global" { "NULL".to_string() } else { format!("'{scope}'::uuid") };
+            let got = Spi::get_one_with_args::<String>(
+                &format!("SELECT secretgate.decrypt(decode($1, 'hex'), $2, {ws}, $3)"),
+                &[
+                    vector["ciphertext_hex"].as_str().unwrap().into(),
+                    (vector["key_version"].as_i64().unwrap() as i32).into(),
+                    vector["key_name"].as_str().unwrap().into(),
+                ],
+            )
+            .unwrap();
+            assert_eq!(got.as_deref(), vector["plaintext"].as_str(), "vector {scope}/{}", vector["key_name"]);
+        }
+    }
+
+    #[pg_test]
+    fn server_ciphertexts_open_in_the_core_with_the_current_version() {
+        ensure_keyring();
+        let blob = Spi::get_one::<Vec<u8>>(&format!("SELECT secretgate.encrypt('hello', '{WS}', 'MODEL')")).unwrap().unwrap();
+        let keyring = secretgate_core::Keyring::parse(vectors()["keyring"].to_string().as_bytes()).unwrap();
+        let scope = secretgate_core::Scope::Workspace(secretgate_core::uuid::Uuid::parse_str(WS).unwrap());
+        assert_eq!(keyring.decrypt(&blob, 2, scope, "MODEL").unwrap(), "hello");
+        assert_eq!(Spi::get_one::<i32>("SELECT secretgate.current_key_version()").unwrap(), Some(2));
+        assert_eq!(Spi::get_one::<Vec<u8>>("SELECT secretgate.encrypt(NULL, NULL, 'MODEL')").unwrap(), None);
+        assert_eq!(sqlstate_of("SELECT secretgate.encrypt('x', NULL, NULL)").as_deref(), Some("22004"));
+    }
+
+    #[pg_test]
+    fn read_distinguishes_value_unset_and_each_error() {
+        attached_tables();
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'anthropic:claude-opus-4-7')"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("anthropic:claude-opus-4-7"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")), None);
+
+        // Upsert replaces the value.
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'openai:gpt-5')"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("openai:gpt-5"));
+
+        // A flipped byte: SG001, never NULL.
+        run("UPDATE public.workspace_secrets SET encrypted_value = set_byte(encrypted_value, 14, get_byte(encrypted_value, 14) # 1)");
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("SG001"));
+        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'MODEL')")).unwrap();
+        assert_eq!(row, (Some("error".into()), None, Some("SG001".into())));
+
+        // Truncated: SG001.
+        run("UPDATE public.workspace_secrets SET encrypted_value = substring(encrypted_value from 1 for 20)");
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("SG001"));
+
+        // A version the keyring lacks: SG002.
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'openai:gpt-5')"));
+        run("UPDATE public.workspace_secrets SET encryption_version = 9");
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("SG002"));
+        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'MODEL')")).unwrap();
+        assert_eq!(row, (Some("error".into()), None, Some("SG002".into())));
+
+        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'NOPE')")).unwrap();
+        assert_eq!(row, (Some("unset".into()), None, None));
+        assert_eq!(sqlstate_of("SELECT secretgate.read_secret(NULL, 'MODEL')").as_deref(), Some("22004"));
+    }
+
+    #[pg_test]
+    fn a_ciphertext_copied_to_another_row_does_not_open() {
+        attached_tables();
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'ANTHROPIC_API_KEY', 'sk-ant-pgtest')"));
+        run(&format!(
+            "INSERT INTO public.workspace_secrets SELECT '{OTHER_WS}', key, encrypted_value, encryption_version FROM public.workspace_secrets"
+        ));
+        run(&format!(
+            "INSERT INTO public.workspace_secrets SELECT workspace_id, 'OPENAI_API_KEY', encrypted_value, encryption_version \
+             FROM public.workspace_secrets WHERE workspace_id = '{WS}'"
+        ));
+        run("INSERT INTO public.global_secrets SELECT key, encrypted_value, encryption_version FROM public.workspace_secrets LIMIT 1");
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{OTHER_WS}', 'ANTHROPIC_API_KEY')")).as_deref(), Some("SG001"));
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'OPENAI_API_KEY')")).as_deref(), Some("SG001"));
+        assert_eq!(sqlstate_of("SELECT secretgate.read_global_secret('ANTHROPIC_API_KEY')").as_deref(), Some("SG001"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')")).as_deref(), Some("sk-ant-pgtest"));
+
+        let errors = Spi::get_one::<i64>("SELECT count(*) FROM secretgate.verify_secrets() WHERE state = 'error' AND error_code = 'SG001'").unwrap();
+        let ok = Spi::get_one::<i64>("SELECT count(*) FROM secretgate.verify_secrets() WHERE state = 'ok'").unwrap();
+        assert_eq!((errors, ok), (Some(3), Some(1)));
+    }
+
+    #[pg_test]
+    fn global_secrets_round_trip() {
+        attached_tables();
+        run("SELECT secretgate.set_global_secret('OPENAI_API_KEY', 'sk-global')");
+        assert_eq!(text("SELECT secretgate.read_global_secret('OPENAI_API_KEY')").as_deref(), Some("sk-global"));
+        assert_eq!(text("SELECT secretgate.read_global_secret('MISSING')"), None);
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT workspace_id IS NULL FROM secretgate.verify_secrets() WHERE key = 'OPENAI_API_KEY'").unwrap(),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
+    fn functions_need_attached_tables() {
+        ensure_keyring();
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("55000"));
+        assert_eq!(sqlstate_of("SELECT secretgate.set_global_secret('K', 'v')").as_deref(), Some("55000"));
+    }
+
+    #[pg_test]
+    fn attach_gates_validates_columns_and_keys() {
+        attached_tables();
+        // Same tables again: a no-op.
+        assert_eq!(sqlstate_of("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')"), None);
+        run("CREATE TABLE public.ws_missing (id uuid PRIMARY KEY, kind text, status text, runtime text)");
+        run("CREATE TABLE public.ws_mistyped (id uuid PRIMARY KEY, kind text, status text, runtime text, model int)");
+        run("CREATE TABLE public.secrets_nokey (workspace_id uuid, key text, encrypted_value bytea, encryption_version int)");
+        run("CREATE TABLE public.ws_extra (id uuid PRIMARY KEY, kind text, status text, runtime text, model text, extra jsonb)");
+        // Other tables while attached: refused until detached.
+        assert_eq!(
+            sqlstate_of("SELECT secretgate.attach_gates('public.ws_extra', 'public.workspace_secrets', 'public.global_secrets')").as_deref(),
+            Some("55000")
+        );
+        run("SELECT secretgate.detach_gates()");
+        for (stmt, want) in [
+            ("SELECT secretgate.attach_gates('public.ws_missing', 'public.workspace_secrets', 'public.global_secrets')", "42703"),
+            ("SELECT secretgate.attach_gates('public.ws_mistyped', 'public.workspace_secrets', 'public.global_secrets')", "42804"),
+            ("SELECT secretgate.attach_gates('public.workspaces', 'public.secrets_nokey', 'public.global_secrets')", "42P10"),
+            ("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.ws_extra')", "42703"),
+        ] {
+            assert_eq!(sqlstate_of(stmt).as_deref(), Some(want), "{stmt}");
+        }
+        // Extra columns are fine.
+        assert_eq!(sqlstate_of("SELECT secretgate.attach_gates('public.ws_extra', 'public.workspace_secrets', 'public.global_secrets')"), None);
+    }
+
+    #[pg_test]
+    fn refusals_carry_code_word_and_json_detail_without_the_value() {
+        attached_tables();
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'very-recognizable-plaintext')"));
+        run("UPDATE public.workspace_secrets SET encrypted_value = set_byte(encrypted_value, 13, get_byte(encrypted_value, 13) # 1)");
+        run(
+            "CREATE FUNCTION tests.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE m text; d text;
+             BEGIN EXECUTE stmt; RETURN NULL;
+             EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
+                 RETURN m || E'\\n' || d; END $$",
+        );
+        let shown = text(&format!("SELECT tests.error_of($$SELECT secretgate.read_secret('{WS}', 'MODEL')$$)")).unwrap();
+        let (message, detail) = shown.split_once('\n').unwrap();
+        assert!(message.starts_with("DECRYPT_FAILED: "), "{message}");
+        let detail: serde_json::Value = serde_json::from_str(detail).unwrap();
+        assert_eq!(detail["code"], "DECRYPT_FAILED");
+        assert_eq!(detail["workspace_id"], WS);
+        assert_eq!(detail["key"], "MODEL");
+        assert!(!shown.contains("very-recognizable"));
+    }
+}

@@ -92,7 +92,8 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         Some(1),
         &[table.into()],
     )?;
-    let (name, relkind) = match rel.first().get_two::<String, String>()? {
+    let found = if rel.is_empty() { (None, None) } else { rel.first().get_two::<String, String>()? };
+    let (name, relkind) = match found {
         (Some(name), Some(kind)) => (name, kind),
         _ => return Err(Failure::sql("42P01", format!("secretgate: relation with oid {table:?} does not exist"))),
     };
@@ -100,16 +101,14 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         return Err(Failure::sql("42809", format!("secretgate: {name} is not a table")));
     }
     for (column, want) in columns {
-        let found = client
-            .select(
-                "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
-                 WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
-                   AND a.attnum > 0 AND NOT a.attisdropped",
-                Some(1),
-                &[table.into(), (*column).into()],
-            )?
-            .first()
-            .get_one::<String>()?;
+        let found = client.select(
+            "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+             WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
+               AND a.attnum > 0 AND NOT a.attisdropped",
+            Some(1),
+            &[table.into(), (*column).into()],
+        )?;
+        let found = if found.is_empty() { None } else { found.first().get_one::<String>()? };
         match found {
             None => {
                 return Err(Failure::sql("42703", format!("secretgate: table {name} has no column \"{column}\" ({want})")))
