@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds and installs secretgate, starts a throwaway cluster on loopback with a
+# fresh keyring, runs `secretgate migrate run`, then a short tour. The cluster
+# keeps running afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PGRX_HOME="$PWD/pgrx-config"
+DIR=${SECRETGATE_QUICKSTART_DIR:-/tmp/secretgate-quickstart}
+PORT=${SECRETGATE_QUICKSTART_PORT:-54329}
+URL="postgres://postgres@127.0.0.1:$PORT/postgres"
+
+cargo pgrx install -p secretgate --pg-config /usr/lib/postgresql/15/bin/pg_config
+cargo build -p secretgate-cli
+# The library is preloaded: restart so a rebuilt one is picked up.
+scripts/cluster.sh stop "$DIR"
+scripts/cluster.sh start "$DIR" "$PORT"
+
+target/debug/secretgate --database-url "$URL" migrate run
+psql "$URL" -X -q -v ON_ERROR_STOP=0 -f scripts/tour.sql
+
+cat <<MSG
+
+secretgate is running on 127.0.0.1:$PORT (data and keyring in $DIR).
+  connect:  psql $URL
+  tool:     DATABASE_URL=$URL target/debug/secretgate migrate info
+  stop:     scripts/cluster.sh stop $DIR
+MSG

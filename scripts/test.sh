@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: every tier, from scratch, on a fresh or warm machine.
+#   1. pure core         cargo test -p secretgate-core
+#   2. in-server         cargo pgrx test pg15 (a throwaway cluster run as `postgres`)
+#   3. black-box (sqlx)  cargo test -p secretgate-tests (each binary starts its own cluster)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PGRX_HOME="$PWD/pgrx-config"
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+
+echo "== tier 1: pure core"
+cargo test -p secretgate-core
+
+echo "== tier 2: in-server (#[pg_test])"
+pgtest=$(mktemp -d /tmp/secretgate-pgtest.XXXXXX)
+trap 'rm -rf "$pgtest"' EXIT
+[ "$(id -u)" -ne 0 ] || chown postgres: "$pgtest"
+cargo pgrx test pg15 -p secretgate --runas postgres --pgdata "$pgtest/data"
+
+echo "== tier 3: black-box (sqlx against a real server)"
+# `cargo pgrx test` installed a test build; install the real one for the black-box tier.
+cargo pgrx install -p secretgate --pg-config "$PG_CONFIG"
+cargo build -p secretgate-cli
+SECRETGATE_BIN="$PWD/target/debug/secretgate" cargo test -p secretgate-tests
+
+echo "== all tiers passed"
