@@ -33,6 +33,12 @@ pub fn scrub(url: &str, message: String) -> String {
 
 /// Opens a single connection (never a pool: a session advisory lock must die with it).
 pub async fn connect(url: &str, application_name: &str) -> Result<PgConnection, Failure> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Failure::usage(anyhow!(
+            "invalid database URL {}: expected postgres://user:password@host:port/database",
+            masked(url)
+        )));
+    }
     let options = PgConnectOptions::from_str(url)
         .map_err(|e| Failure::usage(anyhow!("invalid database URL {}: {}", masked(url), scrub(url, e.to_string()))))?
         .application_name(application_name);
