@@ -27,13 +27,14 @@ pub struct MigrateArgs {
 
 #[derive(Subcommand)]
 enum MigrateCommand {
-    /// Apply every pending migration (refuses if an applied one has changed)
+    /// Apply every pending migration (refuses, exit 1, if an applied one has changed)
     Run {
-        /// List what would be applied without applying it
+        /// List what would be applied without applying it (read-only, takes no lock)
         #[arg(long)]
         dry_run: bool,
     },
-    /// List every migration: version, state (applied, pending, changed, failed, unknown), description
+    /// List every migration: version, state (applied, pending, changed, failed, unknown), description;
+    /// exits 1 if any is changed, failed or unknown
     Info,
     /// Undo the last applied migration
     Revert,
@@ -213,6 +214,12 @@ fn print_rows(rows: &[&Row]) {
     }
 }
 
+fn print_plan(rows: &[&Row]) {
+    for row in rows {
+        println!("  {} {}", row.version, row.description);
+    }
+}
+
 async fn info(migrator: &Migrator, conn: &mut PgConnection) -> Result<(), Failure> {
     let rows = status(migrator, conn).await?;
     println!("{:<16} {:<8} DESCRIPTION", "VERSION", "STATE");
@@ -228,7 +235,7 @@ async fn dry_run(migrator: &Migrator, conn: &mut PgConnection) -> Result<(), Fai
         println!("dry run: nothing to apply, the database is up to date");
     } else {
         println!("dry run: would apply {} migration(s):", pending.len());
-        print_rows(&pending);
+        print_plan(&pending);
     }
     Ok(())
 }
@@ -243,7 +250,7 @@ async fn run(migrator: &Migrator, conn: &mut PgConnection) -> Result<(), Failure
         return Ok(());
     }
     println!("applying {} migration(s):", pending.len());
-    print_rows(&pending);
+    print_plan(&pending);
     migrator.run(&mut *conn).await.map_err(migrate_failure)?;
     println!("done");
     Ok(())

@@ -314,7 +314,9 @@ async fn decrypt_refuses_wrong_row_and_corruption(cluster: Arc<Cluster>) -> Resu
     let mut needles: Vec<&str> = vec![value.as_str()];
     needles.extend(keys.iter().map(String::as_str));
 
-    let cases: Vec<(&str, Vec<u8>, i32, Option<Uuid>, &str, Code)> = vec![
+    // (what, ciphertext, version, workspace, key, expected code)
+    type Case<'a> = (&'a str, Vec<u8>, i32, Option<Uuid>, &'a str, Code);
+    let cases: Vec<Case> = vec![
         ("another workspace", blob.clone(), 2, Some(Uuid::new_v4()), "BB_KEY", Code::DecryptFailed),
         ("another key name", blob.clone(), 2, Some(ws), "BB_OTHER", Code::DecryptFailed),
         ("global scope", blob.clone(), 2, None, "BB_KEY", Code::DecryptFailed),

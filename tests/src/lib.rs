@@ -598,7 +598,7 @@ pub fn expect_sg<T>(result: std::result::Result<T, sqlx::Error>, code: secretgat
     if !e.message.starts_with(&prefix) {
         bail!("message should start with {prefix:?}: {e}");
     }
-    if e.detail_json.as_ref().map_or(true, |d| !d.is_object()) {
+    if !e.detail_json.as_ref().is_some_and(|d| d.is_object()) {
         bail!("DETAIL should be a JSON object: {e}");
     }
     if e.field("code").as_deref() != Some(code.word()) {
