@@ -17,3 +17,84 @@ COMMENT ON TABLE secretgate.attached_tables IS 'The tables secretgate.attach_gat
 GRANT SELECT ON secretgate.attached_tables TO PUBLIC;
 -- Kept by pg_dump, so a restored database is still attached.
 SELECT pg_catalog.pg_extension_config_dump('secretgate.attached_tables', '');
+
+-- The role whose members are always agent callers, whatever secretgate.caller says.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'secretgate_agent') THEN
+        CREATE ROLE secretgate_agent NOLOGIN;
+    END IF;
+END $$;
+COMMENT ON ROLE secretgate_agent IS 'Members are agent callers for secretgate''s gates (CONTRACT §6)';
+
+-- Key names no one may write (deleting them stays allowed).
+CREATE TABLE secretgate.forbidden_keys (
+    key    text PRIMARY KEY,
+    reason text NOT NULL
+);
+INSERT INTO secretgate.forbidden_keys (key, reason) VALUES
+    ('MODEL_PROVIDER', 'legacy name of MODEL: its values were provider slugs or runtime names, not model ids; write MODEL');
+GRANT SELECT ON secretgate.forbidden_keys TO PUBLIC;
+
+-- The provider registry: which env-var names each provider accepts as a
+-- credential, and which model-id prefixes route to it. DBAs may edit both.
+CREATE TABLE secretgate.providers (
+    name        text PRIMARY KEY,
+    is_platform boolean NOT NULL DEFAULT false,
+    auth_env    text[] NOT NULL DEFAULT '{}',
+    base_url    text,
+    auth_header text NOT NULL DEFAULT 'Authorization',
+    auth_scheme text NOT NULL DEFAULT 'Bearer'
+);
+CREATE TABLE secretgate.model_routes (
+    pattern  text NOT NULL,
+    provider text NOT NULL REFERENCES secretgate.providers ON UPDATE CASCADE,
+    runtime  text,
+    UNIQUE NULLS NOT DISTINCT (pattern, runtime)
+);
+GRANT SELECT ON secretgate.providers, secretgate.model_routes TO PUBLIC;
+
+INSERT INTO secretgate.providers (name, is_platform, auth_env, base_url, auth_header, auth_scheme) VALUES
+    ('platform',   true,  '{}',                                            NULL,                                                'Authorization',  'Bearer'),
+    ('anthropic',  false, '{ANTHROPIC_API_KEY,CLAUDE_CODE_OAUTH_TOKEN}',   'https://api.anthropic.com/v1',                      'x-api-key',      ''),
+    ('openai',     false, '{OPENAI_API_KEY}',                              'https://api.openai.com/v1',                         'Authorization',  'Bearer'),
+    ('minimax',    false, '{MINIMAX_API_KEY}',                             'https://api.minimax.io/v1',                         'Authorization',  'Bearer'),
+    ('moonshot',   false, '{MOONSHOT_API_KEY,KIMI_API_KEY}',               'https://api.moonshot.ai/v1',                        'Authorization',  'Bearer'),
+    ('zai',        false, '{ZAI_API_KEY}',                                 'https://api.z.ai/api/paas/v4',                      'Authorization',  'Bearer'),
+    ('gemini',     false, '{GEMINI_API_KEY,GOOGLE_API_KEY}',               'https://generativelanguage.googleapis.com/v1beta',  'x-goog-api-key', ''),
+    ('openrouter', false, '{OPENROUTER_API_KEY}',                          'https://openrouter.ai/api/v1',                      'Authorization',  'Bearer');
+
+INSERT INTO secretgate.model_routes (pattern, provider, runtime) VALUES
+    ('platform:',   'platform',   NULL),
+    ('anthropic:',  'anthropic',  NULL),
+    ('claude-',     'anthropic',  NULL),
+    ('openai:',     'openai',     NULL),
+    ('gpt-',        'openai',     NULL),
+    ('o1',          'openai',     NULL),
+    ('o3',          'openai',     NULL),
+    ('o4-',         'openai',     NULL),
+    ('minimax:',    'minimax',    NULL),
+    ('MiniMax-',    'minimax',    NULL),
+    ('moonshot:',   'moonshot',   NULL),
+    ('kimi:',       'moonshot',   NULL),
+    ('kimi-',       'moonshot',   NULL),
+    ('zai:',        'zai',        NULL),
+    ('glm-',        'zai',        NULL),
+    ('gemini:',     'gemini',     NULL),
+    ('gemini-',     'gemini',     NULL),
+    ('google:',     'gemini',     NULL),
+    ('openrouter:', 'openrouter', NULL);
+
+-- The provider a workspace's model routes to: the route naming its runtime
+-- beats one that does not, then the longest matching prefix. NULL when no
+-- route matches (the gates treat that as platform-managed).
+CREATE FUNCTION secretgate.resolve_provider(runtime text, model text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.provider
+    FROM secretgate.model_routes r
+    WHERE starts_with(model, r.pattern) AND (r.runtime IS NULL OR r.runtime = resolve_provider.runtime)
+    ORDER BY (r.runtime IS NOT NULL) DESC, length(r.pattern) DESC
+    LIMIT 1
+$$;

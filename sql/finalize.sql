@@ -8,3 +8,12 @@ REVOKE EXECUTE ON FUNCTION secretgate.detach_gates() FROM PUBLIC;
 -- an oracle for whoever holds a copied ciphertext. Grant them deliberately.
 REVOKE EXECUTE ON FUNCTION secretgate.encrypt(text, uuid, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION secretgate.decrypt(bytea, integer, uuid, text) FROM PUBLIC;
+
+-- The gates run as the extension's owner with a pinned search_path, so a
+-- writer's privileges or search_path cannot change what they see; who the
+-- caller is comes from the session (SET ROLE level), not from the owner.
+ALTER FUNCTION secretgate.gate_secret_write() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_platform_identity() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_model_removed() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_secrets_truncate() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

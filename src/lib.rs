@@ -4,10 +4,13 @@
 
 use pgrx::prelude::*;
 
+mod concierge;
+pub(crate) mod gates;
 mod keyring;
 mod report;
 mod secrets;
 mod tables;
+mod triggers;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -17,6 +20,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     keyring::register_guc();
+    gates::register_guc();
     unsafe { pg_sys::MarkGUCPrefixReserved(c"secretgate".as_ptr()) };
     // Until the library is loaded, a setting from postgresql.conf is a
     // placeholder that every role can SHOW. Preloading defines it at start.

@@ -104,34 +104,34 @@ mod tests {
     #[pg_test]
     fn read_distinguishes_value_unset_and_each_error() {
         attached_tables();
-        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'anthropic:claude-opus-4-7')"));
-        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("anthropic:claude-opus-4-7"));
-        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")), None);
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'LLM_PROVIDER', 'anthropic:claude-opus-4-7')"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("anthropic:claude-opus-4-7"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'NOPE')")), None);
 
         // Upsert replaces the value.
-        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'openai:gpt-5')"));
-        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("openai:gpt-5"));
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'LLM_PROVIDER', 'openai:gpt-5')"));
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("openai:gpt-5"));
 
         // A flipped byte: SG001, never NULL.
         run("UPDATE public.workspace_secrets SET encrypted_value = set_byte(encrypted_value, 14, get_byte(encrypted_value, 14) # 1)");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("SG001"));
-        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'MODEL')")).unwrap();
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("SG001"));
+        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'LLM_PROVIDER')")).unwrap();
         assert_eq!(row, (Some("error".into()), None, Some("SG001".into())));
 
         // Truncated: SG001.
         run("UPDATE public.workspace_secrets SET encrypted_value = substring(encrypted_value from 1 for 20)");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("SG001"));
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("SG001"));
 
         // A version the keyring lacks: SG002.
-        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'openai:gpt-5')"));
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'LLM_PROVIDER', 'openai:gpt-5')"));
         run("UPDATE public.workspace_secrets SET encryption_version = 9");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'MODEL')")).as_deref(), Some("SG002"));
-        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'MODEL')")).unwrap();
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("SG002"));
+        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'LLM_PROVIDER')")).unwrap();
         assert_eq!(row, (Some("error".into()), None, Some("SG002".into())));
 
         let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'NOPE')")).unwrap();
         assert_eq!(row, (Some("unset".into()), None, None));
-        assert_eq!(sqlstate_of("SELECT secretgate.read_secret(NULL, 'MODEL')").as_deref(), Some("22004"));
+        assert_eq!(sqlstate_of("SELECT secretgate.read_secret(NULL, 'LLM_PROVIDER')").as_deref(), Some("22004"));
     }
 
     #[pg_test]
@@ -205,7 +205,7 @@ mod tests {
     #[pg_test]
     fn refusals_carry_code_word_and_json_detail_without_the_value() {
         attached_tables();
-        run(&format!("SELECT secretgate.set_secret('{WS}', 'MODEL', 'very-recognizable-plaintext')"));
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'ANTHROPIC_API_KEY', 'very-recognizable-plaintext')"));
         run("UPDATE public.workspace_secrets SET encrypted_value = set_byte(encrypted_value, 13, get_byte(encrypted_value, 13) # 1)");
         run(
             "CREATE FUNCTION tests.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
@@ -214,13 +214,49 @@ mod tests {
              EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
                  RETURN m || E'\\n' || d; END $$",
         );
-        let shown = text(&format!("SELECT tests.error_of($$SELECT secretgate.read_secret('{WS}', 'MODEL')$$)")).unwrap();
+        let shown = text(&format!("SELECT tests.error_of($$SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')$$)")).unwrap();
         let (message, detail) = shown.split_once('\n').unwrap();
         assert!(message.starts_with("DECRYPT_FAILED: "), "{message}");
         let detail: serde_json::Value = serde_json::from_str(detail).unwrap();
         assert_eq!(detail["code"], "DECRYPT_FAILED");
         assert_eq!(detail["workspace_id"], WS);
-        assert_eq!(detail["key"], "MODEL");
+        assert_eq!(detail["key"], "ANTHROPIC_API_KEY");
         assert!(!shown.contains("very-recognizable"));
+    }
+
+    #[pg_test]
+    fn caller_setting_and_role_membership_make_agents_but_superuser_alone_does_not() {
+        use crate::gates::Caller;
+        assert!(!Caller::current().agent, "a superuser with no setting is not an agent");
+        run("SET LOCAL secretgate.caller = 'operator'");
+        assert!(!Caller::current().agent);
+        run("SET LOCAL secretgate.caller = 'agent'");
+        assert!(Caller::current().agent);
+        run("SET LOCAL secretgate.caller = 'unset'");
+        assert_eq!(sqlstate_of("SET LOCAL secretgate.caller = 'agnet'").as_deref(), Some("22023"));
+        // A member of secretgate_agent stays an agent whatever the setting says.
+        run("CREATE ROLE sg_pgtest_agent IN ROLE secretgate_agent");
+        run("SET LOCAL ROLE sg_pgtest_agent");
+        run("SET LOCAL secretgate.caller = 'operator'");
+        let caller = Caller::current();
+        run("RESET ROLE");
+        assert!(caller.agent && caller.via_role);
+    }
+
+    #[pg_test]
+    fn resolve_provider_prefers_the_runtime_route_then_the_longest_prefix() {
+        let resolve = |runtime: Option<&str>, model: &str| {
+            Spi::get_one_with_args::<String>("SELECT secretgate.resolve_provider($1, $2)", &[runtime.into(), model.into()]).unwrap()
+        };
+        assert_eq!(resolve(None, "anthropic:claude-opus-4-7").as_deref(), Some("anthropic"));
+        assert_eq!(resolve(None, "claude-sonnet-4").as_deref(), Some("anthropic"));
+        assert_eq!(resolve(Some("codex"), "gpt-5").as_deref(), Some("openai"));
+        assert_eq!(resolve(None, "mystery-model"), None);
+        run("INSERT INTO secretgate.providers (name, auth_env) VALUES ('anthropic-oauth', '{CLAUDE_CODE_OAUTH_TOKEN}')");
+        run("INSERT INTO secretgate.model_routes VALUES ('anthropic:claude-opus', 'openrouter', NULL), ('anthropic:', 'anthropic-oauth', 'claude-code')");
+        // Longest prefix among routes for any runtime…
+        assert_eq!(resolve(None, "anthropic:claude-opus-4-7").as_deref(), Some("openrouter"));
+        // …but a route naming the runtime wins.
+        assert_eq!(resolve(Some("claude-code"), "anthropic:claude-opus-4-7").as_deref(), Some("anthropic-oauth"));
     }
 }

@@ -29,6 +29,8 @@ pub struct Failure {
     message: String,
     detail: Option<String>,
     hint: Option<String>,
+    /// The `secretgate audit:` line this failure writes when raised.
+    audit: Option<String>,
 }
 
 pub type Result<T> = std::result::Result<T, Failure>;
@@ -42,12 +44,12 @@ impl Failure {
         detail.insert("code".into(), code.word().into());
         detail.insert("sqlstate".into(), code.sqlstate().into());
         detail.insert("reason".into(), reason.clone().into());
-        Refusal { code, reason, detail, hint: None }
+        Refusal { code, reason, detail, hint: None, audit: None }
     }
 
     /// An error with a standard SQLSTATE (`55000`, `42703`, …).
     pub fn sql(sqlstate: &'static str, message: impl Into<String>) -> Failure {
-        Failure { sqlstate, message: message.into(), detail: None, hint: None }
+        Failure { sqlstate, message: message.into(), detail: None, hint: None, audit: None }
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Failure {
@@ -55,13 +57,12 @@ impl Failure {
         self
     }
 
-    pub fn sqlstate(&self) -> &'static str {
-        self.sqlstate
-    }
-
     /// Raises this failure as an ERROR. Does not return.
     pub fn raise(self) -> ! {
-        let Failure { sqlstate, message, detail, hint } = self;
+        let Failure { sqlstate, message, detail, hint, audit } = self;
+        if let Some(audit) = audit {
+            log_line(&audit);
+        }
         let message = c_string(message);
         let detail = detail.map(c_string);
         let hint = hint.map(c_string);
@@ -95,9 +96,17 @@ pub struct Refusal {
     reason: String,
     detail: Map<String, Value>,
     hint: Option<String>,
+    audit: Option<(String, Value)>,
 }
 
 impl Refusal {
+    /// Writes an audit line when raised: the DETAIL's fields plus `event`
+    /// and `caller`. The DETAIL never holds a value, so neither does this.
+    pub fn audit(mut self, event: &str, caller: Value) -> Refusal {
+        self.audit = Some((event.into(), caller));
+        self
+    }
+
     /// Adds a DETAIL field (`workspace_id`, `key`, `provider`, …). Never a secret value.
     pub fn with(mut self, field: &str, value: impl Into<Value>) -> Refusal {
         self.detail.insert(field.into(), value.into());
@@ -112,19 +121,26 @@ impl Refusal {
 
 impl From<Refusal> for Failure {
     fn from(r: Refusal) -> Failure {
+        let audit = r.audit.map(|(event, caller)| {
+            let mut line = r.detail.clone();
+            line.insert("event".into(), event.into());
+            line.insert("caller".into(), caller);
+            Value::Object(line).to_string()
+        });
         Failure {
             sqlstate: r.code.sqlstate(),
             message: format!("{}: {}", r.code.word(), r.reason),
             detail: Some(Value::Object(r.detail).to_string()),
             hint: r.hint,
+            audit,
         }
     }
 }
 
-/// Writes a structured line to the server log only (never to the client),
-/// without the statement text next to it. Log lines survive a rollback.
-pub fn log_line(prefix: &str, fields: &Value) {
-    let line = c_string(format!("{prefix}: {fields}"));
+/// Writes `secretgate audit: {json}` to the server log only (never to the
+/// client), without the statement text next to it. Log lines survive a rollback.
+pub fn log_line(json: &str) {
+    let line = c_string(format!("secretgate audit: {json}"));
     unsafe {
         if errstart(PgLogLevel::LOG_SERVER_ONLY as c_int, std::ptr::null()) {
             errmsg_internal(c"%s".as_ptr(), line.as_ptr());

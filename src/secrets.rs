@@ -2,6 +2,7 @@
 //! no gate. Each `#[pg_extern]` is a thin wrapper: the work happens in a
 //! function returning `Result`, and the wrapper raises any failure.
 
+use crate::gates;
 use crate::keyring;
 use crate::report::{Failure, Refusal, Result};
 use crate::tables::{self, Attached};
@@ -44,25 +45,40 @@ fn required<T>(value: Option<T>, name: &str) -> Result<T> {
 type StoredRow = Option<(Option<Vec<u8>>, Option<i32>)>;
 
 pub fn fetch(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<StoredRow> {
-    let table = match scope {
-        Scope::Workspace(id) => client.select(
-            &format!(
+    let (sql, args) = row_query(attached, scope, key, "");
+    stored_row(client.select(&sql, Some(1), &args)?)
+}
+
+/// [`fetch`], locking the row FOR SHARE when `lock` is set.
+pub fn fetch_locked(client: &mut SpiClient<'_>, attached: &Attached, scope: Scope, key: &str, lock: bool) -> Result<StoredRow> {
+    if !lock {
+        return fetch(client, attached, scope, key);
+    }
+    let (sql, args) = row_query(attached, scope, key, " FOR SHARE");
+    stored_row(client.update(&sql, Some(1), &args)?)
+}
+
+fn row_query<'a>(attached: &Attached, scope: Scope, key: &'a str, suffix: &str) -> (String, Vec<pgrx::datum::DatumWithOid<'a>>) {
+    match scope {
+        Scope::Workspace(id) => (
+            format!(
                 "SELECT encrypted_value, encryption_version FROM {} \
-                 WHERE workspace_id OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2",
+                 WHERE workspace_id OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2{suffix}",
                 attached.secrets
             ),
-            Some(1),
-            &[pgrx::Uuid::from_bytes(*id.as_bytes()).into(), key.into()],
-        )?,
-        Scope::Global => client.select(
-            &format!(
-                "SELECT encrypted_value, encryption_version FROM {} WHERE key OPERATOR(pg_catalog.=) $1",
+            vec![pgrx::Uuid::from_bytes(*id.as_bytes()).into(), key.into()],
+        ),
+        Scope::Global => (
+            format!(
+                "SELECT encrypted_value, encryption_version FROM {} WHERE key OPERATOR(pg_catalog.=) $1{suffix}",
                 attached.global_secrets
             ),
-            Some(1),
-            &[key.into()],
-        )?,
-    };
+            vec![key.into()],
+        ),
+    }
+}
+
+fn stored_row(table: pgrx::spi::SpiTupleTable<'_>) -> Result<StoredRow> {
     if table.is_empty() {
         return Ok(None);
     }
@@ -95,18 +111,47 @@ pub fn read(scope: Scope, key: &str) -> Result<std::result::Result<Option<String
     })
 }
 
+/// How a concierge helper seeds a value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    /// Only when no row exists (a row written meanwhile stands).
+    IfAbsent,
+    /// Replace an existing (unusable) row.
+    ReplaceEmpty,
+}
+
+/// Upserts a secret.
 pub fn write(scope: Scope, key: &str, value: &str) -> Result<()> {
-    let (version, blob) = keyring::current()
-        .and_then(|k| k.encrypt(value.as_bytes(), scope, key))
-        .map_err(|e| core_failure(e, scope, key))?;
+    store(scope, key, value, true).map(|_| ())
+}
+
+/// Seeds a value; false when a row already existed and was kept.
+pub fn seed(scope: Scope, key: &str, value: &str, how: Seed) -> Result<bool> {
+    store(scope, key, value, how == Seed::ReplaceEmpty)
+}
+
+/// Encrypts and stores a value, returning whether a row was written. The
+/// gates are checked here first, so a refusal is raised with its own
+/// SQLSTATE rather than from the trigger inside SPI (where pgrx would turn
+/// it into XX000); the trigger stays the backstop for direct writes.
+fn store(scope: Scope, key: &str, value: &str, replace: bool) -> Result<bool> {
     Spi::connect_mut(|client| {
         let attached = tables::attached(client)?;
-        match scope {
+        let caller = gates::Caller::current();
+        gates::check_secret_write(client, &attached, gates::Write::Insert, scope, key, Some(value), &caller)?;
+        let (version, blob) = keyring::current()
+            .and_then(|k| k.encrypt(value.as_bytes(), scope, key))
+            .map_err(|e| core_failure(e, scope, key))?;
+        let on_conflict = if replace {
+            "DO UPDATE SET encrypted_value = EXCLUDED.encrypted_value, encryption_version = EXCLUDED.encryption_version"
+        } else {
+            "DO NOTHING"
+        };
+        let written = match scope {
             Scope::Workspace(id) => client.update(
                 &format!(
                     "INSERT INTO {} AS s (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (workspace_id, key) DO UPDATE \
-                     SET encrypted_value = EXCLUDED.encrypted_value, encryption_version = EXCLUDED.encryption_version",
+                     ON CONFLICT (workspace_id, key) {on_conflict}",
                     attached.secrets
                 ),
                 None,
@@ -115,15 +160,14 @@ pub fn write(scope: Scope, key: &str, value: &str) -> Result<()> {
             Scope::Global => client.update(
                 &format!(
                     "INSERT INTO {} AS s (key, encrypted_value, encryption_version) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key) DO UPDATE \
-                     SET encrypted_value = EXCLUDED.encrypted_value, encryption_version = EXCLUDED.encryption_version",
+                     ON CONFLICT (key) {on_conflict}",
                     attached.global_secrets
                 ),
                 None,
                 &[key.into(), blob.as_slice().into(), version.into()],
             )?,
         };
-        Ok(())
+        Ok(written.len() > 0)
     })
 }
 

@@ -75,10 +75,23 @@ pub fn attach(client: &mut SpiClient<'_>, workspaces: pg_sys::Oid, secrets: pg_s
         None,
         &[workspaces.into(), secrets.into(), global.into()],
     )?;
+    let attached = attached(client)?;
+    for statement in crate::triggers::create_statements(&attached) {
+        client.update(&statement, None, &[])?;
+    }
     Ok(())
 }
 
+/// Drops the gates' triggers and forgets the tables; a no-op when none are attached.
 pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
+    let current = client.select("SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
+    if current.is_empty() {
+        return Ok(());
+    }
+    let attached = attached(client)?;
+    for statement in crate::triggers::drop_statements(&attached) {
+        client.update(&statement, None, &[])?;
+    }
     client.update("DELETE FROM secretgate.attached_tables", None, &[])?;
     Ok(())
 }
