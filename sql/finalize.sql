@@ -17,3 +17,4 @@ ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY DEFINER SET search
 ALTER FUNCTION secretgate.gate_platform_identity() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_model_removed() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_secrets_truncate() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_workspace_delete() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

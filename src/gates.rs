@@ -130,6 +130,22 @@ pub fn workspace_kind(client: &SpiClient<'_>, attached: &Attached, id: Scope) ->
     Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
 }
 
+/// An agent deleting a platform workspace deletes the concierge and, by
+/// cascade, its secrets: refused like any other self-write (SG101).
+pub fn check_workspace_delete(id: Scope, kind: Option<&str>, caller: &Caller) -> Result<()> {
+    if caller.agent && kind == Some("platform") {
+        let refusal = with_scope(
+            Failure::refusal(
+                Code::ConciergeSelfWriteBlocked,
+                "an agent caller may not delete a platform (concierge) workspace or its secrets",
+            ),
+            id,
+        );
+        return Err(audited(refusal, "workspace.delete.refused", caller));
+    }
+    Ok(())
+}
+
 /// Everything a secret write must pass before anything is written:
 /// self-write (SG101/SG106), forbidden key names (SG105), MODEL values (SG107).
 /// `value` is the plaintext being written, when known.
@@ -145,6 +161,8 @@ pub fn check_secret_write(
     if caller.agent {
         if let Scope::Workspace(_) = scope {
             match workspace_kind(client, attached, scope)?.as_deref() {
+                // Its workspace is gone (a cascade from deleting it): nothing left to protect.
+                None if op == Write::Delete => {}
                 None => {
                     return Err(secret_refusal(
                         Code::WorkspaceKindUnknown,

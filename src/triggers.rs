@@ -30,6 +30,11 @@ pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
         "BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_global_secret_write()",
     ),
     (
+        "secretgate_workspace_delete",
+        TableRole::Workspaces,
+        "BEFORE DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_workspace_delete()",
+    ),
+    (
         "secretgate_platform_identity",
         TableRole::Workspaces,
         "AFTER INSERT OR UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
@@ -178,6 +183,17 @@ fn gate_global_secret_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a>
     let op = operation(trigger);
     Failure::unwrap_or_raise(check_secret_row(op, |_| Ok(Scope::Global), trigger));
     Ok(pass(trigger, op))
+}
+
+#[pg_trigger]
+fn gate_workspace_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let check = || -> report::Result<()> {
+        let Some(old) = trigger.old() else { return Ok(()) };
+        let id = uuid_col(&old, "id")?.map_or(Scope::Global, Scope::Workspace);
+        gates::check_workspace_delete(id, text_col(&old, "kind")?.as_deref(), &Caller::current())
+    };
+    Failure::unwrap_or_raise(check());
+    Ok(trigger.old())
 }
 
 /// The platform-identity invariant for the workspace a row names.
