@@ -98,3 +98,16 @@ AS $$
     ORDER BY (r.runtime IS NOT NULL) DESC, length(r.pattern) DESC
     LIMIT 1
 $$;
+
+-- Liveness verdicts from probes, each bound to the SHA-256 of the
+-- credential's ciphertext at the time: a rotated credential starts clean.
+CREATE TABLE secretgate.liveness (
+    workspace_id      uuid,            -- NULL = the global credential
+    key               text NOT NULL,
+    ciphertext_sha256 bytea NOT NULL,
+    verdict           text NOT NULL CHECK (verdict IN ('ok', 'dead', 'transient')),
+    http_status       int NOT NULL,
+    checked_at        timestamptz NOT NULL DEFAULT now(),
+    UNIQUE NULLS NOT DISTINCT (workspace_id, key)
+);
+GRANT SELECT ON secretgate.liveness TO PUBLIC;

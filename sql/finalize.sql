@@ -17,4 +17,9 @@ ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY DEFINER SET search
 ALTER FUNCTION secretgate.gate_platform_identity() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_model_removed() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_secrets_truncate() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION secretgate.gate_workspace_delete() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_workspace_write() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_byok() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- Verdicts are written only through record_liveness, by roles granted it.
+ALTER FUNCTION secretgate.record_liveness(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer) FROM PUBLIC;

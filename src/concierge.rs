@@ -1,6 +1,7 @@
 //! The service-facing functions around the concierge (the `kind='platform'`
 //! workspace): registration, and the fail-closed seeding of its pins.
 
+use crate::byok;
 use crate::gates::{self, Caller, MODEL};
 use crate::report::{self, Failure, Result};
 use crate::secrets::{self, Seed};
@@ -60,20 +61,25 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
             return Err(unknown_workspace(scope));
         }
         let kind = row.first().get_one::<String>()?;
-        let refusal = if kind.as_deref() == Some(PLATFORM) {
+        let mut refusal = if kind.as_deref() == Some(PLATFORM) {
             match gates::model_usable(client, &attached, scope)? {
                 Ok(true) => None,
-                Ok(false) => Some("a platform workspace cannot register without a usable MODEL (missing or empty)".to_string()),
-                Err(e) => Some(format!(
-                    "a platform workspace cannot register: its MODEL cannot be read ({} {})",
-                    e.code().sqlstate(),
-                    e.code().word()
+                Ok(false) => Some((
+                    Code::PlatformAgentIdentityGate,
+                    "a platform workspace cannot register without a usable MODEL (missing or empty)".to_string(),
+                )),
+                Err(e) => Some((
+                    Code::PlatformAgentIdentityGate,
+                    format!("a platform workspace cannot register: its MODEL cannot be read ({} {})", e.code().sqlstate(), e.code().word()),
                 )),
             }
         } else {
             None
         };
-        let Some(reason) = refusal else {
+        if refusal.is_none() {
+            refusal = byok_refusal(client, &attached, scope)?;
+        }
+        let Some((code, reason)) = refusal else {
             client.update(
                 &format!("UPDATE {} SET status = 'online' WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
                 None,
@@ -81,7 +87,6 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
             )?;
             return Ok(("online".to_string(), None));
         };
-        let code = Code::PlatformAgentIdentityGate;
         let workspace_id = scope.workspace_id().map(|id| id.hyphenated().to_string());
         client.update(
             &format!("UPDATE {} SET status = 'failed' WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
@@ -90,20 +95,33 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
         )?;
         let event = json!({ "event": "WORKSPACE_PROVISION_FAILED", "code": code.word(), "workspace_id": workspace_id });
         client.update("SELECT pg_catalog.pg_notify('secretgate_events', $1)", None, &[event.to_string().into()])?;
-        report::log_line(
-            &json!({
-                "event": "workspace.register.refused",
-                "code": code.word(),
-                "sqlstate": code.sqlstate(),
-                "reason": reason,
-                "workspace_id": workspace_id,
-                "key": MODEL,
-                "caller": caller.to_json(),
-            })
-            .to_string(),
-        );
+        let mut audit = json!({
+            "event": "workspace.register.refused",
+            "code": code.word(),
+            "sqlstate": code.sqlstate(),
+            "reason": reason,
+            "workspace_id": workspace_id,
+            "caller": caller.to_json(),
+        });
+        if code == Code::PlatformAgentIdentityGate {
+            audit["key"] = MODEL.into();
+        }
+        report::log_line(&audit.to_string());
         Ok(("failed".to_string(), Some(code.word().to_string())))
     })
+}
+
+/// The BYOK rule at registration, reported rather than raised. A credential
+/// that cannot be decrypted is not usable: MISSING_BYOK_CREDENTIAL.
+fn byok_refusal(client: &pgrx::spi::SpiClient<'_>, attached: &tables::Attached, scope: Scope) -> Result<Option<(Code, String)>> {
+    let Some((kind, runtime, model)) = byok::workspace_row(client, attached, scope)? else { return Ok(None) };
+    let outcome = match byok::evaluate(client, attached, scope, kind.as_deref(), runtime.as_deref(), model.as_deref()) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            return Ok(Some((Code::MissingByokCredential, "a candidate BYOK credential cannot be decrypted".to_string())))
+        }
+    };
+    Ok(byok::refusal(&outcome, scope).map(|(code, _provider, reason)| (code, reason)))
 }
 
 /// What the concierge helpers found, before anything is written.

@@ -130,20 +130,24 @@ pub fn workspace_kind(client: &SpiClient<'_>, attached: &Attached, id: Scope) ->
     Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
 }
 
-/// An agent deleting a platform workspace deletes the concierge and, by
-/// cascade, its secrets: refused like any other self-write (SG101).
-pub fn check_workspace_delete(id: Scope, kind: Option<&str>, caller: &Caller) -> Result<()> {
-    if caller.agent && kind == Some("platform") {
-        let refusal = with_scope(
-            Failure::refusal(
-                Code::ConciergeSelfWriteBlocked,
-                "an agent caller may not delete a platform (concierge) workspace or its secrets",
-            ),
-            id,
-        );
-        return Err(audited(refusal, "workspace.delete.refused", caller));
+/// An agent may not delete a platform workspace (which deletes the
+/// concierge and, by cascade, its secrets), nor turn a workspace into or out
+/// of a platform one (demote, write its secrets, promote back): SG101.
+pub fn check_workspace_write(id: Scope, old_kind: Option<&str>, new_kind: Option<Option<&str>>, caller: &Caller) -> Result<()> {
+    if !caller.agent {
+        return Ok(());
     }
-    Ok(())
+    let (event, reason) = match new_kind {
+        None if old_kind == Some("platform") => {
+            ("workspace.delete.refused", "an agent caller may not delete a platform (concierge) workspace or its secrets")
+        }
+        Some(new_kind) if new_kind != old_kind && (old_kind == Some("platform") || new_kind == Some("platform")) => {
+            ("workspace.kind.refused", "an agent caller may not change whether a workspace is a platform (concierge) workspace")
+        }
+        _ => return Ok(()),
+    };
+    let refusal = with_scope(Failure::refusal(Code::ConciergeSelfWriteBlocked, reason), id);
+    Err(audited(refusal, event, caller))
 }
 
 /// Everything a secret write must pass before anything is written:

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod byok;
 mod concierge;
 pub(crate) mod gates;
 mod keyring;

@@ -30,15 +30,30 @@ pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
         "BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_global_secret_write()",
     ),
     (
-        "secretgate_workspace_delete",
+        "secretgate_workspace_write",
         TableRole::Workspaces,
-        "BEFORE DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_workspace_delete()",
+        "BEFORE UPDATE OF kind OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_workspace_write()",
     ),
     (
         "secretgate_platform_identity",
         TableRole::Workspaces,
         "AFTER INSERT OR UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
          WHEN (NEW.kind = 'platform' AND NEW.status = 'online') EXECUTE FUNCTION secretgate.gate_platform_identity()",
+    ),
+    (
+        "secretgate_byok_insert",
+        TableRole::Workspaces,
+        "AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.kind IS DISTINCT FROM 'external') EXECUTE FUNCTION secretgate.gate_byok()",
+    ),
+    (
+        "secretgate_byok_update",
+        TableRole::Workspaces,
+        "AFTER UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.kind IS DISTINCT FROM 'external' AND ((NEW.status = 'online' AND OLD.status IS DISTINCT FROM 'online') \
+               OR NEW.model IS DISTINCT FROM OLD.model OR NEW.runtime IS DISTINCT FROM OLD.runtime \
+               OR NEW.kind IS DISTINCT FROM OLD.kind)) \
+         EXECUTE FUNCTION secretgate.gate_byok()",
     ),
     (
         "secretgate_model_removed",
@@ -186,14 +201,20 @@ fn gate_global_secret_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a>
 }
 
 #[pg_trigger]
-fn gate_workspace_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+fn gate_workspace_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let op = operation(trigger);
     let check = || -> report::Result<()> {
         let Some(old) = trigger.old() else { return Ok(()) };
         let id = uuid_col(&old, "id")?.map_or(Scope::Global, Scope::Workspace);
-        gates::check_workspace_delete(id, text_col(&old, "kind")?.as_deref(), &Caller::current())
+        let new_kind = match trigger.new().filter(|_| op == Write::Update) {
+            Some(new) => Some(text_col(&new, "kind")?),
+            None => None,
+        };
+        let old_kind = text_col(&old, "kind")?;
+        gates::check_workspace_write(id, old_kind.as_deref(), new_kind.as_ref().map(Option::as_deref), &Caller::current())
     };
     Failure::unwrap_or_raise(check());
-    Ok(trigger.old())
+    Ok(pass(trigger, op))
 }
 
 /// The platform-identity invariant for the workspace a row names.
@@ -215,6 +236,20 @@ fn gate_platform_identity<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 #[pg_trigger]
 fn gate_model_removed<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     Failure::unwrap_or_raise(identity_at_commit(trigger.old(), "workspace_id"));
+    Ok(None)
+}
+
+/// At commit: a workspace created, set online, or given another model or
+/// runtime needs a usable credential its provider accepts (SG103/SG104).
+#[pg_trigger]
+fn gate_byok<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let check = || -> report::Result<()> {
+        let Some(new) = trigger.new() else { return Ok(()) };
+        let Some(id) = uuid_col(&new, "id")? else { return Ok(()) };
+        let caller = Caller::current();
+        with_attached(|client, attached| crate::byok::check_at_commit(client, attached, Scope::Workspace(id), &caller))
+    };
+    Failure::unwrap_or_raise(check());
     Ok(None)
 }
 

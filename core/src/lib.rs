@@ -6,15 +6,19 @@
 //! * [`Scope`] and the ciphertext layout `nonce(12) || ciphertext || tag(16)`,
 //!   bound to its row by the associated data `secretgate:v1:<scope>:<key>`.
 //!
+//! * [`Verdict`]: what a provider's answer says about a credential.
+//!
 //! The extension and the command-line tool both build on this crate.
 
 mod codes;
 mod crypto;
 mod keyring;
+mod liveness;
 
 pub use codes::Code;
 pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
 pub use keyring::{Keyring, KEY_LEN};
+pub use liveness::{ciphertext_digest, Verdict};
 
 pub use uuid;
 use thiserror::Error;
