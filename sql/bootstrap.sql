@@ -19,10 +19,15 @@ GRANT SELECT ON secretgate.attached_tables TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('secretgate.attached_tables', '');
 
 -- The role whose members are always agent callers, whatever secretgate.caller says.
+-- Roles are cluster-wide: CREATE EXTENSION in two databases at once may race here.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'secretgate_agent') THEN
-        CREATE ROLE secretgate_agent NOLOGIN;
+        BEGIN
+            CREATE ROLE secretgate_agent NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's CREATE EXTENSION made it first
+        END;
     END IF;
 END $$;
 COMMENT ON ROLE secretgate_agent IS 'Members are agent callers for secretgate''s gates (CONTRACT §6)';
