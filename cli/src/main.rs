@@ -4,6 +4,7 @@
 
 mod db;
 mod migrate;
+mod probe;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -23,7 +24,9 @@ struct Cli {
 enum Command {
     /// Apply, list or revert the embedded schema migrations
     Migrate(migrate::MigrateArgs),
-    // Later: Verify (undecryptable secrets), Rotate (re-encrypt with a progress bar), Probe (liveness).
+    /// Probe every BYOK credential (or one workspace's) against its provider and record the verdict
+    Probe(probe::ProbeArgs),
+    // Later: Verify (undecryptable secrets), Rotate (re-encrypt with a progress bar).
 }
 
 /// An error and the exit code it maps to.
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         })?;
         match cli.command {
             Command::Migrate(args) => migrate::main(&url, args).await,
+            Command::Probe(args) => probe::main(&url, args).await,
         }
     });
     match result {

@@ -1,0 +1,518 @@
+//! `secretgate probe`: the liveness preflight (CONTRACT §5 `record_liveness`,
+//! §6 BYOK, §7; DOMAIN incident 4).
+//!
+//! For every BYOK credential (or those of one `--workspace`): read the value
+//! through the database, send ONE authenticated `GET {base_url}/models`,
+//! bounded as a whole (connect, headers and body) by `--timeout`, and record
+//! the answer with `secretgate.record_liveness`. The extension classifies the
+//! status; this command prints the verdict it returns.
+//!
+//! A credential value is never printed, logged, formatted or put into an
+//! error: it goes from the database straight into a header marked sensitive.
+//! HTTP errors are reduced to a kind (`timeout`, `no answer`) and never
+//! formatted either.
+//!
+//! The verdict is stored against the credential's current ciphertext, so the
+//! ciphertext read with the value is compared with the current one, in the
+//! recording transaction's snapshot, before recording: a credential replaced
+//! while it was being probed is reported `changed` and nothing is recorded for
+//! it (otherwise a 401 of the old key would mark the new key dead).
+//!
+//! Exit codes: 0 every probe recorded (dead ones included); 1 a credential
+//! could not be read, probed or recorded; 2 usage or connection error.
+
+use crate::{db, one_line, Failure};
+use anyhow::anyhow;
+use clap::Args;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use sqlx::postgres::PgConnection;
+use sqlx::Connection;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, Semaphore};
+use uuid::Uuid;
+
+/// Response bodies are read (the timeout covers the body) but not kept; past
+/// this many bytes the rest is not waited for.
+const BODY_CAP: usize = 1 << 20;
+
+/// Attempts of a recording transaction that hit a serialization failure.
+const RECORD_ATTEMPTS: usize = 3;
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// Probe only this workspace's credentials
+    #[arg(long, value_name = "UUID")]
+    workspace: Option<Uuid>,
+
+    /// Seconds allowed for each whole request (connect, headers and body)
+    #[arg(long, default_value_t = 10, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+
+    /// How many requests may be in flight at once
+    #[arg(long, default_value_t = 4, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=256))]
+    concurrency: u64,
+}
+
+/// One credential to probe: a key name at workspace scope (`workspace` is
+/// Some) or global scope, and the provider it is probed against.
+#[derive(Clone)]
+struct Credential {
+    workspace: Option<Uuid>,
+    provider: String,
+    key: String,
+    base_url: Option<String>,
+    auth_header: String,
+    auth_scheme: String,
+}
+
+impl Credential {
+    fn scope(&self) -> String {
+        self.workspace.map_or_else(|| "global".to_string(), |w| w.to_string())
+    }
+}
+
+/// What happened to one credential.
+struct Outcome {
+    /// `ok` / `dead` / `transient` (from record_liveness), `skipped`, `changed`, `error`.
+    verdict: String,
+    /// HTTP status, `timeout`, `no answer`, a SQLSTATE, or `-`.
+    status: String,
+    /// Why, for `skipped` / `changed` / `error` rows (never a value).
+    note: Option<String>,
+    /// An error that makes the exit code 1 (or 2 when the connection is lost).
+    failure: Option<FailureKind>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Check,
+    Connection,
+}
+
+impl Outcome {
+    fn plain(verdict: &str, status: impl Into<String>, note: Option<String>) -> Outcome {
+        Outcome { verdict: verdict.to_string(), status: status.into(), note, failure: None }
+    }
+
+    fn error(status: impl Into<String>, note: String, failure: FailureKind) -> Outcome {
+        Outcome { verdict: "error".to_string(), status: status.into(), note: Some(note), failure: Some(failure) }
+    }
+
+    /// A database error while reading or recording: its SQLSTATE, or a lost connection.
+    fn db_error(what: &str, e: &sqlx::Error) -> Outcome {
+        match sqlstate(e) {
+            Some(code) => Outcome::error(code.clone(), format!("{what}: SQLSTATE {code}: {}", db_message(e)), FailureKind::Check),
+            None => Outcome::error("-", format!("{what}: {}", one_line(&e.to_string())), FailureKind::Connection),
+        }
+    }
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
+}
+
+/// The server's message (the probe never sends a value to the server, and the
+/// extension's errors never carry one).
+fn db_message(e: &sqlx::Error) -> String {
+    match e.as_database_error() {
+        Some(d) => one_line(d.message()),
+        None => one_line(&e.to_string()),
+    }
+}
+
+/// The answer of one HTTP probe.
+enum Answer {
+    Status(u16),
+    Timeout,
+    Unreachable,
+}
+
+pub async fn main(url: &str, args: ProbeArgs) -> Result<(), Failure> {
+    let timeout = Duration::from_secs(args.timeout);
+    let client = http_client(timeout)?;
+    let mut conn = db::connect(url, "secretgate-probe").await?;
+
+    if let Some(ws) = args.workspace {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.workspaces WHERE id = $1)")
+            .bind(ws)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Failure::usage(anyhow!("cannot look up workspace {ws}: {}", db_message(&e))))?;
+        if !exists {
+            let _ = conn.close().await;
+            return Err(Failure::usage(anyhow!("no workspace {ws}")));
+        }
+    }
+
+    let credentials = list(&mut conn, args.workspace).await?;
+    if credentials.is_empty() {
+        let _ = conn.close().await;
+        match args.workspace {
+            Some(ws) => println!("workspace {ws} has no BYOK credential to probe (external, platform-managed, or none stored)"),
+            None => println!("no BYOK credential to probe"),
+        }
+        return Ok(());
+    }
+
+    let conn = Arc::new(Mutex::new(conn));
+    let permits = Arc::new(Semaphore::new(args.concurrency as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, credential) in credentials.iter().cloned().enumerate() {
+        let conn = Arc::clone(&conn);
+        let permits = Arc::clone(&permits);
+        let client = client.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (index, probe_one(&conn, &client, timeout, &credential).await)
+        });
+    }
+    let mut outcomes: Vec<Option<Outcome>> = credentials.iter().map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((index, outcome)) => outcomes[index] = Some(outcome),
+            Err(e) => return Err(Failure::check(anyhow!("a probe task failed: {e}"))),
+        }
+    }
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("every task reported")).collect();
+
+    if let Ok(conn) = Arc::try_unwrap(conn) {
+        let _ = conn.into_inner().close().await;
+    }
+
+    print_table(&credentials, &outcomes);
+    let failures: Vec<FailureKind> = outcomes.iter().filter_map(|o| o.failure).collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let message = anyhow!("{} credential(s) could not be read, probed or recorded (see the table)", failures.len());
+    if failures.contains(&FailureKind::Connection) {
+        Err(Failure::usage(message.context("lost the database connection")))
+    } else {
+        Err(Failure::check(message))
+    }
+}
+
+fn http_client(timeout: Duration) -> Result<reqwest::Client, Failure> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        // A redirect would carry a non-standard auth header (x-api-key) to another host.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("secretgate-probe/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|_| Failure::usage(anyhow!("cannot set up the HTTP client (TLS)")))
+}
+
+/// Every BYOK credential, in a stable order: global ones first, then by
+/// workspace, provider and key name.
+///
+/// A workspace counts when its kind is not `external` and its resolved
+/// provider is not a platform one; each of that provider's `auth_env` names
+/// is taken at workspace scope when the workspace has a row, else at global
+/// scope when there is a global row. A global credential shared by several
+/// workspaces is probed once per provider.
+async fn list(conn: &mut PgConnection, workspace: Option<Uuid>) -> Result<Vec<Credential>, Failure> {
+    type Row = (Option<Uuid>, String, String, Option<String>, String, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH byok AS (
+             SELECT w.id AS workspace_id, p.name AS provider, p.auth_env, p.base_url, p.auth_header, p.auth_scheme
+             FROM public.workspaces w
+             JOIN secretgate.providers p ON p.name = secretgate.resolve_provider(w.runtime, w.model)
+             WHERE w.kind IS DISTINCT FROM 'external'
+               AND NOT p.is_platform
+               AND ($1::uuid IS NULL OR w.id = $1)
+         ), wanted AS (
+             SELECT b.*, k.key
+             FROM byok b CROSS JOIN LATERAL unnest(b.auth_env) AS k(key)
+         )
+         SELECT DISTINCT
+                CASE WHEN s.key IS NOT NULL THEN x.workspace_id END AS workspace_id,
+                x.provider, x.key, x.base_url, x.auth_header, x.auth_scheme
+         FROM wanted x
+         LEFT JOIN public.workspace_secrets s ON s.workspace_id = x.workspace_id AND s.key = x.key
+         LEFT JOIN public.global_secrets g ON g.key = x.key
+         WHERE s.key IS NOT NULL OR g.key IS NOT NULL
+         ORDER BY 1 NULLS FIRST, 2, 3",
+    )
+    .bind(workspace)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| {
+        let code = sqlstate(&e).map(|c| format!("SQLSTATE {c}: ")).unwrap_or_default();
+        Failure::usage(anyhow!(
+            "cannot list the BYOK credentials ({code}{}); is the secretgate extension installed and migrated?",
+            db_message(&e)
+        ))
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(workspace, provider, key, base_url, auth_header, auth_scheme)| Credential {
+            workspace,
+            provider,
+            key,
+            base_url,
+            auth_header,
+            auth_scheme,
+        })
+        .collect())
+}
+
+async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout: Duration, c: &Credential) -> Outcome {
+    let Some(base_url) = c.base_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+        return Outcome::plain("skipped", "-", Some(format!("provider {} has no base_url", c.provider)));
+    };
+    let endpoint = format!("{}/models", base_url.trim_end_matches('/'));
+    if let Err(why) = safe_endpoint(&endpoint) {
+        return Outcome::error("-", format!("provider {}: {why}", c.provider), FailureKind::Check);
+    }
+    let header_name = match HeaderName::from_bytes(c.auth_header.trim().as_bytes()) {
+        Ok(name) => name,
+        Err(_) => {
+            return Outcome::error(
+                "-",
+                format!("provider {}: auth_header {:?} is not a valid HTTP header name", c.provider, c.auth_header),
+                FailureKind::Check,
+            )
+        }
+    };
+
+    // Read the value and the ciphertext it came from, in one snapshot.
+    let (ciphertext, value) = {
+        let mut conn = conn.lock().await;
+        match read(&mut conn, c).await {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return Outcome::plain("changed", "-", Some("the credential was removed before it was probed".into())),
+            Err(e) => return Outcome::db_error("cannot read the credential", &e),
+        }
+    };
+    if value.is_empty() {
+        return Outcome::plain("skipped", "-", Some("the stored value is empty (not a usable credential)".into()));
+    }
+
+    let mut headers = HeaderMap::new();
+    match auth_value(&c.auth_scheme, &value) {
+        Some(v) => {
+            headers.insert(header_name, v);
+        }
+        None => {
+            return Outcome::error(
+                "-",
+                "the stored value cannot be sent in an HTTP header (control characters or a line break)".into(),
+                FailureKind::Check,
+            )
+        }
+    }
+    drop(value);
+    if is_anthropic(&c.provider, base_url) {
+        // Anthropic's API refuses requests without a version header.
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    }
+
+    let answer = send(client, &endpoint, headers, timeout).await;
+    let (status_code, status_text) = match answer {
+        Answer::Status(s) => (i32::from(s), s.to_string()),
+        Answer::Timeout => (0, "timeout".to_string()),
+        Answer::Unreachable => (0, "no answer".to_string()),
+    };
+
+    let mut conn = conn.lock().await;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match record(&mut conn, c, &ciphertext, status_code).await {
+            Ok(Some(verdict)) => return Outcome::plain(&verdict, status_text, None),
+            Ok(None) => {
+                return Outcome::plain(
+                    "changed",
+                    status_text,
+                    Some("the credential was replaced while it was probed; nothing recorded, probe again".into()),
+                )
+            }
+            Err(e) if sqlstate(&e).as_deref() == Some("40001") && attempt < RECORD_ATTEMPTS => continue,
+            Err(e) => return Outcome::db_error("cannot record the verdict", &e),
+        }
+    }
+}
+
+/// `{scheme} {value}`, or the raw value when the scheme is empty; marked
+/// sensitive so that no Debug output of the header shows it. Built from bytes:
+/// the value is never formatted.
+fn auth_value(scheme: &str, value: &str) -> Option<HeaderValue> {
+    let scheme = scheme.trim();
+    let mut bytes = Vec::with_capacity(scheme.len() + 1 + value.len());
+    if !scheme.is_empty() {
+        bytes.extend_from_slice(scheme.as_bytes());
+        bytes.push(b' ');
+    }
+    bytes.extend_from_slice(value.as_bytes());
+    let mut header = HeaderValue::from_bytes(&bytes).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
+/// A credential goes over https, or over plain http only to this machine
+/// (loopback: local proxies and test doubles).
+fn safe_endpoint(endpoint: &str) -> Result<(), String> {
+    let url = url::Url::parse(endpoint).map_err(|_| "base_url is not a valid URL".to_string())?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("refusing to send a credential over plain http to a host other than this machine; use https".into()),
+        other => Err(format!("base_url scheme {other:?} is not http(s)")),
+    }
+}
+
+fn is_anthropic(provider: &str, base_url: &str) -> bool {
+    provider == "anthropic"
+        || url::Url::parse(base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h == "anthropic.com" || h.ends_with(".anthropic.com")))
+            .unwrap_or(false)
+}
+
+/// One GET, bounded as a whole by `timeout`. Errors are reduced to their kind.
+async fn send(client: &reqwest::Client, endpoint: &str, headers: HeaderMap, timeout: Duration) -> Answer {
+    let request = async {
+        let mut response = match client.get(endpoint).headers(headers).send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Answer::Timeout,
+            Err(_) => return Answer::Unreachable,
+        };
+        let status = response.status().as_u16();
+        let mut read = 0usize;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len();
+                    if read >= BODY_CAP {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) if e.is_timeout() => return Answer::Timeout,
+                Err(_) => return Answer::Unreachable,
+            }
+        }
+        Answer::Status(status)
+    };
+    match tokio::time::timeout(timeout, request).await {
+        Ok(answer) => answer,
+        Err(_) => Answer::Timeout,
+    }
+}
+
+/// The current ciphertext and value of a credential, in one snapshot; None
+/// when the row is gone.
+async fn read(conn: &mut PgConnection, c: &Credential) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+    let row: Option<(Vec<u8>, Option<String>)> = match c.workspace {
+        Some(ws) => {
+            sqlx::query_as(
+                "SELECT s.encrypted_value, secretgate.read_secret(s.workspace_id, s.key)
+                 FROM public.workspace_secrets s WHERE s.workspace_id = $1 AND s.key = $2",
+            )
+            .bind(ws)
+            .bind(&c.key)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        None => {
+            sqlx::query_as(
+                "SELECT g.encrypted_value, secretgate.read_global_secret(g.key)
+                 FROM public.global_secrets g WHERE g.key = $1",
+            )
+            .bind(&c.key)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(row.and_then(|(ciphertext, value)| value.map(|v| (ciphertext, v))))
+}
+
+/// Records `status` for the credential if its ciphertext is still the one
+/// that was probed; returns the verdict, or None when it changed.
+async fn record(conn: &mut PgConnection, c: &Credential, probed: &[u8], status: i32) -> Result<Option<String>, sqlx::Error> {
+    let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+    let current: Option<Vec<u8>> = match c.workspace {
+        Some(ws) => {
+            sqlx::query_scalar("SELECT encrypted_value FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2")
+                .bind(ws)
+                .bind(&c.key)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+        None => {
+            sqlx::query_scalar("SELECT encrypted_value FROM public.global_secrets WHERE key = $1")
+                .bind(&c.key)
+                .fetch_optional(&mut *tx)
+                .await?
+        }
+    };
+    if current.as_deref() != Some(probed) {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let verdict: Option<String> = sqlx::query_scalar("SELECT secretgate.record_liveness($1, $2, $3)")
+        .bind(c.workspace)
+        .bind(&c.key)
+        .bind(status)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(verdict.unwrap_or_else(|| "recorded".to_string())))
+}
+
+fn print_table(credentials: &[Credential], outcomes: &[Outcome]) {
+    let header = ["WORKSPACE", "PROVIDER", "KEY", "VERDICT", "HTTP"];
+    let rows: Vec<[String; 5]> = credentials
+        .iter()
+        .zip(outcomes)
+        .map(|(c, o)| [c.scope(), c.provider.clone(), c.key.clone(), o.verdict.clone(), o.status.clone()])
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    println!("{}", line(header));
+    for (row, outcome) in rows.iter().zip(outcomes) {
+        let cells = [row[0].as_str(), row[1].as_str(), row[2].as_str(), row[3].as_str(), row[4].as_str()];
+        match &outcome.note {
+            Some(note) => println!("{}  ({note})", line(cells)),
+            None => println!("{}", line(cells)),
+        }
+    }
+
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in outcomes {
+        *counts.entry(o.verdict.as_str()).or_default() += 1;
+    }
+    let order = ["ok", "dead", "transient", "skipped", "changed", "error"];
+    let mut parts: Vec<String> = order.iter().map(|v| format!("{v} {}", counts.get(v).copied().unwrap_or(0))).collect();
+    parts.extend(counts.iter().filter(|(v, _)| !order.contains(v)).map(|(v, n)| format!("{v} {n}")));
+    println!("summary: {} credential(s): {}", outcomes.len(), parts.join(", "));
+}
