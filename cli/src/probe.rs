@@ -177,7 +177,11 @@ pub async fn main(url: &str, args: ProbeArgs) -> Result<(), Failure> {
             Err(e) => return Err(Failure::check(anyhow!("a probe task failed: {e}"))),
         }
     }
-    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|o| o.expect("every task reported")).collect();
+    // Every spawned task either reported or returned early above.
+    let outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
+    if outcomes.len() != credentials.len() {
+        return Err(Failure::check(anyhow!("a probe task did not report")));
+    }
 
     if let Ok(conn) = Arc::try_unwrap(conn) {
         let _ = conn.into_inner().close().await;
