@@ -23,3 +23,7 @@ ALTER FUNCTION secretgate.gate_byok() SECURITY DEFINER SET search_path = pg_cata
 -- Verdicts are written only through record_liveness, by roles granted it.
 ALTER FUNCTION secretgate.record_liveness(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer) FROM PUBLIC;
+
+-- Maintenance rewrites every row: the DBA's (or the deploy pipeline's) call.
+REVOKE EXECUTE ON FUNCTION secretgate.rename_secret_key(text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION secretgate.reencrypt(integer) FROM PUBLIC;

@@ -8,6 +8,7 @@ mod byok;
 mod concierge;
 pub(crate) mod gates;
 mod keyring;
+mod maintenance;
 mod report;
 mod secrets;
 mod tables;
