@@ -259,4 +259,47 @@ mod tests {
         // …but a route naming the runtime wins.
         assert_eq!(resolve(Some("claude-code"), "anthropic:claude-opus-4-7").as_deref(), Some("anthropic-oauth"));
     }
+
+    #[pg_test]
+    fn reencrypt_moves_old_versions_and_carries_verdicts() {
+        attached_tables();
+        // Rows written under version 1 (the keyring's current version is 2).
+        let keyring = secretgate_core::Keyring::parse(vectors()["keyring"].to_string().as_bytes()).unwrap();
+        let ws = secretgate_core::Scope::Workspace(secretgate_core::uuid::Uuid::parse_str(WS).unwrap());
+        for (i, key) in ["OPENAI_API_KEY", "LLM_PROVIDER", "OTHER"].iter().enumerate() {
+            let blob = keyring.encrypt_with_nonce(1, [i as u8 + 40; 12], format!("value-{key}").as_bytes(), ws, key).unwrap();
+            Spi::run_with_args(
+                &format!("INSERT INTO public.workspace_secrets VALUES ('{WS}', $1, $2, 1)"),
+                &[(*key).into(), blob.as_slice().into()],
+            )
+            .unwrap();
+        }
+        let global = keyring.encrypt_with_nonce(1, [9; 12], b"global-value", secretgate_core::Scope::Global, "G").unwrap();
+        Spi::run_with_args("INSERT INTO public.global_secrets VALUES ('G', $1, 1)", &[global.as_slice().into()]).unwrap();
+        assert_eq!(text(&format!("SELECT secretgate.record_liveness('{WS}', 'OPENAI_API_KEY', 503)")).as_deref(), Some("transient"));
+
+        assert_eq!(Spi::get_one::<i64>("SELECT secretgate.reencrypt(2)").unwrap(), Some(2));
+        assert_eq!(Spi::get_one::<i64>("SELECT secretgate.reencrypt(100)").unwrap(), Some(2));
+        assert_eq!(Spi::get_one::<i64>("SELECT secretgate.reencrypt(100)").unwrap(), Some(0));
+        let old = Spi::get_one::<i64>(
+            "SELECT (SELECT count(*) FROM public.workspace_secrets WHERE encryption_version <> 2) \
+                  + (SELECT count(*) FROM public.global_secrets WHERE encryption_version <> 2)",
+        )
+        .unwrap();
+        assert_eq!(old, Some(0));
+        for key in ["OPENAI_API_KEY", "LLM_PROVIDER", "OTHER"] {
+            let got = text(&format!("SELECT secretgate.read_secret('{WS}', '{key}')"));
+            assert_eq!(got, Some(format!("value-{key}")));
+        }
+        assert_eq!(text("SELECT secretgate.read_global_secret('G')").as_deref(), Some("global-value"));
+        // The verdict followed the credential to its new ciphertext.
+        let carried = Spi::get_one::<bool>(&format!(
+            "SELECT l.ciphertext_sha256 = sha256(s.encrypted_value) FROM secretgate.liveness l \
+             JOIN public.workspace_secrets s ON s.workspace_id = l.workspace_id AND s.key = l.key \
+             WHERE l.workspace_id = '{WS}' AND l.key = 'OPENAI_API_KEY'"
+        ))
+        .unwrap();
+        assert_eq!(carried, Some(true));
+        assert_eq!(sqlstate_of("SELECT secretgate.reencrypt(0)").as_deref(), Some("22023"));
+    }
 }
