@@ -5,6 +5,8 @@
 mod db;
 mod migrate;
 mod probe;
+mod rotate;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -26,7 +28,11 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Probe every BYOK credential (or one workspace's) against its provider and record the verdict
     Probe(probe::ProbeArgs),
-    // Later: Verify (undecryptable secrets), Rotate (re-encrypt with a progress bar).
+    /// List every secret that does not decrypt (workspace, key, error code; never a value); exit 1 if any
+    Verify,
+    /// Re-encrypt every secret under the current key version, in batches, with a progress bar;
+    /// resumable after an interruption; ends with the verification pass
+    Rotate(rotate::RotateArgs),
 }
 
 /// An error and the exit code it maps to.
@@ -63,6 +69,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Migrate(args) => migrate::main(&url, args).await,
             Command::Probe(args) => probe::main(&url, args).await,
+            Command::Verify => verify::main(&url).await,
+            Command::Rotate(args) => rotate::main(&url, args).await,
         }
     });
     match result {
