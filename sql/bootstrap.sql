@@ -116,3 +116,38 @@ CREATE TABLE secretgate.liveness (
     UNIQUE NULLS NOT DISTINCT (workspace_id, key)
 );
 GRANT SELECT ON secretgate.liveness TO PUBLIC;
+
+-- pg_dump keeps the DBA's registry edits and the verdicts. CREATE EXTENSION
+-- re-seeds the defaults before the dumped rows are restored, so an INSERT
+-- naming an existing row replaces it: an edited default comes back edited
+-- instead of failing the restore with a duplicate key.
+CREATE FUNCTION secretgate.registry_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'providers' THEN
+        UPDATE secretgate.providers
+           SET is_platform = NEW.is_platform, auth_env = NEW.auth_env, base_url = NEW.base_url,
+               auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
+         WHERE name = NEW.name;
+    ELSIF TG_TABLE_NAME = 'model_routes' THEN
+        UPDATE secretgate.model_routes SET provider = NEW.provider
+         WHERE pattern = NEW.pattern AND runtime IS NOT DISTINCT FROM NEW.runtime;
+    ELSE
+        UPDATE secretgate.forbidden_keys SET reason = NEW.reason WHERE key = NEW.key;
+    END IF;
+    IF FOUND THEN
+        RETURN NULL;  -- the existing row now holds the inserted values
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.providers
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.model_routes
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.forbidden_keys
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+
+SELECT pg_catalog.pg_extension_config_dump('secretgate.providers', '');
+SELECT pg_catalog.pg_extension_config_dump('secretgate.model_routes', '');
+SELECT pg_catalog.pg_extension_config_dump('secretgate.forbidden_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('secretgate.liveness', '');
