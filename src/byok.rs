@@ -100,13 +100,9 @@ fn verdict_of(client: &SpiClient<'_>, credential: &Credential) -> Result<Option<
         "SELECT verdict FROM secretgate.liveness WHERE workspace_id IS NOT DISTINCT FROM $1 \
          AND key OPERATOR(pg_catalog.=) $2 AND ciphertext_sha256 OPERATOR(pg_catalog.=) $3",
         Some(1),
-        &[uuid_arg(credential.scope).into(), credential.key.as_str().into(), credential.digest.as_slice().into()],
+        &[secrets::sql_uuid(credential.scope).into(), credential.key.as_str().into(), credential.digest.as_slice().into()],
     )?;
     Ok(if row.is_empty() { None } else { row.first().get_one::<String>()? })
-}
-
-fn uuid_arg(scope: Scope) -> Option<pgrx::Uuid> {
-    scope.workspace_id().map(|id| pgrx::Uuid::from_bytes(*id.as_bytes()))
 }
 
 /// The BYOK rule for one workspace row. `Err(Failure)` when a candidate
@@ -201,7 +197,7 @@ pub fn workspace_row(
     let row = client.select(
         &format!("SELECT kind, runtime, model FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
         Some(1),
-        &[uuid_arg(workspace).into()],
+        &[secrets::sql_uuid(workspace).into()],
     )?;
     if row.is_empty() {
         return Ok(None);
@@ -209,16 +205,11 @@ pub fn workspace_row(
     Ok(Some(row.first().get_three::<String, String, String>()?))
 }
 
-fn workspace_scope(id: Option<pgrx::Uuid>) -> Result<Scope> {
-    id.map(|id| Scope::Workspace(CoreUuid::from_bytes(*id)))
-        .ok_or_else(|| Failure::sql("22004", "secretgate: workspace_id must not be NULL"))
-}
-
 #[pg_extern(stable)]
 fn byok_credential_present(workspace_id: Option<pgrx::Uuid>, provider: Option<&str>) -> bool {
     let run = || -> Result<bool> {
-        let workspace = workspace_scope(workspace_id)?;
-        let name = provider.ok_or_else(|| Failure::sql("22004", "secretgate: provider must not be NULL"))?;
+        let workspace = secrets::workspace_scope(workspace_id)?;
+        let name = secrets::required(provider, "provider")?;
         Spi::connect(|client| {
             let attached = tables::attached(client)?;
             let provider = provider_named(client, name)?
@@ -234,7 +225,7 @@ fn byok_credential_present(workspace_id: Option<pgrx::Uuid>, provider: Option<&s
 #[pg_extern(stable)]
 fn check_byok(workspace_id: Option<pgrx::Uuid>) {
     let run = || -> Result<()> {
-        let workspace = workspace_scope(workspace_id)?;
+        let workspace = secrets::workspace_scope(workspace_id)?;
         let caller = Caller::current();
         Spi::connect(|client| {
             let attached = tables::attached(client)?;
@@ -254,8 +245,8 @@ fn check_byok(workspace_id: Option<pgrx::Uuid>) {
 fn record_liveness(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, http_status: Option<i32>) -> String {
     let run = || -> Result<String> {
         let scope = Scope::from_workspace(workspace_id.map(|id| CoreUuid::from_bytes(*id)));
-        let key = key.ok_or_else(|| Failure::sql("22004", "secretgate: key must not be NULL"))?;
-        let status = http_status.ok_or_else(|| Failure::sql("22004", "secretgate: http_status must not be NULL"))?;
+        let key = secrets::required(key, "key")?;
+        let status = secrets::required(http_status, "http_status")?;
         let verdict = Verdict::classify(status);
         Spi::connect_mut(|client| {
             let attached = tables::attached(client)?;
@@ -269,7 +260,7 @@ fn record_liveness(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, http_sta
                    verdict = EXCLUDED.verdict, http_status = EXCLUDED.http_status, checked_at = pg_catalog.now()",
                 None,
                 &[
-                    uuid_arg(scope).into(),
+                    secrets::sql_uuid(scope).into(),
                     key.into(),
                     ciphertext_digest(&blob).as_slice().into(),
                     verdict.as_str().into(),

@@ -7,16 +7,11 @@ use crate::report::{self, Failure, Result};
 use crate::secrets::{self, Seed};
 use crate::tables;
 use pgrx::prelude::*;
-use secretgate_core::{uuid::Uuid as CoreUuid, Code, Scope};
+use secretgate_core::{Code, Scope};
 use serde_json::json;
 
 const LLM_PROVIDER: &str = "LLM_PROVIDER";
 const PLATFORM: &str = "platform";
-
-fn workspace(id: Option<pgrx::Uuid>) -> Result<Scope> {
-    id.map(|id| Scope::Workspace(CoreUuid::from_bytes(*id)))
-        .ok_or_else(|| Failure::sql("22004", "secretgate: workspace_id must not be NULL"))
-}
 
 fn unknown_workspace(scope: Scope) -> Failure {
     let id = scope.workspace_id().map(|id| id.hyphenated().to_string());
@@ -26,7 +21,7 @@ fn unknown_workspace(scope: Scope) -> Failure {
 #[pg_extern(volatile)]
 fn has_model_secret(workspace_id: Option<pgrx::Uuid>) -> bool {
     let run = || -> Result<bool> {
-        let scope = workspace(workspace_id)?;
+        let scope = secrets::workspace_scope(workspace_id)?;
         let usable = Spi::connect_mut(|client| {
             let attached = tables::attached(client)?;
             gates::model_usable(client, &attached, scope)
@@ -47,8 +42,8 @@ fn register_workspace(
 }
 
 fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)> {
-    let scope = workspace(workspace_id)?;
-    let id = pgrx::Uuid::from_bytes(*scope.workspace_id().unwrap_or_default().as_bytes());
+    let scope = secrets::workspace_scope(workspace_id)?;
+    let id = secrets::sql_uuid(scope);
     let caller = Caller::current();
     Spi::connect_mut(|client| {
         let attached = tables::attached(client)?;
@@ -161,7 +156,7 @@ fn describe(e: &secretgate_core::Error) -> String {
 #[pg_extern(volatile)]
 fn ensure_concierge_provider(workspace_id: Option<pgrx::Uuid>) -> String {
     let run = || -> Result<String> {
-        let scope = workspace(workspace_id)?;
+        let scope = secrets::workspace_scope(workspace_id)?;
         let plan = Spi::connect(|client| -> Result<Plan> {
             let attached = tables::attached(client)?;
             let Some((kind, runtime)) = kind_and_runtime(client, &attached, scope)? else {
@@ -193,9 +188,8 @@ fn ensure_concierge_provider(workspace_id: Option<pgrx::Uuid>) -> String {
 #[pg_extern(volatile)]
 fn ensure_concierge_model(workspace_id: Option<pgrx::Uuid>, default_model: Option<&str>) -> String {
     let run = || -> Result<String> {
-        let scope = workspace(workspace_id)?;
-        let default_model =
-            default_model.ok_or_else(|| Failure::sql("22004", "secretgate: default_model must not be NULL"))?;
+        let scope = secrets::workspace_scope(workspace_id)?;
+        let default_model = secrets::required(default_model, "default_model")?;
         let plan = Spi::connect(|client| -> Result<Plan> {
             let attached = tables::attached(client)?;
             let Some((kind, _)) = kind_and_runtime(client, &attached, scope)? else {
@@ -222,7 +216,7 @@ fn kind_and_runtime(
     attached: &tables::Attached,
     scope: Scope,
 ) -> Result<Option<(Option<String>, Option<String>)>> {
-    let id = pgrx::Uuid::from_bytes(*scope.workspace_id().unwrap_or_default().as_bytes());
+    let id = secrets::sql_uuid(scope);
     let row = client.select(
         &format!("SELECT kind, runtime FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
         Some(1),

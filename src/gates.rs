@@ -125,7 +125,7 @@ pub fn workspace_kind(client: &SpiClient<'_>, attached: &Attached, id: Scope) ->
     let table = client.select(
         &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
         Some(1),
-        &[pgrx::Uuid::from_bytes(*id.as_bytes()).into()],
+        &[secrets::sql_uuid(Scope::Workspace(id)).into()],
     )?;
     Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
 }
@@ -259,7 +259,7 @@ pub fn check_platform_identity(client: &mut SpiClient<'_>, attached: &Attached, 
     let row = client.update(
         &format!("SELECT kind, status FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE", attached.workspaces),
         Some(1),
-        &[pgrx::Uuid::from_bytes(*id.as_bytes()).into()],
+        &[secrets::sql_uuid(Scope::Workspace(id)).into()],
     )?;
     if row.is_empty() {
         return Ok(());

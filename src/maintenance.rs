@@ -74,10 +74,10 @@ fn open(keyring: &Keyring, row: &Row) -> Result<String> {
 /// SQL naming one row, its parameters starting at `$first`, and their values.
 fn locate<'a>(attached: &Attached, scope: Scope, key: &'a str, first: usize) -> (String, String, Vec<pgrx::datum::DatumWithOid<'a>>) {
     match scope {
-        Scope::Workspace(id) => (
+        Scope::Workspace(_) => (
             attached.secrets.clone(),
             format!("workspace_id OPERATOR(pg_catalog.=) ${first} AND key OPERATOR(pg_catalog.=) ${}", first + 1),
-            vec![pgrx::Uuid::from_bytes(*id.as_bytes()).into(), key.into()],
+            vec![secrets::sql_uuid(scope).into(), key.into()],
         ),
         Scope::Global => (attached.global_secrets.clone(), format!("key OPERATOR(pg_catalog.=) ${first}"), vec![key.into()]),
     }
@@ -90,8 +90,8 @@ fn locate<'a>(attached: &Attached, scope: Scope, key: &'a str, first: usize) -> 
 #[pg_extern(volatile)]
 fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
     let run = || -> Result<i64> {
-        let old_key = old_key.ok_or_else(|| Failure::sql("22004", "secretgate: old_key must not be NULL"))?;
-        let new_key = new_key.ok_or_else(|| Failure::sql("22004", "secretgate: new_key must not be NULL"))?;
+        let old_key = secrets::required(old_key, "old_key")?;
+        let new_key = secrets::required(new_key, "new_key")?;
         if old_key == new_key {
             return Ok(0);
         }
@@ -120,8 +120,8 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
                         keyring.encrypt(value.as_bytes(), scope, new_key).map_err(|e| gates::refusal_for_core(e, scope, new_key))?;
                     let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = vec![blob.as_slice().into(), version.into()];
                     let sql = match scope {
-                        Scope::Workspace(id) => {
-                            args.extend([pgrx::Uuid::from_bytes(*id.as_bytes()).into(), new_key.into()]);
+                        Scope::Workspace(_) => {
+                            args.extend([secrets::sql_uuid(scope).into(), new_key.into()]);
                             format!(
                                 "INSERT INTO {} (encrypted_value, encryption_version, workspace_id, key) VALUES ($1, $2, $3, $4)",
                                 attached.secrets
@@ -182,11 +182,10 @@ fn reencrypt(batch_size: Option<i32>) -> i64 {
                     &args,
                 )?;
                 let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
-                let workspace = row.scope.workspace_id().map(|id| pgrx::Uuid::from_bytes(*id.as_bytes()));
-                client.update(
+                                client.update(
                     &carry_verdict,
                     None,
-                    &[workspace.into(), row.key.as_str().into(), old_digest.as_slice().into(), ciphertext_digest(&blob).as_slice().into()],
+                    &[secrets::sql_uuid(row.scope).into(), row.key.as_str().into(), old_digest.as_slice().into(), ciphertext_digest(&blob).as_slice().into()],
                 )?;
             }
             Ok(stale.len() as i64)

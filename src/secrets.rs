@@ -32,11 +32,22 @@ fn core_failure(e: CoreError, scope: Scope, key: &str) -> Failure {
     core_refusal(e, Some(scope), Some(key)).into()
 }
 
+/// A workspace argument that must not be NULL.
+pub fn workspace_scope(id: Option<pgrx::Uuid>) -> Result<Scope> {
+    Ok(Scope::Workspace(CoreUuid::from_bytes(*required(id, "workspace_id")?)))
+}
+
+/// A scope as the SQL `uuid` parameter that names it (NULL = global).
+pub fn sql_uuid(scope: Scope) -> Option<pgrx::Uuid> {
+    scope.workspace_id().map(|id| pgrx::Uuid::from_bytes(*id.as_bytes()))
+}
+
 pub fn scope_of(id: Option<pgrx::Uuid>) -> Scope {
     Scope::from_workspace(id.map(|id| CoreUuid::from_bytes(*id)))
 }
 
-fn required<T>(value: Option<T>, name: &str) -> Result<T> {
+/// A NULL argument is an error (22004), never "unset".
+pub fn required<T>(value: Option<T>, name: &str) -> Result<T> {
     value.ok_or_else(|| Failure::sql("22004", format!("secretgate: {name} must not be NULL")))
 }
 
@@ -60,13 +71,13 @@ pub fn fetch_locked(client: &mut SpiClient<'_>, attached: &Attached, scope: Scop
 
 fn row_query<'a>(attached: &Attached, scope: Scope, key: &'a str, suffix: &str) -> (String, Vec<pgrx::datum::DatumWithOid<'a>>) {
     match scope {
-        Scope::Workspace(id) => (
+        Scope::Workspace(_) => (
             format!(
                 "SELECT encrypted_value, encryption_version FROM {} \
                  WHERE workspace_id OPERATOR(pg_catalog.=) $1 AND key OPERATOR(pg_catalog.=) $2{suffix}",
                 attached.secrets
             ),
-            vec![pgrx::Uuid::from_bytes(*id.as_bytes()).into(), key.into()],
+            vec![sql_uuid(scope).into(), key.into()],
         ),
         Scope::Global => (
             format!(
@@ -148,14 +159,14 @@ fn store(scope: Scope, key: &str, value: &str, replace: bool) -> Result<bool> {
             "DO NOTHING"
         };
         let written = match scope {
-            Scope::Workspace(id) => client.update(
+            Scope::Workspace(_) => client.update(
                 &format!(
                     "INSERT INTO {} AS s (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (workspace_id, key) {on_conflict}",
                     attached.secrets
                 ),
                 None,
-                &[pgrx::Uuid::from_bytes(*id.as_bytes()).into(), key.into(), blob.as_slice().into(), version.into()],
+                &[sql_uuid(scope).into(), key.into(), blob.as_slice().into(), version.into()],
             )?,
             Scope::Global => client.update(
                 &format!(
@@ -220,7 +231,7 @@ fn current_key_version() -> i32 {
 #[pg_extern(volatile)]
 fn set_secret(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, value: Option<&str>) {
     let run = || -> Result<()> {
-        let scope = Scope::Workspace(CoreUuid::from_bytes(*required(workspace_id, "workspace_id")?));
+        let scope = workspace_scope(workspace_id)?;
         write(scope, required(key, "key")?, required(value, "value")?)
     };
     Failure::unwrap_or_raise(run())
@@ -235,7 +246,7 @@ fn set_global_secret(key: Option<&str>, value: Option<&str>) {
 #[pg_extern(stable)]
 fn read_secret(workspace_id: Option<pgrx::Uuid>, key: Option<&str>) -> Option<String> {
     let run = || -> Result<Option<String>> {
-        let scope = Scope::Workspace(CoreUuid::from_bytes(*required(workspace_id, "workspace_id")?));
+        let scope = workspace_scope(workspace_id)?;
         read_or_raise(scope, required(key, "key")?)
     };
     Failure::unwrap_or_raise(run())
@@ -262,7 +273,7 @@ fn try_read_secret(
     key: Option<&str>,
 ) -> TableIterator<'static, (name!(state, String), name!(value, Option<String>), name!(error_code, Option<String>))> {
     let run = || -> Result<_> {
-        let scope = Scope::Workspace(CoreUuid::from_bytes(*required(workspace_id, "workspace_id")?));
+        let scope = workspace_scope(workspace_id)?;
         Ok(three_state(read(scope, required(key, "key")?)?))
     };
     TableIterator::once(Failure::unwrap_or_raise(run()))
