@@ -19,8 +19,9 @@ trap 'rm -rf "$pgtest"' EXIT
 cargo pgrx test pg15 -p secretgate --runas postgres --pgdata "$pgtest/data"
 
 echo "== tier 3: black-box (sqlx against a real server)"
-# `cargo pgrx test` installed a test build; install the real one for the black-box tier.
-cargo pgrx install -p secretgate --pg-config "$PG_CONFIG"
+# `cargo pgrx test` installed a test build; install the real one (and the
+# frozen scripts of released versions, for the upgrade test) for the black-box tier.
+scripts/install.sh
 cargo build -p secretgate-cli
 SECRETGATE_BIN="$PWD/target/debug/secretgate" cargo test -p secretgate-tests
 
