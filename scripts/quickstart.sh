@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and installs secretgate, starts a throwaway cluster on loopback with a
-# fresh keyring, runs `secretgate migrate run`, then a short tour. The cluster
-# keeps running afterwards.
+# fresh keyring (replacing the previous quickstart cluster), runs `secretgate
+# migrate run`, then a short tour. The cluster keeps running afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,10 +10,12 @@ DIR=${SECRETGATE_QUICKSTART_DIR:-/tmp/secretgate-quickstart}
 PORT=${SECRETGATE_QUICKSTART_PORT:-54329}
 URL="postgres://postgres@127.0.0.1:$PORT/postgres"
 
-cargo pgrx install -p secretgate --pg-config /usr/lib/postgresql/15/bin/pg_config
+scripts/install.sh
 cargo build -p secretgate-cli
-# The library is preloaded: restart so a rebuilt one is picked up.
+# A throwaway cluster: start from scratch each time, so the database runs
+# this build's extension version and migrations.
 scripts/cluster.sh stop "$DIR"
+rm -rf "$DIR"
 scripts/cluster.sh start "$DIR" "$PORT"
 
 target/debug/secretgate --database-url "$URL" migrate run

@@ -2,12 +2,15 @@
 -- value ever appears in a statement's text (Postgres logs failed statements).
 \set VERBOSITY verbose
 \pset footer off
-\echo '== a workspace and a secret, encrypted at rest with AES-256-GCM'
+\echo '== a workspace and its credential, encrypted at rest with AES-256-GCM'
+\echo '   (one transaction: a BYOK workspace needs its credential at commit)'
+BEGIN;
 INSERT INTO workspaces (id, kind, runtime, model)
 VALUES ('7b0e9d8a-0000-4000-8000-000000000001', 'workspace', 'claude-code', 'anthropic:claude-opus-4-7')
 ON CONFLICT (id) DO NOTHING;
 SELECT secretgate.set_secret('7b0e9d8a-0000-4000-8000-000000000001', 'ANTHROPIC_API_KEY',
                              'sk-ant-demo-' || substr(md5(random()::text), 1, 12));
+COMMIT;
 SELECT key, encryption_version, length(encrypted_value) AS ciphertext_bytes FROM workspace_secrets;
 
 \echo '== read it back; a missing key is NULL, never an error'

@@ -3,10 +3,11 @@
 //! resolved provider accepts; a usable key for another provider never counts.
 
 use crate::gates::{self, Caller};
+use crate::keyring;
+use crate::plans;
 use crate::report::{Failure, Result};
 use crate::secrets;
 use crate::tables::{self, Attached};
-use crate::keyring;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use secretgate_core::{ciphertext_digest, uuid::Uuid as CoreUuid, Code, Error as CoreError, Scope, Verdict};
@@ -24,9 +25,15 @@ pub enum Byok {
     Exempt,
     /// At least one usable credential not known dead; `transient` names those
     /// whose last probe got no answer.
-    Satisfied { transient: Vec<String> },
-    Missing { provider: String },
-    Dead { provider: String },
+    Satisfied {
+        transient: Vec<String>,
+    },
+    Missing {
+        provider: String,
+    },
+    Dead {
+        provider: String,
+    },
 }
 
 pub struct Provider {
@@ -37,7 +44,8 @@ pub struct Provider {
 
 /// The provider a workspace's runtime and model route to; `None` when underivable.
 pub fn resolve(client: &SpiClient<'_>, runtime: Option<&str>, model: Option<&str>) -> Result<Option<Provider>> {
-    let row = client.select(
+    let row = plans::select(
+        client,
         "SELECT p.name, p.is_platform, p.auth_env FROM secretgate.providers p \
          WHERE p.name OPERATOR(pg_catalog.=) secretgate.resolve_provider($1, $2)",
         Some(1),
@@ -47,7 +55,8 @@ pub fn resolve(client: &SpiClient<'_>, runtime: Option<&str>, model: Option<&str
 }
 
 fn provider_named(client: &SpiClient<'_>, name: &str) -> Result<Option<Provider>> {
-    let row = client.select(
+    let row = plans::select(
+        client,
         "SELECT p.name, p.is_platform, p.auth_env FROM secretgate.providers p WHERE p.name OPERATOR(pg_catalog.=) $1",
         Some(1),
         &[name.into()],
@@ -96,11 +105,18 @@ pub fn usable_credentials(
 }
 
 fn verdict_of(client: &SpiClient<'_>, credential: &Credential) -> Result<Option<String>> {
-    let row = client.select(
-        "SELECT verdict FROM secretgate.liveness WHERE workspace_id IS NOT DISTINCT FROM $1 \
+    let row = plans::select(
+        client,
+        // Not IS NOT DISTINCT FROM: it looks `=` up on the caller's search_path.
+        "SELECT verdict FROM secretgate.liveness \
+         WHERE (workspace_id OPERATOR(pg_catalog.=) $1 OR (workspace_id IS NULL AND $1 IS NULL)) \
          AND key OPERATOR(pg_catalog.=) $2 AND ciphertext_sha256 OPERATOR(pg_catalog.=) $3",
         Some(1),
-        &[secrets::sql_uuid(credential.scope).into(), credential.key.as_str().into(), credential.digest.as_slice().into()],
+        &[
+            secrets::sql_uuid(credential.scope).into(),
+            credential.key.as_str().into(),
+            credential.digest.as_slice().into(),
+        ],
     )?;
     Ok(if row.is_empty() { None } else { row.first().get_one::<String>()? })
 }
@@ -120,7 +136,9 @@ pub fn evaluate(
     }
     let Some(provider) = resolve(client, runtime, model)? else {
         if let Some(model) = model {
-            pgrx::notice!("secretgate: no provider route matches model {model:?}; treating the workspace as platform-managed");
+            pgrx::notice!(
+                "secretgate: no provider route matches model {model:?}; treating the workspace as platform-managed"
+            );
         }
         return Ok(Byok::Exempt);
     };
@@ -177,7 +195,9 @@ pub fn refusal(outcome: &Byok, workspace: Scope) -> Option<(Code, String, String
 /// The deferred gate: a workspace row inserted, set online, or given another
 /// model or runtime, re-read at commit.
 pub fn check_at_commit(client: &SpiClient<'_>, attached: &Attached, workspace: Scope, caller: &Caller) -> Result<()> {
-    let Some((kind, runtime, model)) = workspace_row(client, attached, workspace)? else { return Ok(()) };
+    let Some((kind, runtime, model)) = workspace_row(client, attached, workspace)? else {
+        return Ok(());
+    };
     let outcome = evaluate(client, attached, workspace, kind.as_deref(), runtime.as_deref(), model.as_deref())?;
     match refusal(&outcome, workspace) {
         None => Ok(()),
@@ -194,7 +214,8 @@ pub fn workspace_row(
     attached: &Attached,
     workspace: Scope,
 ) -> Result<Option<(Option<String>, Option<String>, Option<String>)>> {
-    let row = client.select(
+    let row = plans::select(
+        client,
         &format!("SELECT kind, runtime, model FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
         Some(1),
         &[secrets::sql_uuid(workspace).into()],
@@ -231,7 +252,9 @@ fn check_byok(workspace_id: Option<pgrx::Uuid>) {
             let attached = tables::attached(client)?;
             if workspace_row(client, &attached, workspace)?.is_none() {
                 let id = workspace.workspace_id().map(|id| id.hyphenated().to_string());
-                return Err(Failure::refusal(Code::WorkspaceKindUnknown, "no workspace with this id").with("workspace_id", id).into());
+                return Err(Failure::refusal(Code::WorkspaceKindUnknown, "no workspace with this id")
+                    .with("workspace_id", id)
+                    .into());
             }
             check_at_commit(client, &attached, workspace, &caller)
         })
@@ -253,7 +276,8 @@ fn record_liveness(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, http_sta
             let Some((Some(blob), _)) = secrets::fetch(client, &attached, scope, key)? else {
                 return Err(Failure::sql("P0002", format!("secretgate: no stored credential {key} in scope {scope}")));
             };
-            client.update(
+            plans::update(
+                client,
                 "INSERT INTO secretgate.liveness (workspace_id, key, ciphertext_sha256, verdict, http_status) \
                  VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (workspace_id, key) DO UPDATE SET ciphertext_sha256 = EXCLUDED.ciphertext_sha256, \

@@ -3,6 +3,7 @@
 
 use crate::byok;
 use crate::gates::{self, Caller, MODEL};
+use crate::plans;
 use crate::report::{self, Failure, Result};
 use crate::secrets::{self, Seed};
 use crate::tables;
@@ -47,7 +48,8 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
     let caller = Caller::current();
     Spi::connect_mut(|client| {
         let attached = tables::attached(client)?;
-        let row = client.update(
+        let row = plans::update(
+            client,
             &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", attached.workspaces),
             Some(1),
             &[id.into()],
@@ -65,7 +67,11 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
                 )),
                 Err(e) => Some((
                     Code::PlatformAgentIdentityGate,
-                    format!("a platform workspace cannot register: its MODEL cannot be read ({} {})", e.code().sqlstate(), e.code().word()),
+                    format!(
+                        "a platform workspace cannot register: its MODEL cannot be read ({} {})",
+                        e.code().sqlstate(),
+                        e.code().word()
+                    ),
                 )),
             }
         } else {
@@ -75,7 +81,8 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
             refusal = byok_refusal(client, &attached, scope)?;
         }
         let Some((code, reason)) = refusal else {
-            client.update(
+            plans::update(
+                client,
                 &format!("UPDATE {} SET status = 'online' WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
                 None,
                 &[id.into()],
@@ -83,13 +90,19 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
             return Ok(("online".to_string(), None));
         };
         let workspace_id = scope.workspace_id().map(|id| id.hyphenated().to_string());
-        client.update(
+        plans::update(
+            client,
             &format!("UPDATE {} SET status = 'failed' WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
             None,
             &[id.into()],
         )?;
         let event = json!({ "event": "WORKSPACE_PROVISION_FAILED", "code": code.word(), "workspace_id": workspace_id });
-        client.update("SELECT pg_catalog.pg_notify('secretgate_events', $1)", None, &[event.to_string().into()])?;
+        plans::update(
+            client,
+            "SELECT pg_catalog.pg_notify('secretgate_events', $1)",
+            None,
+            &[event.to_string().into()],
+        )?;
         let mut audit = json!({
             "event": "workspace.register.refused",
             "code": code.word(),
@@ -108,12 +121,21 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
 
 /// The BYOK rule at registration, reported rather than raised. A credential
 /// that cannot be decrypted is not usable: MISSING_BYOK_CREDENTIAL.
-fn byok_refusal(client: &pgrx::spi::SpiClient<'_>, attached: &tables::Attached, scope: Scope) -> Result<Option<(Code, String)>> {
-    let Some((kind, runtime, model)) = byok::workspace_row(client, attached, scope)? else { return Ok(None) };
+fn byok_refusal(
+    client: &pgrx::spi::SpiClient<'_>,
+    attached: &tables::Attached,
+    scope: Scope,
+) -> Result<Option<(Code, String)>> {
+    let Some((kind, runtime, model)) = byok::workspace_row(client, attached, scope)? else {
+        return Ok(None);
+    };
     let outcome = match byok::evaluate(client, attached, scope, kind.as_deref(), runtime.as_deref(), model.as_deref()) {
         Ok(outcome) => outcome,
         Err(_) => {
-            return Ok(Some((Code::MissingByokCredential, "a candidate BYOK credential cannot be decrypted".to_string())))
+            return Ok(Some((
+                Code::MissingByokCredential,
+                "a candidate BYOK credential cannot be decrypted".to_string(),
+            )))
         }
     };
     Ok(byok::refusal(&outcome, scope).map(|(code, _provider, reason)| (code, reason)))
@@ -217,7 +239,8 @@ fn kind_and_runtime(
     scope: Scope,
 ) -> Result<Option<(Option<String>, Option<String>)>> {
     let id = secrets::sql_uuid(scope);
-    let row = client.select(
+    let row = plans::select(
+        client,
         &format!("SELECT kind, runtime FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
         Some(1),
         &[id.into()],
@@ -230,7 +253,8 @@ fn kind_and_runtime(
 
 /// A model whose provider cannot be derived is platform-managed.
 fn routes_to_platform(client: &pgrx::spi::SpiClient<'_>, runtime: Option<&str>, model: &str) -> Result<bool> {
-    let row = client.select(
+    let row = plans::select(
+        client,
         "SELECT p.is_platform FROM (SELECT secretgate.resolve_provider($1, $2) AS name) r \
          LEFT JOIN secretgate.providers p ON p.name OPERATOR(pg_catalog.=) r.name",
         Some(1),

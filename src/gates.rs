@@ -6,6 +6,7 @@
 //! `set_secret` is the same refusal a direct INSERT meets in the trigger.
 
 use crate::keyring;
+use crate::plans;
 use crate::report::{Failure, Refusal, Result};
 use crate::secrets::{self, core_refusal};
 use crate::tables::Attached;
@@ -61,7 +62,8 @@ impl Caller {
         let agent_role = unsafe { pg_sys::get_role_oid(c"secretgate_agent".as_ptr(), true) };
         let via_role = agent_role != pg_sys::InvalidOid
             && unsafe {
-                pg_sys::is_member_of_role_nosuper(outer, agent_role) || pg_sys::is_member_of_role_nosuper(session, agent_role)
+                pg_sys::is_member_of_role_nosuper(outer, agent_role)
+                    || pg_sys::is_member_of_role_nosuper(session, agent_role)
             };
         let role = unsafe {
             let name = pg_sys::GetUserNameFromId(outer, true);
@@ -121,8 +123,11 @@ pub fn audited(refusal: Refusal, event: &str, caller: &Caller) -> Failure {
 
 /// The kind of a workspace: `None` when there is no such row.
 pub fn workspace_kind(client: &SpiClient<'_>, attached: &Attached, id: Scope) -> Result<Option<String>> {
-    let Scope::Workspace(id) = id else { return Ok(None) };
-    let table = client.select(
+    let Scope::Workspace(id) = id else {
+        return Ok(None);
+    };
+    let table = plans::select(
+        client,
         &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
         Some(1),
         &[secrets::sql_uuid(Scope::Workspace(id)).into()],
@@ -133,17 +138,24 @@ pub fn workspace_kind(client: &SpiClient<'_>, attached: &Attached, id: Scope) ->
 /// An agent may not delete a platform workspace (which deletes the
 /// concierge and, by cascade, its secrets), nor turn a workspace into or out
 /// of a platform one (demote, write its secrets, promote back): SG101.
-pub fn check_workspace_write(id: Scope, old_kind: Option<&str>, new_kind: Option<Option<&str>>, caller: &Caller) -> Result<()> {
+pub fn check_workspace_write(
+    id: Scope,
+    old_kind: Option<&str>,
+    new_kind: Option<Option<&str>>,
+    caller: &Caller,
+) -> Result<()> {
     if !caller.agent {
         return Ok(());
     }
     let (event, reason) = match new_kind {
-        None if old_kind == Some("platform") => {
-            ("workspace.delete.refused", "an agent caller may not delete a platform (concierge) workspace or its secrets")
-        }
-        Some(new_kind) if new_kind != old_kind && (old_kind == Some("platform") || new_kind == Some("platform")) => {
-            ("workspace.kind.refused", "an agent caller may not change whether a workspace is a platform (concierge) workspace")
-        }
+        None if old_kind == Some("platform") => (
+            "workspace.delete.refused",
+            "an agent caller may not delete a platform (concierge) workspace or its secrets",
+        ),
+        Some(new_kind) if new_kind != old_kind && (old_kind == Some("platform") || new_kind == Some("platform")) => (
+            "workspace.kind.refused",
+            "an agent caller may not change whether a workspace is a platform (concierge) workspace",
+        ),
         _ => return Ok(()),
     };
     let refusal = with_scope(Failure::refusal(Code::ConciergeSelfWriteBlocked, reason), id);
@@ -194,7 +206,8 @@ pub fn check_secret_write(
     if op == Write::Delete {
         return Ok(());
     }
-    let forbidden = client.select(
+    let forbidden = plans::select(
+        client,
         "SELECT reason FROM secretgate.forbidden_keys WHERE key OPERATOR(pg_catalog.=) $1",
         Some(1),
         &[key.into()],
@@ -240,8 +253,13 @@ pub fn check_secret_write(
 /// `Err` when it cannot be told (decrypt or keyring error). Locks the row
 /// under REPEATABLE READ and SERIALIZABLE so a concurrent delete after this
 /// transaction's snapshot is a serialization failure, not a stale "present".
-pub fn model_usable(client: &mut SpiClient<'_>, attached: &Attached, scope: Scope) -> Result<std::result::Result<bool, CoreError>> {
-    let lock = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
+pub fn model_usable(
+    client: &mut SpiClient<'_>,
+    attached: &Attached,
+    scope: Scope,
+) -> Result<std::result::Result<bool, CoreError>> {
+    // A read-only transaction (a hot standby) sets nothing online and cannot lock rows: it only reads.
+    let lock = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 && !unsafe { pg_sys::XactReadOnly };
     let row = secrets::fetch_locked(client, attached, scope, MODEL, lock)?;
     Ok(match row {
         None => Ok(false),
@@ -254,9 +272,17 @@ pub fn model_usable(client: &mut SpiClient<'_>, attached: &Attached, scope: Scop
 /// The workspace row is locked FOR SHARE, so a concurrent transaction that
 /// sets it online waits for this one (or this one for it) and then sees
 /// the other's committed state: no interleaving lets both commit.
-pub fn check_platform_identity(client: &mut SpiClient<'_>, attached: &Attached, scope: Scope, caller: &Caller) -> Result<()> {
-    let Scope::Workspace(id) = scope else { return Ok(()) };
-    let row = client.update(
+pub fn check_platform_identity(
+    client: &mut SpiClient<'_>,
+    attached: &Attached,
+    scope: Scope,
+    caller: &Caller,
+) -> Result<()> {
+    let Scope::Workspace(id) = scope else {
+        return Ok(());
+    };
+    let row = plans::update(
+        client,
         &format!("SELECT kind, status FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE", attached.workspaces),
         Some(1),
         &[secrets::sql_uuid(Scope::Workspace(id)).into()],
@@ -283,7 +309,12 @@ pub fn check_platform_identity(client: &mut SpiClient<'_>, attached: &Attached, 
 
 /// Reads the MODEL-or-other secret for the concierge helpers: value, unset,
 /// or the error that must never be mistaken for either.
-pub fn read_state(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<std::result::Result<Option<String>, CoreError>> {
+pub fn read_state(
+    client: &SpiClient<'_>,
+    attached: &Attached,
+    scope: Scope,
+    key: &str,
+) -> Result<std::result::Result<Option<String>, CoreError>> {
     Ok(match secrets::fetch(client, attached, scope, key)? {
         None => Ok(None),
         Some(row) => keyring::current().and_then(|k| secrets::open(&k, row, scope, key)).map(Some),

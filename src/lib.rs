@@ -9,6 +9,7 @@ mod concierge;
 pub(crate) mod gates;
 mod keyring;
 mod maintenance;
+mod plans;
 mod report;
 mod secrets;
 mod tables;
@@ -21,6 +22,10 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx appends a Rust backtrace to the DETAIL of a Postgres error raised
+    // inside SPI whenever the server's environment enables backtraces
+    // (RUST_BACKTRACE). Clients get Postgres' own DETAIL, nothing more.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     keyring::register_guc();
     gates::register_guc();
     unsafe { pg_sys::MarkGUCPrefixReserved(c"secretgate".as_ptr()) };

@@ -4,17 +4,13 @@
 
 use crate::gates::{self, Caller, Write};
 use crate::keyring;
+use crate::plans;
 use crate::report::{Failure, Result};
 use crate::secrets;
 use crate::tables::{self, Attached};
-use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use secretgate_core::{ciphertext_digest, uuid::Uuid as CoreUuid, Keyring, Scope};
-
-fn oid(o: pg_sys::Oid) -> PgOid {
-    PgOid::from_untagged(o)
-}
 
 /// How maintenance reads rows: waiting for concurrent writers, or skipping
 /// the rows they hold (a later batch takes them).
@@ -53,7 +49,7 @@ fn rows(
             sql.push_str(&format!(" LIMIT {n}"));
         }
         sql.push_str(if lock == Lock::SkipLocked { " FOR UPDATE SKIP LOCKED" } else { " FOR UPDATE" });
-        for row in client.update(&sql, None, std::slice::from_ref(&arg))? {
+        for row in plans::update(client, &sql, None, std::slice::from_ref(&arg))? {
             let id = row.get::<pgrx::Uuid>(1)?;
             out.push(Row {
                 scope: Scope::from_workspace(id.map(|id| CoreUuid::from_bytes(*id))),
@@ -72,14 +68,21 @@ fn open(keyring: &Keyring, row: &Row) -> Result<String> {
 }
 
 /// SQL naming one row, its parameters starting at `$first`, and their values.
-fn locate<'a>(attached: &Attached, scope: Scope, key: &'a str, first: usize) -> (String, String, Vec<pgrx::datum::DatumWithOid<'a>>) {
+fn locate<'a>(
+    attached: &Attached,
+    scope: Scope,
+    key: &'a str,
+    first: usize,
+) -> (String, String, Vec<pgrx::datum::DatumWithOid<'a>>) {
     match scope {
         Scope::Workspace(_) => (
             attached.secrets.clone(),
             format!("workspace_id OPERATOR(pg_catalog.=) ${first} AND key OPERATOR(pg_catalog.=) ${}", first + 1),
             vec![secrets::sql_uuid(scope).into(), key.into()],
         ),
-        Scope::Global => (attached.global_secrets.clone(), format!("key OPERATOR(pg_catalog.=) ${first}"), vec![key.into()]),
+        Scope::Global => {
+            (attached.global_secrets.clone(), format!("key OPERATOR(pg_catalog.=) ${first}"), vec![key.into()])
+        }
     }
 }
 
@@ -107,7 +110,15 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
                 let value = open(&keyring, row)?;
                 let exists = secrets::fetch(client, &attached, row.scope, new_key)?.is_some();
                 if !exists {
-                    gates::check_secret_write(client, &attached, Write::Insert, row.scope, new_key, Some(&value), &caller)?;
+                    gates::check_secret_write(
+                        client,
+                        &attached,
+                        Write::Insert,
+                        row.scope,
+                        new_key,
+                        Some(&value),
+                        &caller,
+                    )?;
                 }
                 gates::check_secret_write(client, &attached, Write::Delete, row.scope, old_key, None, &caller)?;
                 plan.push((row.scope, if exists { None } else { Some(value) }));
@@ -116,8 +127,9 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
             let mut renamed = 0;
             for (scope, value) in plan {
                 if let Some(value) = value {
-                    let (version, blob) =
-                        keyring.encrypt(value.as_bytes(), scope, new_key).map_err(|e| gates::refusal_for_core(e, scope, new_key))?;
+                    let (version, blob) = keyring
+                        .encrypt(value.as_bytes(), scope, new_key)
+                        .map_err(|e| gates::refusal_for_core(e, scope, new_key))?;
                     let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = vec![blob.as_slice().into(), version.into()];
                     let sql = match scope {
                         Scope::Workspace(_) => {
@@ -129,14 +141,17 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
                         }
                         Scope::Global => {
                             args.push(new_key.into());
-                            format!("INSERT INTO {} (encrypted_value, encryption_version, key) VALUES ($1, $2, $3)", attached.global_secrets)
+                            format!(
+                                "INSERT INTO {} (encrypted_value, encryption_version, key) VALUES ($1, $2, $3)",
+                                attached.global_secrets
+                            )
                         }
                     };
-                    client.update(&sql, None, &args)?;
+                    plans::update(client, &sql, None, &args)?;
                     renamed += 1;
                 }
                 let (table, row, args) = locate(&attached, scope, old_key, 1);
-                client.update(&format!("DELETE FROM {table} WHERE {row}"), None, &args)?;
+                plans::update(client, &format!("DELETE FROM {table} WHERE {row}"), None, &args)?;
             }
             Ok(renamed)
         })
@@ -148,10 +163,18 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
 /// in the caller's transaction. Rows locked by concurrent writers are
 /// skipped (a later batch takes them). A liveness verdict follows its
 /// credential to the new ciphertext. Returns the number of rows moved.
+/// Moves a credential's verdict to its re-encrypted ciphertext.
+const CARRY_VERDICT: &str =
+    "UPDATE secretgate.liveness SET ciphertext_sha256 = $4 \
+     WHERE (workspace_id OPERATOR(pg_catalog.=) $1 OR (workspace_id IS NULL AND $1 IS NULL)) \
+     AND key OPERATOR(pg_catalog.=) $2 AND ciphertext_sha256 OPERATOR(pg_catalog.=) $3";
+
 #[pg_extern(volatile)]
 fn reencrypt(batch_size: Option<i32>) -> i64 {
     let run = || -> Result<i64> {
-        let batch = batch_size.filter(|n| *n > 0).ok_or_else(|| Failure::sql("22023", "secretgate: batch_size must be positive"))?;
+        let batch = batch_size
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Failure::sql("22023", "secretgate: batch_size must be positive"))?;
         let keyring = keyring::current().map_err(|e| Failure::from(secrets::core_refusal(e, None, None)))?;
         let current = keyring.current_version();
         Spi::connect_mut(|client| {
@@ -159,33 +182,37 @@ fn reencrypt(batch_size: Option<i32>) -> i64 {
             let stale = rows(
                 client,
                 &attached,
-                "encryption_version IS DISTINCT FROM $1",
+                // Not IS DISTINCT FROM: it looks `=` up on the caller's search_path.
+                "(encryption_version IS NULL OR encryption_version OPERATOR(pg_catalog.<>) $1)",
                 current.into(),
                 Some(batch as i64),
                 Lock::SkipLocked,
             )?;
-            let carry_verdict = client.prepare_mut(
-                "UPDATE secretgate.liveness SET ciphertext_sha256 = $4 WHERE workspace_id IS NOT DISTINCT FROM $1 \
-                 AND key OPERATOR(pg_catalog.=) $2 AND ciphertext_sha256 OPERATOR(pg_catalog.=) $3",
-                &[oid(pg_sys::UUIDOID), oid(pg_sys::TEXTOID), oid(pg_sys::BYTEAOID), oid(pg_sys::BYTEAOID)],
-            )?;
             for row in &stale {
                 let value = open(&keyring, row)?;
-                let (version, blob) =
-                    keyring.encrypt(value.as_bytes(), row.scope, &row.key).map_err(|e| gates::refusal_for_core(e, row.scope, &row.key))?;
+                let (version, blob) = keyring
+                    .encrypt(value.as_bytes(), row.scope, &row.key)
+                    .map_err(|e| gates::refusal_for_core(e, row.scope, &row.key))?;
                 let (table, where_row, located) = locate(&attached, row.scope, &row.key, 3);
                 let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = vec![blob.as_slice().into(), version.into()];
                 args.extend(located);
-                client.update(
+                plans::update(
+                    client,
                     &format!("UPDATE {table} SET encrypted_value = $1, encryption_version = $2 WHERE {where_row}"),
                     None,
                     &args,
                 )?;
                 let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
-                                client.update(
-                    &carry_verdict,
+                plans::update(
+                    client,
+                    CARRY_VERDICT,
                     None,
-                    &[secrets::sql_uuid(row.scope).into(), row.key.as_str().into(), old_digest.as_slice().into(), ciphertext_digest(&blob).as_slice().into()],
+                    &[
+                        secrets::sql_uuid(row.scope).into(),
+                        row.key.as_str().into(),
+                        old_digest.as_slice().into(),
+                        ciphertext_digest(&blob).as_slice().into(),
+                    ],
                 )?;
             }
             Ok(stale.len() as i64)

@@ -4,6 +4,7 @@
 
 use crate::gates;
 use crate::keyring;
+use crate::plans;
 use crate::report::{Failure, Refusal, Result};
 use crate::tables::{self, Attached};
 use pgrx::prelude::*;
@@ -57,19 +58,30 @@ type StoredRow = Option<(Option<Vec<u8>>, Option<i32>)>;
 
 pub fn fetch(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<StoredRow> {
     let (sql, args) = row_query(attached, scope, key, "");
-    stored_row(client.select(&sql, Some(1), &args)?)
+    stored_row(plans::select(client, &sql, Some(1), &args)?)
 }
 
 /// [`fetch`], locking the row FOR SHARE when `lock` is set.
-pub fn fetch_locked(client: &mut SpiClient<'_>, attached: &Attached, scope: Scope, key: &str, lock: bool) -> Result<StoredRow> {
+pub fn fetch_locked(
+    client: &mut SpiClient<'_>,
+    attached: &Attached,
+    scope: Scope,
+    key: &str,
+    lock: bool,
+) -> Result<StoredRow> {
     if !lock {
         return fetch(client, attached, scope, key);
     }
     let (sql, args) = row_query(attached, scope, key, " FOR SHARE");
-    stored_row(client.update(&sql, Some(1), &args)?)
+    stored_row(plans::update(client, &sql, Some(1), &args)?)
 }
 
-fn row_query<'a>(attached: &Attached, scope: Scope, key: &'a str, suffix: &str) -> (String, Vec<pgrx::datum::DatumWithOid<'a>>) {
+fn row_query<'a>(
+    attached: &Attached,
+    scope: Scope,
+    key: &'a str,
+    suffix: &str,
+) -> (String, Vec<pgrx::datum::DatumWithOid<'a>>) {
     match scope {
         Scope::Workspace(_) => (
             format!(
@@ -105,7 +117,9 @@ pub fn open(
     key: &str,
 ) -> std::result::Result<String, CoreError> {
     let (Some(blob), Some(version)) = row else {
-        return Err(CoreError::DecryptFailed { reason: "the stored row has a NULL encrypted_value or encryption_version" });
+        return Err(CoreError::DecryptFailed {
+            reason: "the stored row has a NULL encrypted_value or encryption_version",
+        });
     };
     keyring.decrypt(&blob, version, scope, key)
 }
@@ -159,7 +173,8 @@ fn store(scope: Scope, key: &str, value: &str, replace: bool) -> Result<bool> {
             "DO NOTHING"
         };
         let written = match scope {
-            Scope::Workspace(_) => client.update(
+            Scope::Workspace(_) => plans::update(
+                client,
                 &format!(
                     "INSERT INTO {} AS s (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (workspace_id, key) {on_conflict}",
@@ -168,7 +183,8 @@ fn store(scope: Scope, key: &str, value: &str, replace: bool) -> Result<bool> {
                 None,
                 &[sql_uuid(scope).into(), key.into(), blob.as_slice().into(), version.into()],
             )?,
-            Scope::Global => client.update(
+            Scope::Global => plans::update(
+                client,
                 &format!(
                     "INSERT INTO {} AS s (key, encrypted_value, encryption_version) VALUES ($1, $2, $3) \
                      ON CONFLICT (key) {on_conflict}",
@@ -190,7 +206,9 @@ fn read_or_raise(scope: Scope, key: &str) -> Result<Option<String>> {
 fn encrypt(plaintext: Option<&str>, workspace_id: Option<pgrx::Uuid>, key: Option<&str>) -> Option<Vec<u8>> {
     let run = || -> Result<Option<Vec<u8>>> {
         let key = required(key, "key")?;
-        let Some(plaintext) = plaintext else { return Ok(None) };
+        let Some(plaintext) = plaintext else {
+            return Ok(None);
+        };
         let scope = scope_of(workspace_id);
         let (_, blob) = keyring::current()
             .and_then(|k| k.encrypt(plaintext.as_bytes(), scope, key))
@@ -209,7 +227,9 @@ fn decrypt(
 ) -> Option<String> {
     let run = || -> Result<Option<String>> {
         let key = required(key, "key")?;
-        let Some(blob) = encrypted_value else { return Ok(None) };
+        let Some(blob) = encrypted_value else {
+            return Ok(None);
+        };
         let version = required(encryption_version, "encryption_version")?;
         let scope = scope_of(workspace_id);
         let plaintext = keyring::current()
@@ -222,9 +242,8 @@ fn decrypt(
 
 #[pg_extern(stable, parallel_safe)]
 fn current_key_version() -> i32 {
-    let version = keyring::current()
-        .map(|k| k.current_version())
-        .map_err(|e| Failure::from(core_refusal(e, None, None)));
+    let version =
+        keyring::current().map(|k| k.current_version()).map_err(|e| Failure::from(core_refusal(e, None, None)));
     Failure::unwrap_or_raise(version)
 }
 
@@ -284,7 +303,12 @@ type VerifyRow = (Option<pgrx::Uuid>, String, String, Option<String>);
 #[pg_extern(stable)]
 fn verify_secrets() -> TableIterator<
     'static,
-    (name!(workspace_id, Option<pgrx::Uuid>), name!(key, String), name!(state, String), name!(error_code, Option<String>)),
+    (
+        name!(workspace_id, Option<pgrx::Uuid>),
+        name!(key, String),
+        name!(state, String),
+        name!(error_code, Option<String>),
+    ),
 > {
     TableIterator::new(Failure::unwrap_or_raise(verify_all()))
 }
@@ -296,8 +320,14 @@ fn verify_all() -> Result<Vec<VerifyRow>> {
         let attached = tables::attached(client)?;
         let keyring = keyring::current();
         let queries = [
-            format!("SELECT workspace_id, key, encrypted_value, encryption_version FROM {} ORDER BY workspace_id, key", attached.secrets),
-            format!("SELECT NULL::pg_catalog.uuid, key, encrypted_value, encryption_version FROM {} ORDER BY key", attached.global_secrets),
+            format!(
+                "SELECT workspace_id, key, encrypted_value, encryption_version FROM {} ORDER BY workspace_id, key",
+                attached.secrets
+            ),
+            format!(
+                "SELECT NULL::pg_catalog.uuid, key, encrypted_value, encryption_version FROM {} ORDER BY key",
+                attached.global_secrets
+            ),
         ];
         let mut out = Vec::new();
         for query in &queries {

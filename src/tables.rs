@@ -1,6 +1,7 @@
 //! The platform's tables that secretgate guards: validated and recorded by
 //! `attach_gates`, looked up by every function that reads or writes secrets.
 
+use crate::plans;
 use crate::report::{Failure, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -31,7 +32,7 @@ pub fn attached(client: &SpiClient<'_>) -> Result<Attached> {
         QUALIFIED.replace("{col}", "secrets"),
         QUALIFIED.replace("{col}", "global_secrets"),
     );
-    let row = client.select(&q, Some(1), &[])?;
+    let row = plans::select(client, &q, Some(1), &[])?;
     if row.is_empty() {
         return Err(not_attached());
     }
@@ -49,12 +50,18 @@ fn not_attached() -> Failure {
 }
 
 /// Validates the three tables and records them; the same tables again is a no-op.
-pub fn attach(client: &mut SpiClient<'_>, workspaces: pg_sys::Oid, secrets: pg_sys::Oid, global: pg_sys::Oid) -> Result<()> {
+pub fn attach(
+    client: &mut SpiClient<'_>,
+    workspaces: pg_sys::Oid,
+    secrets: pg_sys::Oid,
+    global: pg_sys::Oid,
+) -> Result<()> {
     validate(client, workspaces, WORKSPACE_COLUMNS, &["id"])?;
     validate(client, secrets, SECRET_COLUMNS, &["key", "workspace_id"])?;
     validate(client, global, GLOBAL_SECRET_COLUMNS, &["key"])?;
 
-    let current = client.select(
+    let current = plans::select(
+        client,
         "SELECT workspaces::oid, secrets::oid, global_secrets::oid FROM secretgate.attached_tables",
         Some(1),
         &[],
@@ -66,11 +73,15 @@ pub fn attach(client: &mut SpiClient<'_>, workspaces: pg_sys::Oid, secrets: pg_s
         return if same {
             Ok(())
         } else {
-            Err(Failure::sql("55000", "secretgate: other tables are already attached in this database (one set per database)")
-                .hint("call secretgate.detach_gates() first"))
+            Err(Failure::sql(
+                "55000",
+                "secretgate: other tables are already attached in this database (one set per database)",
+            )
+            .hint("call secretgate.detach_gates() first"))
         };
     }
-    client.update(
+    plans::update(
+        client,
         "INSERT INTO secretgate.attached_tables (workspaces, secrets, global_secrets) VALUES ($1::pg_catalog.oid, $2::pg_catalog.oid, $3::pg_catalog.oid)",
         None,
         &[workspaces.into(), secrets.into(), global.into()],
@@ -84,7 +95,7 @@ pub fn attach(client: &mut SpiClient<'_>, workspaces: pg_sys::Oid, secrets: pg_s
 
 /// Drops the gates' triggers and forgets the tables; a no-op when none are attached.
 pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
-    let current = client.select("SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
+    let current = plans::select(client, "SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
     if current.is_empty() {
         return Ok(());
     }
@@ -92,7 +103,7 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
     for statement in crate::triggers::drop_statements(&attached) {
         client.update(&statement, None, &[])?;
     }
-    client.update("DELETE FROM secretgate.attached_tables", None, &[])?;
+    plans::update(client, "DELETE FROM secretgate.attached_tables", None, &[])?;
     Ok(())
 }
 
@@ -100,8 +111,12 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
 /// are fine) and a plain unique index on exactly `unique_key`, which
 /// `set_secret`'s upsert uses as its conflict target.
 fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)], unique_key: &[&str]) -> Result<()> {
-    let rel = client.select(
-        &format!("SELECT {}, c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1", QUALIFIED.replace("{col}", "$1")),
+    let rel = plans::select(
+        client,
+        &format!(
+            "SELECT {}, c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            QUALIFIED.replace("{col}", "$1")
+        ),
         Some(1),
         &[table.into()],
     )?;
@@ -114,7 +129,8 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         return Err(Failure::sql("42809", format!("secretgate: {name} is not a table")));
     }
     for (column, want) in columns {
-        let found = client.select(
+        let found = plans::select(
+            client,
             "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                AND a.attnum > 0 AND NOT a.attisdropped",
@@ -124,7 +140,10 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         let found = if found.is_empty() { None } else { found.first().get_one::<String>()? };
         match found {
             None => {
-                return Err(Failure::sql("42703", format!("secretgate: table {name} has no column \"{column}\" ({want})")))
+                return Err(Failure::sql(
+                    "42703",
+                    format!("secretgate: table {name} has no column \"{column}\" ({want})"),
+                ))
             }
             Some(got) if got != *want => {
                 return Err(Failure::sql(

@@ -2,6 +2,7 @@
 //! a thin adapter: read the row, call the check in `gates`, raise its failure.
 
 use crate::gates::{self, Caller, Write, MODEL};
+use crate::plans;
 use crate::report::{self, Failure};
 use crate::tables::{self, Attached};
 use crate::{keyring, secrets};
@@ -204,14 +205,21 @@ fn gate_global_secret_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a>
 fn gate_workspace_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let op = operation(trigger);
     let check = || -> report::Result<()> {
-        let Some(old) = trigger.old() else { return Ok(()) };
+        let Some(old) = trigger.old() else {
+            return Ok(());
+        };
         let id = uuid_col(&old, "id")?.map_or(Scope::Global, Scope::Workspace);
         let new_kind = match trigger.new().filter(|_| op == Write::Update) {
             Some(new) => Some(text_col(&new, "kind")?),
             None => None,
         };
         let old_kind = text_col(&old, "kind")?;
-        gates::check_workspace_write(id, old_kind.as_deref(), new_kind.as_ref().map(Option::as_deref), &Caller::current())
+        gates::check_workspace_write(
+            id,
+            old_kind.as_deref(),
+            new_kind.as_ref().map(Option::as_deref),
+            &Caller::current(),
+        )
     };
     Failure::unwrap_or_raise(check());
     Ok(pass(trigger, op))
@@ -220,7 +228,9 @@ fn gate_workspace_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 /// The platform-identity invariant for the workspace a row names.
 fn identity_at_commit(row: Option<Row<'_>>, id_column: &str) -> report::Result<()> {
     let Some(row) = row else { return Ok(()) };
-    let Some(id) = uuid_col(&row, id_column)? else { return Ok(()) };
+    let Some(id) = uuid_col(&row, id_column)? else {
+        return Ok(());
+    };
     let caller = Caller::current();
     with_attached(|client, attached| gates::check_platform_identity(client, attached, Scope::Workspace(id), &caller))
 }
@@ -244,8 +254,12 @@ fn gate_model_removed<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 #[pg_trigger]
 fn gate_byok<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let check = || -> report::Result<()> {
-        let Some(new) = trigger.new() else { return Ok(()) };
-        let Some(id) = uuid_col(&new, "id")? else { return Ok(()) };
+        let Some(new) = trigger.new() else {
+            return Ok(());
+        };
+        let Some(id) = uuid_col(&new, "id")? else {
+            return Ok(());
+        };
         let caller = Caller::current();
         with_attached(|client, attached| crate::byok::check_at_commit(client, attached, Scope::Workspace(id), &caller))
     };
@@ -259,7 +273,8 @@ fn gate_secrets_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let check = || -> report::Result<()> {
         let caller = Caller::current();
         with_attached(|client, attached| {
-            let online = client.select(
+            let online = plans::select(
+                client,
                 &format!("SELECT 1 FROM {} WHERE kind = 'platform' AND status = 'online' LIMIT 1", attached.workspaces),
                 Some(1),
                 &[],

@@ -1,0 +1,70 @@
+//! Statements planned once per backend and kept. Every gate and every read
+//! runs the same few statements, and planning them on each call cost more
+//! than the work itself. A plan is keyed by its text (which names the
+//! attached tables, so a renamed table gives a new entry) and its argument
+//! types; Postgres' plan cache revalidates a kept plan after DDL on anything
+//! it uses, and rechecks privileges on every execution.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::{self, PgOid};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A bound on the cache: the extension has a few dozen statements per set of
+/// attached tables; past this, something keeps renaming tables, so start over.
+const MAX_PLANS: usize = 256;
+
+type Key = (String, Vec<pg_sys::Oid>, bool);
+
+thread_local! {
+    static PLANS: RefCell<HashMap<Key, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+/// The kept plan for `sql`, preparing it on first use. The `Rc` is cloned out
+/// so no borrow is held while it runs (a trigger it fires may plan too).
+fn plan(
+    client: &SpiClient<'_>,
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    mutating: bool,
+) -> SpiResult<Rc<OwnedPreparedStatement>> {
+    let key: Key = (sql.to_owned(), args.iter().map(|a| a.oid()).collect(), mutating);
+    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).cloned()) {
+        return Ok(plan);
+    }
+    let types: Vec<PgOid> = key.1.iter().map(|&oid| PgOid::from(oid)).collect();
+    let prepared = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+    let plan = Rc::new(prepared.keep());
+    PLANS.with(|plans| {
+        let mut plans = plans.borrow_mut();
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, Rc::clone(&plan));
+    });
+    Ok(plan)
+}
+
+/// `client.select` through a kept plan.
+pub fn select<'conn>(
+    client: &SpiClient<'conn>,
+    sql: &str,
+    limit: Option<i64>,
+    args: &[DatumWithOid<'_>],
+) -> SpiResult<SpiTupleTable<'conn>> {
+    let plan = plan(client, sql, args, false)?;
+    client.select(&*plan, limit, args)
+}
+
+/// `client.update` (a statement that writes or locks) through a kept plan.
+pub fn update<'conn>(
+    client: &mut SpiClient<'conn>,
+    sql: &str,
+    limit: Option<i64>,
+    args: &[DatumWithOid<'_>],
+) -> SpiResult<SpiTupleTable<'conn>> {
+    let plan = plan(client, sql, args, true)?;
+    client.update(&*plan, limit, args)
+}
