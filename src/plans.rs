@@ -65,6 +65,19 @@ pub fn update<'conn>(
     limit: Option<i64>,
     args: &[DatumWithOid<'_>],
 ) -> SpiResult<SpiTupleTable<'conn>> {
+    prevent_if_read_only(sql);
     let plan = plan(client, sql, args, true)?;
     client.update(&*plan, limit, args)
+}
+
+/// Before a statement that writes or locks: in a read-only transaction (every
+/// transaction on a hot standby) Postgres' own 25006 "cannot execute INSERT in
+/// a read-only transaction". Without it pgrx's `update` first asks for a
+/// transaction id, which a standby refuses with an internal error (XX000).
+pub fn prevent_if_read_only(sql: &str) {
+    if unsafe { pg_sys::XactReadOnly } {
+        let command = sql.split_whitespace().next().unwrap_or("a write").to_ascii_uppercase();
+        let command = std::ffi::CString::new(command).unwrap_or_default();
+        unsafe { pg_sys::PreventCommandIfReadOnly(command.as_ptr()) };
+    }
 }

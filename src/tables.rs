@@ -101,6 +101,7 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
     }
     let attached = attached(client)?;
     for statement in crate::triggers::drop_statements(&attached) {
+        plans::prevent_if_read_only(&statement);
         client.update(&statement, None, &[])?;
     }
     plans::update(client, "DELETE FROM secretgate.attached_tables", None, &[])?;
