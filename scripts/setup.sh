@@ -22,4 +22,6 @@ if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION"
   echo "setup: installing cargo-pgrx $PGRX_VERSION (takes several minutes)"
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
-echo "setup: ok (postgresql-15, cargo-pgrx $PGRX_VERSION, PGRX_HOME=$(pwd)/pgrx-config)"
+# cargo-fuzz, for the fuzz tier: pinned, and installed if missing, by scripts/fuzz.sh.
+scripts/fuzz.sh --install-only
+echo "setup: ok (postgresql-15, cargo-pgrx $PGRX_VERSION, cargo-fuzz, PGRX_HOME=$(pwd)/pgrx-config)"

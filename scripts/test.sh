@@ -3,6 +3,8 @@
 #   1. pure core         cargo test -p secretgate-core
 #   2. in-server         cargo pgrx test pg15 (a throwaway cluster run as `postgres`)
 #   3. black-box (sqlx)  cargo test -p secretgate-tests (each binary starts its own cluster)
+#   4. fuzz              scripts/fuzz.sh: each secretgate-core fuzz target for a
+#                        bounded time (SECRETGATE_FUZZ_SECONDS, default 15)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -24,5 +26,9 @@ echo "== tier 3: black-box (sqlx against a real server)"
 scripts/install.sh
 cargo build -p secretgate-cli
 SECRETGATE_BIN="$PWD/target/debug/secretgate" cargo test -p secretgate-tests
+
+echo "== tier 4: fuzz (secretgate-core, cargo-fuzz)"
+# Short and bounded: catches a shallow crash early; saved crashes are replayed in tier 1.
+scripts/fuzz.sh "${SECRETGATE_FUZZ_SECONDS:-15}"
 
 echo "== all tiers passed"

@@ -204,7 +204,7 @@ fn ensure_concierge_provider(workspace_id: Option<pgrx::Uuid>) -> String {
         })?;
         outcome(scope, LLM_PROVIDER, plan)
     };
-    Failure::unwrap_or_raise(run())
+    Failure::unwrap_or_raise(report::withholding_row_detail(run))
 }
 
 #[pg_extern(volatile)]
@@ -230,7 +230,7 @@ fn ensure_concierge_model(workspace_id: Option<pgrx::Uuid>, default_model: Optio
         })?;
         outcome(scope, MODEL, plan)
     };
-    Failure::unwrap_or_raise(run())
+    Failure::unwrap_or_raise(report::withholding_row_detail(run))
 }
 
 fn kind_and_runtime(

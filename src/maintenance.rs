@@ -5,7 +5,7 @@
 use crate::gates::{self, Caller, Write};
 use crate::keyring;
 use crate::plans;
-use crate::report::{Failure, Result};
+use crate::report::{self, Failure, Result};
 use crate::secrets;
 use crate::tables::{self, Attached};
 use pgrx::prelude::*;
@@ -156,7 +156,7 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
             Ok(renamed)
         })
     };
-    Failure::unwrap_or_raise(run())
+    Failure::unwrap_or_raise(report::withholding_row_detail(run))
 }
 
 /// Moves up to `batch_size` rows from older key versions to the current one,
@@ -218,5 +218,5 @@ fn reencrypt(batch_size: Option<i32>) -> i64 {
             Ok(stale.len() as i64)
         })
     };
-    Failure::unwrap_or_raise(run())
+    Failure::unwrap_or_raise(report::withholding_row_detail(run))
 }

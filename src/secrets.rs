@@ -5,7 +5,7 @@
 use crate::gates;
 use crate::keyring;
 use crate::plans;
-use crate::report::{Failure, Refusal, Result};
+use crate::report::{self, Failure, Refusal, Result};
 use crate::tables::{self, Attached};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -253,13 +253,13 @@ fn set_secret(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, value: Option
         let scope = workspace_scope(workspace_id)?;
         write(scope, required(key, "key")?, required(value, "value")?)
     };
-    Failure::unwrap_or_raise(run())
+    Failure::unwrap_or_raise(report::withholding_row_detail(run))
 }
 
 #[pg_extern(volatile)]
 fn set_global_secret(key: Option<&str>, value: Option<&str>) {
     let run = || -> Result<()> { write(Scope::Global, required(key, "key")?, required(value, "value")?) };
-    Failure::unwrap_or_raise(run())
+    Failure::unwrap_or_raise(report::withholding_row_detail(run))
 }
 
 #[pg_extern(stable)]

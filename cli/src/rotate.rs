@@ -92,6 +92,11 @@ pub async fn main(url: &str, args: RotateArgs) -> Result<(), Failure> {
 }
 
 async fn run(conn: &mut PgConnection, args: &RotateArgs, stop: &AtomicBool) -> Result<(), Failure> {
+    // "Committed" in the progress report means durable, whatever the server's default.
+    sqlx::query("SET synchronous_commit = on")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| setup_failure("cannot set synchronous_commit", &e))?;
     let tables = attached(conn).await?;
     let before = census(conn, &tables).await.map_err(|e| setup_failure("cannot count the secrets to re-encrypt", &e))?;
     println!(

@@ -26,6 +26,7 @@ fn main() {
         trial("agent_setting_cannot_write_platform_secrets", &cluster, agent_setting_cannot_write_platform_secrets),
         trial("agent_role_member_is_agent_whatever_it_sets", &cluster, agent_role_member_is_agent_whatever_it_sets),
         trial("agent_write_to_unknown_workspace_is_sg106", &cluster, agent_write_to_unknown_workspace_is_sg106),
+        trial("refusal_raised_inside_set_secret_keeps_its_code", &cluster, refusal_raised_inside_set_secret_keeps_its_code),
         trial("agent_may_write_ordinary_workspaces", &cluster, agent_may_write_ordinary_workspaces),
         trial("operator_unset_and_superuser_may_write_platform", &cluster, operator_unset_and_superuser_may_write_platform),
         trial("caller_setting_rejects_invalid_values", &cluster, caller_setting_rejects_invalid_values),
@@ -631,6 +632,62 @@ async fn agent_write_to_unknown_workspace_is_sg106(cluster: Arc<Cluster>) -> Res
             .await?
             .assert_no_leak(&[&v])?;
     }
+    Ok(())
+}
+
+/// `set_secret` checks the gates before it writes, but a transaction that
+/// commits in between (here: the workspace becomes a platform one while the
+/// agent's upsert waits for the row) leaves the refusal to the trigger, inside
+/// the extension's own INSERT. The agent still gets SG101 with its JSON
+/// DETAIL, not XX000 (pgrx knows only Postgres' own codes).
+async fn refusal_raised_inside_set_secret_keeps_its_code(cluster: Arc<Cluster>) -> Result<()> {
+    let (url, mut admin) = migrated_database(&cluster, &db_name("g_inside")).await?;
+    let ws = Uuid::new_v4();
+    let (old, new) = (cluster.fresh_secret(), cluster.fresh_secret());
+    sqlx::query("INSERT INTO public.workspaces (id, kind) VALUES ($1, 'external')").bind(ws).execute(&mut admin).await.described("ws")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)").bind(ws).bind(&old).execute(&mut admin).await.described("seed")?;
+
+    // An operator holds the secret's row.
+    let mut operator = PgConnection::connect(&url).await.context("operator")?;
+    let mut held = operator.begin().await?;
+    sqlx::query("UPDATE public.workspace_secrets SET updated_at = now() WHERE workspace_id = $1 AND key = 'NOTES'")
+        .bind(ws)
+        .execute(&mut *held)
+        .await
+        .described("hold the row")?;
+    // The agent's set_secret passes its pre-check and waits for the row.
+    let (agent_url, value) = (url.clone(), new.clone());
+    let agent = tokio::spawn(async move {
+        let mut conn = PgConnection::connect(&agent_url).await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SET LOCAL secretgate.caller = 'agent'").execute(&mut *tx).await?;
+        sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)").bind(ws).bind(&value).execute(&mut *tx).await.map(|_| ())
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .described("waiters")?;
+        if waiting > 0 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the agent's set_secret never waited for the held row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile the workspace becomes a platform one.
+    sqlx::query("UPDATE public.workspaces SET kind = 'platform' WHERE id = $1").bind(ws).execute(&mut *held).await.described("kind")?;
+    held.commit().await.described("commit")?;
+    let result = agent.await.context("the agent's task")?;
+    expect_sg(result, Code::ConciergeSelfWriteBlocked)?.assert_no_leak(&[&new, &old])?;
+    let kept: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'NOTES')")
+        .bind(ws)
+        .fetch_one(&mut admin)
+        .await
+        .described("read back")?;
+    ensure!(kept.as_deref() == Some(old.as_str()), "the refused write changed the secret");
     Ok(())
 }
 
