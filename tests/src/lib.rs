@@ -643,10 +643,7 @@ pub async fn connect_when_ready(url: &str, limit: Duration) -> Result<PgConnecti
     loop {
         match PgConnection::connect(url).await {
             Ok(conn) => return Ok(conn),
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(_) if std::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(e) => bail!("the server did not accept connections within {}s: {}", limit.as_secs(), describe(&e)),
         }
     }
