@@ -42,12 +42,22 @@ pub struct Provider {
     pub auth_env: Vec<String>,
 }
 
+/// `secretgate.resolve_provider($1 runtime, $2 model)` as a subquery: the same
+/// rule as the SQL function (sql/bootstrap.sql), spelled out so that it is part
+/// of the caller's kept plan. A SQL function that cannot be inlined is planned
+/// again on every call, which cost more than the rest of a registration.
+pub const ROUTED_PROVIDER: &str = "(SELECT r.provider FROM secretgate.model_routes r \
+     WHERE pg_catalog.starts_with($2, r.pattern) AND (r.runtime IS NULL OR r.runtime OPERATOR(pg_catalog.=) $1) \
+     ORDER BY (r.runtime IS NOT NULL) DESC, pg_catalog.length(r.pattern) DESC LIMIT 1)";
+
 /// The provider a workspace's runtime and model route to; `None` when underivable.
 pub fn resolve(client: &SpiClient<'_>, runtime: Option<&str>, model: Option<&str>) -> Result<Option<Provider>> {
     let row = plans::select(
         client,
-        "SELECT p.name, p.is_platform, p.auth_env FROM secretgate.providers p \
-         WHERE p.name OPERATOR(pg_catalog.=) secretgate.resolve_provider($1, $2)",
+        &format!(
+            "SELECT p.name, p.is_platform, p.auth_env FROM secretgate.providers p \
+             WHERE p.name OPERATOR(pg_catalog.=) {ROUTED_PROVIDER}"
+        ),
         Some(1),
         &[runtime.into(), model.into()],
     )?;

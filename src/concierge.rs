@@ -255,8 +255,11 @@ fn kind_and_runtime(
 fn routes_to_platform(client: &pgrx::spi::SpiClient<'_>, runtime: Option<&str>, model: &str) -> Result<bool> {
     let row = plans::select(
         client,
-        "SELECT p.is_platform FROM (SELECT secretgate.resolve_provider($1, $2) AS name) r \
-         LEFT JOIN secretgate.providers p ON p.name OPERATOR(pg_catalog.=) r.name",
+        &format!(
+            "SELECT p.is_platform FROM (SELECT {} AS name) r \
+             LEFT JOIN secretgate.providers p ON p.name OPERATOR(pg_catalog.=) r.name",
+            crate::byok::ROUTED_PROVIDER
+        ),
         Some(1),
         &[runtime.into(), model.into()],
     )?;

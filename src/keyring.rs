@@ -1,7 +1,7 @@
 //! The keyring inside the server: `secretgate.keyring_file`, read lazily and
 //! re-read whenever the file (or the setting) changes.
 
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 use secretgate_core::{Error as CoreError, Keyring};
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -35,13 +35,28 @@ struct Stamp {
     ctime_ns: i128,
 }
 
-thread_local! {
-    static LOADED: RefCell<Option<(Stamp, Rc<Keyring>)>> = const { RefCell::new(None) };
+/// The keyring as last read, the file version it came from, and the statement
+/// (by its start time) that last checked the file.
+struct Loaded {
+    stamp: Stamp,
+    keyring: Rc<Keyring>,
+    checked_in: pg_sys::TimestampTz,
 }
 
-/// The keyring as the file holds it now. One `stat` per call; the file is
-/// parsed and its ciphers expanded only when it changed.
+thread_local! {
+    static LOADED: RefCell<Option<Loaded>> = const { RefCell::new(None) };
+}
+
+/// The keyring as the file holds it now. One `stat` per statement: settings
+/// change only between statements, and a file rewritten while a statement
+/// runs is picked up by the next one (a `stat` per row cost more than the
+/// decryption). The file is parsed and its ciphers expanded only when it changed.
 pub fn current() -> Result<Rc<Keyring>, CoreError> {
+    let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
+    let same_statement = |l: &&Loaded| statement != 0 && l.checked_in == statement;
+    if let Some(keyring) = LOADED.with_borrow(|l| l.as_ref().filter(same_statement).map(|l| l.keyring.clone())) {
+        return Ok(keyring);
+    }
     let path = configured_path()?;
     let meta = std::fs::metadata(&path).map_err(|e| {
         forget();
@@ -57,12 +72,17 @@ pub fn current() -> Result<Rc<Keyring>, CoreError> {
         mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
         ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
     };
-    if let Some(keyring) = LOADED.with_borrow(|l| l.as_ref().filter(|(s, _)| *s == stamp).map(|(_, k)| k.clone())) {
+    let unchanged = LOADED.with_borrow_mut(|l| {
+        let loaded = l.as_mut().filter(|l| l.stamp == stamp)?;
+        loaded.checked_in = statement;
+        Some(loaded.keyring.clone())
+    });
+    if let Some(keyring) = unchanged {
         return Ok(keyring);
     }
     forget();
     let keyring = Rc::new(Keyring::load(&stamp.path)?);
-    LOADED.set(Some((stamp, keyring.clone())));
+    LOADED.set(Some(Loaded { stamp, keyring: keyring.clone(), checked_in: statement }));
     Ok(keyring)
 }
 

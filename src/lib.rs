@@ -28,6 +28,7 @@ pub extern "C-unwind" fn _PG_init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     keyring::register_guc();
     gates::register_guc();
+    tables::register_invalidation();
     unsafe { pg_sys::MarkGUCPrefixReserved(c"secretgate".as_ptr()) };
     // Until the library is loaded, a setting from postgresql.conf is a
     // placeholder that every role can SHOW. Preloading defines it at start.

@@ -245,8 +245,17 @@ mod tests {
 
     #[pg_test]
     fn resolve_provider_prefers_the_runtime_route_then_the_longest_prefix() {
+        // The SQL function and the subquery the gates use must agree on every case.
         let resolve = |runtime: Option<&str>, model: &str| {
-            Spi::get_one_with_args::<String>("SELECT secretgate.resolve_provider($1, $2)", &[runtime.into(), model.into()]).unwrap()
+            let function =
+                Spi::get_one_with_args::<String>("SELECT secretgate.resolve_provider($1, $2)", &[runtime.into(), model.into()]).unwrap();
+            let inlined = Spi::get_one_with_args::<String>(
+                &format!("SELECT {}", crate::byok::ROUTED_PROVIDER),
+                &[runtime.into(), model.into()],
+            )
+            .unwrap();
+            assert_eq!(function, inlined, "resolve_provider and byok::ROUTED_PROVIDER disagree for ({runtime:?}, {model:?})");
+            function
         };
         assert_eq!(resolve(None, "anthropic:claude-opus-4-7").as_deref(), Some("anthropic"));
         assert_eq!(resolve(None, "claude-sonnet-4").as_deref(), Some("anthropic"));

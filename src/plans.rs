@@ -16,7 +16,10 @@ use std::rc::Rc;
 /// attached tables; past this, something keeps renaming tables, so start over.
 const MAX_PLANS: usize = 256;
 
-type Key = (String, Vec<pg_sys::Oid>, bool);
+/// Text, argument types, whether it writes, and the search_path in force:
+/// the gates run with a pinned path and other functions with the caller's,
+/// and Postgres re-plans a kept plan used under another path each time.
+type Key = (String, Vec<pg_sys::Oid>, bool, Vec<u8>);
 
 thread_local! {
     static PLANS: RefCell<HashMap<Key, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
@@ -30,7 +33,7 @@ fn plan(
     args: &[DatumWithOid<'_>],
     mutating: bool,
 ) -> SpiResult<Rc<OwnedPreparedStatement>> {
-    let key: Key = (sql.to_owned(), args.iter().map(|a| a.oid()).collect(), mutating);
+    let key: Key = (sql.to_owned(), args.iter().map(|a| a.oid()).collect(), mutating, search_path());
     if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).cloned()) {
         return Ok(plan);
     }
@@ -45,6 +48,14 @@ fn plan(
         plans.insert(key, Rc::clone(&plan));
     });
     Ok(plan)
+}
+
+fn search_path() -> Vec<u8> {
+    let path = unsafe { pg_sys::namespace_search_path };
+    if path.is_null() {
+        return Vec::new();
+    }
+    unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes().to_vec()
 }
 
 /// `client.select` through a kept plan.

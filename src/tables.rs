@@ -5,12 +5,57 @@ use crate::plans;
 use crate::report::{Failure, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use std::cell::Cell;
+use std::rc::Rc;
 
 /// The attached tables, as fully qualified, quoted names safe to splice into SQL.
 pub struct Attached {
     pub workspaces: String,
     pub secrets: String,
     pub global_secrets: String,
+    oids: [pg_sys::Oid; 3],
+}
+
+thread_local! {
+    /// The attached tables as this backend last read them. Every gate needs
+    /// them, and the catalog lookup cost more than the gate itself. Dropped
+    /// when Postgres invalidates one of the tables (attach and detach create
+    /// and drop triggers on them; a rename or drop) or any schema.
+    static CACHED: Cell<Option<Rc<Attached>>> = const { Cell::new(None) };
+}
+
+fn cached() -> Option<Rc<Attached>> {
+    CACHED.with(|c| {
+        let attached = c.take();
+        c.set(attached.clone());
+        attached
+    })
+}
+
+unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    CACHED.with(|c| {
+        let attached = c.take();
+        let concerned = relid == pg_sys::InvalidOid || attached.as_ref().is_some_and(|a| a.oids.contains(&relid));
+        if !concerned {
+            c.set(attached);
+        }
+    });
+}
+
+unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cacheid: std::ffi::c_int, _hash: u32) {
+    CACHED.with(|c| c.set(None));
+}
+
+/// Registers the invalidation callbacks; once per process (from `_PG_init`).
+pub fn register_invalidation() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
+            Some(schema_changed),
+            pg_sys::Datum::from(0),
+        );
+    }
 }
 
 /// Columns secretgate relies on, with their types as `format_type` spells them.
@@ -25,9 +70,13 @@ const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      WHERE c.oid OPERATOR(pg_catalog.=) {col})";
 
-pub fn attached(client: &SpiClient<'_>) -> Result<Attached> {
+pub fn attached(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
+    if let Some(attached) = cached() {
+        return Ok(attached);
+    }
     let q = format!(
-        "SELECT {}, {}, {} FROM secretgate.attached_tables",
+        "SELECT {}, {}, {}, workspaces::pg_catalog.oid, secrets::pg_catalog.oid, global_secrets::pg_catalog.oid \
+         FROM secretgate.attached_tables",
         QUALIFIED.replace("{col}", "workspaces"),
         QUALIFIED.replace("{col}", "secrets"),
         QUALIFIED.replace("{col}", "global_secrets"),
@@ -37,8 +86,14 @@ pub fn attached(client: &SpiClient<'_>) -> Result<Attached> {
         return Err(not_attached());
     }
     let row = row.first();
+    let oids = [row.get::<pg_sys::Oid>(4)?, row.get::<pg_sys::Oid>(5)?, row.get::<pg_sys::Oid>(6)?];
     match (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?) {
-        (Some(workspaces), Some(secrets), Some(global_secrets)) => Ok(Attached { workspaces, secrets, global_secrets }),
+        (Some(workspaces), Some(secrets), Some(global_secrets)) => {
+            let oids = oids.map(Option::unwrap_or_default);
+            let attached = Rc::new(Attached { workspaces, secrets, global_secrets, oids });
+            CACHED.with(|c| c.set(Some(attached.clone())));
+            Ok(attached)
+        }
         _ => Err(Failure::sql("55000", "secretgate: an attached table no longer exists")
             .hint("call secretgate.detach_gates(), then secretgate.attach_gates(...) with the current tables")),
     }

@@ -30,6 +30,7 @@ fn main() {
         trial("attach_gates_validates_tables", &cluster, attach_gates_validates_tables),
         trial("keyring_setting_hidden_from_non_superusers", &cluster, keyring_setting_hidden_from_non_superusers),
         trial("no_function_returns_key_bytes", &cluster, no_function_returns_key_bytes),
+        trial("sessions_follow_renames_and_reattachment", &cluster, sessions_follow_renames_and_reattachment),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -675,5 +676,55 @@ async fn no_function_returns_key_bytes(cluster: Arc<Cluster>) -> Result<()> {
     for key in cluster.initial_keys().keys.values() {
         ensure!(!contains(&blob, &key[..8]), "encrypt's output contains key bytes");
     }
+    Ok(())
+}
+
+/// Each backend keeps the attached tables it looked up; another session's
+/// rename of a table or its schema, or a detach and attach to other tables,
+/// must reach it (no stale name, no gate on the old tables).
+async fn read_notes(conn: &mut PgConnection, ws: Uuid) -> std::result::Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT secretgate.read_secret($1, 'NOTES')").bind(ws).fetch_one(conn).await
+}
+
+async fn sessions_follow_renames_and_reattachment(cluster: Arc<Cluster>) -> Result<()> {
+    let (url, mut admin) = migrated_database(&cluster, &db_name("s_cache")).await?;
+    let mut reader = PgConnection::connect(&url).await?;
+    let ws = workspace(&mut admin).await?;
+    let value = cluster.fresh_secret();
+    set_secret(&mut admin, ws, "NOTES", &value).await?;
+    ensure!(read_notes(&mut reader, ws).await.described("read")?.as_deref() == Some(value.as_str()), "first read");
+
+    // Renamed table, then renamed schema: the reader's next call still finds the row.
+    sqlx::query("ALTER TABLE public.workspace_secrets RENAME TO ws_secrets").execute(&mut admin).await.described("rename")?;
+    ensure!(read_notes(&mut reader, ws).await.described("after rename")?.as_deref() == Some(value.as_str()), "read after a table rename");
+    sqlx::raw_sql("CREATE SCHEMA app; ALTER TABLE public.workspaces SET SCHEMA app; ALTER TABLE public.ws_secrets SET SCHEMA app; \
+                   ALTER TABLE public.global_secrets SET SCHEMA app; ALTER SCHEMA app RENAME TO platform")
+        .execute(&mut admin)
+        .await
+        .described("move and rename the schema")?;
+    ensure!(read_notes(&mut reader, ws).await.described("after schema rename")?.as_deref() == Some(value.as_str()), "read after a schema rename");
+    // A look-alike left under the old names is not what the reader reads.
+    sqlx::raw_sql("CREATE TABLE public.workspace_secrets (LIKE platform.ws_secrets)").execute(&mut admin).await.described("decoy")?;
+    ensure!(read_notes(&mut reader, ws).await.described("with a decoy")?.as_deref() == Some(value.as_str()), "read with a decoy table");
+
+    // Detach, and attach other tables: the reader sees the new attachment.
+    sqlx::raw_sql(
+        "SELECT secretgate.detach_gates();
+         CREATE TABLE public.workspaces (LIKE platform.workspaces INCLUDING ALL);
+         CREATE TABLE public.global_secrets (LIKE platform.global_secrets INCLUDING ALL);
+         DROP TABLE public.workspace_secrets;
+         CREATE TABLE public.workspace_secrets (LIKE platform.ws_secrets INCLUDING ALL);
+         SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets');",
+    )
+    .execute(&mut admin)
+    .await
+    .described("re-attach to new tables")?;
+    ensure!(read_notes(&mut reader, ws).await.described("after re-attach")?.is_none(), "the reader still reads the old tables");
+    // And the gates now guard the new tables for the reader's session too.
+    sqlx::query("INSERT INTO public.workspaces (id, kind) VALUES ($1, 'platform')").bind(ws).execute(&mut admin).await.described("ws")?;
+    let mut tx = reader.begin().await?;
+    sqlx::query("SET LOCAL secretgate.caller = 'agent'").execute(&mut *tx).await.described("agent")?;
+    let r = sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', 'v')").bind(ws).execute(&mut *tx).await;
+    expect_sg(r, Code::ConciergeSelfWriteBlocked)?;
     Ok(())
 }
