@@ -1,0 +1,782 @@
+#!/usr/bin/env python3
+"""secretgate's benchmark suite (issue 7). Run it through scripts/bench.sh,
+which builds the release extension, prepares the private PostgreSQL tree and
+this venv, then calls:  bench.py [all | write_tax bulk decrypt plpgsql scale | profile NAME]
+
+Every comparison measures a subject and its peer in the same run (pgbench
+scripts mixed in one run, or the two statements alternated), repeated RUNS
+times; figures are the median over runs with min-max spread, ratios are
+computed per run.
+"""
+
+import base64
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PGROOT = ROOT / "target" / "bench-pg"
+BIN = PGROOT / "usr" / "lib" / "postgresql" / "15" / "bin"
+CLUSTER = Path(os.environ.get("BENCH_CLUSTER", PGROOT / "cluster"))  # another one lets a profile run beside a suite run
+WORK = CLUSTER.with_name(CLUSTER.name + "-work")
+PORT = int(os.environ.get("BENCH_PORT", "54391"))
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+
+RUNS = int(os.environ.get("BENCH_RUNS", "3" if QUICK else "5"))
+DURATION = int(os.environ.get("BENCH_DURATION", "3" if QUICK else "8"))  # seconds per pgbench run
+BULK_ROWS = int(os.environ.get("BENCH_BULK_ROWS", 100_000 if QUICK else 1_000_000))
+DECRYPT_ROWS = int(os.environ.get("BENCH_DECRYPT_ROWS", 100_000 if QUICK else 1_000_000))
+PGP_ROWS = 1_000 if QUICK else 10_000
+SCALE = {"small": (100, 10), "large": (10_000 if QUICK else 100_000, 10)}  # workspaces, secrets each
+
+COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale"]
+DATABASES = {
+    "write_tax": ["bench"],
+    "plpgsql": ["bench"],
+    "bulk": ["bulk", "bulk_nofk"],
+    "decrypt": ["decrypt"],
+    "scale": ["scale_small", "scale_large"],
+}
+
+SERVER_CONF = """
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = '{dir}'
+shared_preload_libraries = 'secretgate'
+secretgate.keyring_file = '{dir}/keyring.json'
+shared_buffers = '1GB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+synchronous_commit = off
+autovacuum = off
+jit = off
+max_parallel_workers_per_gather = 0
+log_min_messages = warning
+"""
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], check=True, text=True, capture_output=True, **kw)
+
+
+def as_postgres(cmd, **kw):
+    return run(["runuser", "-u", "postgres", "--", *cmd], **kw)
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def start_cluster(extra_conf=""):
+    stop_cluster()
+    shutil.rmtree(CLUSTER, ignore_errors=True)
+    CLUSTER.mkdir(parents=True)
+    shutil.chown(CLUSTER, "postgres", "postgres")
+    WORK.mkdir(parents=True, exist_ok=True)
+    as_postgres([BIN / "initdb", "-D", CLUSTER / "data", "-U", "postgres", "-A", "trust", "--no-sync"])
+    # A fresh keyring: version 1, 32 random bytes, mode 0600, owned by the server's user.
+    keyring = CLUSTER / "keyring.json"
+    fd = os.open(keyring, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"current_version": 1, "keys": {"1": base64.b64encode(os.urandom(32)).decode()}}, f)
+    shutil.chown(keyring, "postgres", "postgres")
+    with open(CLUSTER / "data" / "postgresql.conf", "a") as f:
+        f.write(SERVER_CONF.format(port=PORT, dir=CLUSTER) + extra_conf)
+    as_postgres([BIN / "pg_ctl", "-D", CLUSTER / "data", "-l", CLUSTER / "server.log", "-w", "start"])
+    sql("postgres", "CREATE ROLE bench_app LOGIN")
+
+
+def stop_cluster():
+    if (CLUSTER / "data" / "postmaster.pid").exists():
+        subprocess.run(["runuser", "-u", "postgres", "--", str(BIN / "pg_ctl"), "-D", str(CLUSTER / "data"),
+                        "-m", "fast", "-w", "stop"], capture_output=True)
+
+
+def teardown():
+    stop_cluster()
+    shutil.rmtree(CLUSTER, ignore_errors=True)
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def connect(db, user="postgres"):
+    return psycopg.connect(host="127.0.0.1", port=PORT, user=user, dbname=db, autocommit=True)
+
+
+def sql(db, statement, params=None):
+    with connect(db) as conn:
+        cur = conn.execute(statement, params)
+        return cur.fetchall() if cur.description else None
+
+
+def psql_file(db, path, **variables):
+    cmd = [BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", PORT, "-U", "postgres", "-d", db]
+    for k, v in variables.items():
+        cmd += ["-v", f"{k}={v}"]
+    run(cmd + ["-f", path])
+
+
+def setup_databases(names):
+    wanted = []
+    for name in names:
+        for db in DATABASES[name]:
+            if db not in wanted:
+                wanted.append(db)
+    for db in wanted:
+        t = time.monotonic()
+        sql("postgres", f"CREATE DATABASE {db}")
+        if db == "bench":
+            psql_file(db, BENCH / "sql" / "bench.sql")
+        elif db == "bulk":
+            psql_file(db, BENCH / "sql" / "bulk.sql")
+        elif db == "bulk_nofk":
+            psql_file(db, BENCH / "sql" / "bulk_nofk.sql")
+        elif db == "decrypt":
+            psql_file(db, BENCH / "sql" / "decrypt.sql", rows=DECRYPT_ROWS, pgp_rows=PGP_ROWS)
+        elif db.startswith("scale_"):
+            workspaces, per_ws = SCALE[db.removeprefix("scale_")]
+            psql_file(db, BENCH / "sql" / "scale.sql", workspaces=workspaces, per_ws=per_ws)
+        log(f"database {db} ready ({time.monotonic() - t:.0f} s)")
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def pgbench(db, scripts, clients=1, duration=None, caller="unset", defines=None):
+    """One pgbench run with the scripts mixed (equal weights). Returns, per
+    script, the list of transaction latencies in microseconds."""
+    duration = duration or DURATION
+    tag = f"pgb{time.monotonic_ns()}"
+    for old in WORK.glob("pgb*"):
+        old.unlink()
+    cmd = [BIN / "pgbench", "-h", "127.0.0.1", "-p", PORT, "-U", "bench_app", "-n", "-M", "prepared",
+           "-c", clients, "-j", clients, "-T", duration, "-l", "--log-prefix", WORK / tag]
+    for s in scripts:
+        cmd += ["-f", f"{BENCH / 'pgbench' / s}@1"]
+    for k, v in (defines or {}).items():
+        cmd += ["-D", f"{k}={v}"]
+    env = dict(os.environ, PGOPTIONS=f"-c secretgate.caller={caller}")
+    proc = subprocess.run([str(c) for c in cmd + [db]], text=True, capture_output=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pgbench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    latencies = [[] for _ in scripts]
+    for path in WORK.glob(f"{tag}*"):
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            # client_id transaction_no time_us script_no epoch epoch_us
+            latencies[int(fields[3])].append(int(fields[2]))
+        path.unlink()
+    if any(not l for l in latencies):
+        raise RuntimeError(f"pgbench ran no transaction for a script:\n{proc.stdout}")
+    return latencies
+
+
+def backend_cpu(pid):
+    """CPU seconds a backend has run so far: /proc/<pid>/schedstat (ns), else utime + stime."""
+    try:
+        return int(open(f"/proc/{pid}/schedstat").read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(conn, statement):
+    """Runs one statement; returns the backend's CPU seconds for it (what the
+    figures use: robust to other load on a shared machine) and records wall time."""
+    pid = conn.info.backend_pid
+    cpu, start = backend_cpu(pid), time.perf_counter()
+    conn.execute(statement)
+    wall = time.perf_counter() - start
+    used = backend_cpu(pid) - cpu
+    WALL.append((statement[:40], wall, used))
+    return used
+
+
+WALL = []
+
+
+def spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def figure(fid, title, unit, subject, peer, subject_runs, peer_runs, target, note="", ratio_runs=None):
+    ratios = ratio_runs or [s / p for s, p in zip(subject_runs, peer_runs)]
+    ratio = spread(ratios)
+    return {
+        "id": fid, "title": title, "unit": unit, "subject": subject, "peer": peer,
+        "subject_stats": spread(subject_runs), "peer_stats": spread(peer_runs),
+        "ratio": ratio, "target": target, "pass": target is None or ratio["median"] <= target, "note": note,
+    }
+
+
+def med(values):
+    return statistics.median(values)
+
+
+def bench_write_tax():
+    figures = []
+    for clients in (1, 2):
+        pgbench("bench", ["insert_gated.sql", "insert_plain.sql"], clients, 2, caller="agent")  # warm-up
+        gated, plain = [], []
+        for i in range(RUNS):
+            g, p = pgbench("bench", ["insert_gated.sql", "insert_plain.sql"], clients, caller="agent")
+            gated.append(med(g))
+            plain.append(med(p))
+            log(f"write_tax c={clients} run {i + 1}: gated {gated[-1]} us, ungated {plain[-1]} us")
+        figures.append(figure(
+            f"write_tax_c{clients}", f"Write tax, concurrency {clients}: single-row secret INSERT", "µs/txn",
+            "gated (public.workspace_secrets)", "no gates (same table, same FK)", gated, plain, 1.05,
+            "median per-transaction latency of each script in a mixed pgbench run (-M prepared), agent caller"))
+    return figures
+
+
+BULK_SQL = ("INSERT INTO {table} (workspace_id, key, encrypted_value, encryption_version) "
+            "SELECT lpad(to_hex(1 + i % 1000), 32, '0')::uuid, 'BULK_' || i, decode(repeat('5a', 92), 'hex'), 1 "
+            "FROM generate_series(1, {rows}) i")
+
+
+def bench_bulk():
+    variants = [
+        ("gates+FK", "bulk", "public.workspace_secrets"),
+        ("FK only", "bulk", "public.fk_secrets"),
+        ("gates only", "bulk_nofk", "public.workspace_secrets"),
+    ]
+    conns = {db: connect(db) for db in ("bulk", "bulk_nofk")}
+    times = {name: [] for name, _, _ in variants}
+    for i in range(RUNS):
+        order = variants[i % 3:] + variants[:i % 3]
+        for name, db, table in order:
+            conn = conns[db]
+            conn.execute(f"TRUNCATE {table}")
+            conn.execute("CHECKPOINT")
+            times[name].append(timed(conn, BULK_SQL.format(table=table, rows=BULK_ROWS)))
+            log(f"bulk run {i + 1}: {name} {times[name][-1]:.2f} s CPU ({WALL[-1][1]:.2f} s wall)")
+    for name, db, table in variants:
+        conns[db].execute(f"TRUNCATE {table}")
+    for c in conns.values():
+        c.close()
+    n = f"{BULK_ROWS:,}"
+    return [
+        figure("bulk_gate_vs_fk", f"Bulk {n}-row INSERT … SELECT: the gate alone vs the native FK alone", "s CPU",
+               "gates, no FK", "FK, no gates", times["gates only"], times["FK only"], 1.0,
+               "the target's ratio: secretgate's check against Postgres' own check, each the only check on its table"),
+        figure("bulk_real_vs_fk", f"Bulk {n}-row INSERT … SELECT: the real table (gates + FK) vs FK only", "s CPU",
+               "gates + FK (migration schema)", "FK only", times["gates+FK"], times["FK only"], None,
+               "informational: what a bulk load into the real schema pays on top of the FK"),
+    ]
+
+
+DECRYPT_SQL = {
+    "secretgate": "SELECT sum(length(secretgate.decrypt(gcm, ver, ws, key))) FROM dec",
+    "decrypt_iv": "SELECT sum(length(decrypt_iv(cbc, decode(repeat('42', 32), 'hex'), iv, 'aes-cbc'))) FROM dec",
+    "pgp_sym_decrypt": "SELECT sum(length(pgp_sym_decrypt(pgp, 'bench-passphrase'))) FROM dec WHERE i <= {pgp}",
+    "scan": "SELECT sum(length(gcm)) FROM dec",
+}
+
+
+def bench_decrypt(floor):
+    conn = connect("decrypt")
+    rows = {"secretgate": DECRYPT_ROWS, "decrypt_iv": DECRYPT_ROWS, "pgp_sym_decrypt": PGP_ROWS, "scan": DECRYPT_ROWS}
+    sqls = {k: v.format(pgp=PGP_ROWS) for k, v in DECRYPT_SQL.items()}
+    for s in sqls.values():  # warm-up: caches, keyring, first-call setup
+        conn.execute(s)
+    per_row = {k: [] for k in sqls}
+    names = list(sqls)
+    for i in range(RUNS):
+        for name in names[i % 4:] + names[:i % 4]:
+            per_row[name].append(timed(conn, sqls[name]) / rows[name] * 1e9)
+        log(f"decrypt run {i + 1}: " + ", ".join(f"{k} {v[-1]:.0f} ns/row" for k, v in per_row.items()))
+    conn.close()
+    figures = [
+        figure("decrypt_vs_cbc", f"Decrypt {DECRYPT_ROWS:,} stored 64-byte secrets: secretgate.decrypt vs decrypt_iv",
+               "ns/row", "secretgate.decrypt (AES-256-GCM, authenticated)", "pgcrypto decrypt_iv (aes-cbc)",
+               per_row["secretgate"], per_row["decrypt_iv"], 0.5,
+               "backend CPU time of the whole query / rows (scan + function call + aggregate)"),
+        figure("decrypt_vs_pgp", "Decrypt: secretgate.decrypt vs pgp_sym_decrypt, per row", "ns/row",
+               "secretgate.decrypt", f"pgp_sym_decrypt (pgcrypto defaults, first {PGP_ROWS:,} rows)",
+               per_row["secretgate"], per_row["pgp_sym_decrypt"], 0.01,
+               f"pgp_sym_decrypt runs its S2K key derivation per row, so it is timed over {PGP_ROWS:,} rows"),
+    ]
+    if floor:
+        samples = floor["samples"]
+        figures.append(figure(
+            "decrypt_vs_floor", "Decrypt: in-server per row vs the pure core in-process (Criterion)", "ns/row",
+            "secretgate.decrypt in the server", "secretgate-core Keyring::decrypt in-process",
+            per_row["secretgate"], [min(samples)] * RUNS, 3.0,
+            f"floor: the fastest of {len(samples)} Criterion samples, {min(samples):.0f} ns (median "
+            f"{floor['median']:.0f}, max {max(samples):.0f}): Criterion times wall clock, which other load on "
+            f"the machine inflates, while the in-server figure is CPU time; the in-server figure includes the scan "
+            f"(scan alone: median {med(per_row['scan']):.0f} ns/row)"))
+    figures.append(figure(
+        "decrypt_scan", "Decrypt: the scan alone (sum(length(ciphertext))), for context", "ns/row",
+        "scan only", "secretgate.decrypt query", per_row["scan"], per_row["secretgate"], None,
+        "informational: the share of the per-row figure that is not decryption"))
+    return figures
+
+
+REFERENCE_CASES = [
+    # (caller, statements, expected SQLSTATE): each must be refused alike by both implementations.
+    ("agent", ["INSERT INTO {s}.workspace_secrets VALUES (lpad(to_hex(1000001), 32, '0')::uuid, 'X', '\\x00', 1)"], "SG101"),
+    ("agent", ["INSERT INTO {s}.workspace_secrets VALUES (gen_random_uuid(), 'X', '\\x00', 1)"], "SG106"),
+    ("unset", ["INSERT INTO {s}.workspace_secrets VALUES (lpad(to_hex(1), 32, '0')::uuid, 'MODEL_PROVIDER', '\\x00', 1)"], "SG105"),
+    ("unset", ["INSERT INTO {s}.workspace_secrets VALUES (lpad(to_hex(1), 32, '0')::uuid, 'MODEL', "
+               "secretgate.encrypt('openai', lpad(to_hex(1), 32, '0')::uuid, 'MODEL'), 1)"], "SG107"),
+    ("unset", ["INSERT INTO {s}.workspaces (id, kind, model) VALUES (gen_random_uuid(), 'workspace', 'gpt-5')"], "SG103"),
+    ("unset", ["DELETE FROM {s}.workspace_secrets WHERE workspace_id = lpad(to_hex(1000002), 32, '0')::uuid AND key = 'MODEL'",
+               "UPDATE {s}.workspaces SET status = 'online' WHERE id = lpad(to_hex(1000002), 32, '0')::uuid"], "SG102"),
+]
+
+
+def check_reference():
+    """The PL/pgSQL reference must refuse what secretgate refuses, with the same SQLSTATE."""
+    for caller, statements, want in REFERENCE_CASES:
+        for schema in ("public", "sgref"):
+            with psycopg.connect(host="127.0.0.1", port=PORT, user="bench_app", dbname="bench",
+                                 options=f"-c secretgate.caller={caller}") as conn:
+                got = None
+                try:
+                    with conn.transaction():
+                        for st in statements:
+                            conn.execute(st.format(s=schema))
+                except psycopg.Error as e:
+                    got = e.sqlstate
+                if got != want:
+                    raise RuntimeError(f"{schema}: {statements[0][:60]}... gave {got}, expected {want}")
+    log(f"PL/pgSQL reference refuses like secretgate ({len(REFERENCE_CASES)} cases, same SQLSTATEs)")
+
+
+def bench_plpgsql():
+    pairs = [
+        ("self_write", "Self-write gate: agent INSERT of a secret (ordinary workspace)", "insert_gated.sql",
+         "insert_plpgsql.sql", "agent"),
+        ("register", "register_workspace of a platform workspace (+ deferred identity/BYOK checks at commit)",
+         "register_rust.sql", "register_plpgsql.sql", "unset"),
+        ("byok_create", "BYOK create: workspace + credential in one transaction, BYOK gate at commit",
+         "byok_rust.sql", "byok_plpgsql.sql", "unset"),
+    ]
+    check_reference()
+    figures = []
+    for fid, title, rust, plpgsql, caller in pairs:
+        pgbench("bench", [rust, plpgsql], 1, 2, caller=caller)  # warm-up
+        r_runs, p_runs = [], []
+        for i in range(RUNS):
+            r, p = pgbench("bench", [rust, plpgsql], 1, caller=caller)
+            r_runs.append(med(r))
+            p_runs.append(med(p))
+            log(f"plpgsql {fid} run {i + 1}: secretgate {r_runs[-1]} us, PL/pgSQL {p_runs[-1]} us")
+        figures.append(figure(f"plpgsql_{fid}", title, "µs/txn", "secretgate (Rust)", "PL/pgSQL reference",
+                              r_runs, p_runs, 0.7,
+                              "median transaction latency, scripts mixed in one pgbench run, 1 client "
+                              "(time ratio = inverse throughput ratio)"))
+    return figures
+
+
+def bench_scale():
+    runs = {(size, s): [] for size in SCALE for s in ("gate", "read")}
+    for size in SCALE:
+        pgbench(f"scale_{size}", ["scale_gate.sql", "scale_read.sql"], 1, 2, caller="agent",
+                defines={"nws": SCALE[size][0]})
+    for i in range(RUNS):
+        sizes = list(SCALE) if i % 2 == 0 else list(reversed(SCALE))
+        for size in sizes:
+            g, r = pgbench(f"scale_{size}", ["scale_gate.sql", "scale_read.sql"], 1, caller="agent",
+                           defines={"nws": SCALE[size][0]})
+            runs[(size, "gate")].append(med(g))
+            runs[(size, "read")].append(med(r))
+            log(f"scale run {i + 1} {size}: gate {med(g)} us, read_secret {med(r)} us")
+    (sw, sp), (lw, lp) = SCALE["small"], SCALE["large"]
+    label = lambda w, p: f"{w * p:,} secrets / {w:,} workspaces"
+    return [
+        figure("scale_gate", "Scale: gated secret UPDATE (agent caller)", "µs/txn", label(lw, lp), label(sw, sp),
+               runs[("large", "gate")], runs[("small", "gate")], 1.2, "median latency, 1 client, runs alternated"),
+        figure("scale_read", "Scale: read_secret", "µs/txn", label(lw, lp), label(sw, sp),
+               runs[("large", "read")], runs[("small", "read")], 1.2, "median latency, 1 client, runs alternated"),
+    ]
+
+
+def gate_plans():
+    """The plans of the statements the gates and read_secret run, as auto_explain logs them."""
+    logfile = CLUSTER / "server.log"
+    offset = logfile.stat().st_size
+    ws = "00000000-0000-0000-0000-00000000002a"
+    with connect("scale_large") as conn:
+        for s in ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                  "SET auto_explain.log_nested_statements = on", "SET auto_explain.log_analyze = on",
+                  "SET auto_explain.log_timing = off", "SET auto_explain.log_level = 'warning'",
+                  "SET secretgate.caller = 'agent'"):
+            conn.execute(s)
+        conn.execute("UPDATE public.workspace_secrets SET encryption_version = 1 WHERE workspace_id = %s AND key = %s",
+                      (ws, "KEY_3"))
+        conn.execute("SELECT secretgate.read_secret(%s, %s)", (ws, "KEY_3"))
+    time.sleep(0.5)
+    with open(logfile, errors="replace") as f:
+        f.seek(offset)
+        text = f.read()
+    plans = []
+    for block in re.split(r"\n(?=\S)", text):
+        if "Query Text:" in block:
+            plans.append("\n".join(line.strip("\t") for line in block.splitlines()))
+    return plans
+
+
+def criterion_floor():
+    """The in-process floor: runs the Criterion bench, reads its samples."""
+    env = dict(os.environ)
+    cmd = ["cargo", "bench", "-p", "secretgate-core", "--bench", "decrypt", "--",
+           "--warm-up-time", "2", "--measurement-time", "3" if QUICK else "6", "decrypt_64B"]
+    run(cmd, cwd=ROOT, env=env)
+    base = ROOT / "target" / "criterion" / "decrypt_64B" / "new"
+    estimates = json.loads((base / "estimates.json").read_text())
+    sample = json.loads((base / "sample.json").read_text())
+    per_iter = [t / n for t, n in zip(sample["times"], sample["iters"])]
+    return {"median": estimates["median"]["point_estimate"], "samples": per_iter}
+
+
+# ---------------------------------------------------------------- profiling
+
+
+def profile(name, seconds=20):
+    """perf (cpu-clock sampling) on the one backend of a 1-client pgbench run."""
+    scripts = {
+        "write_tax": (["insert_gated.sql"], "bench", "agent", {}),
+        "self_write": (["insert_gated.sql"], "bench", "agent", {}),
+        "register": (["register_rust.sql"], "bench", "unset", {}),
+        "byok_create": (["byok_rust.sql"], "bench", "unset", {}),
+        "scale_read": (["scale_read.sql"], "scale_large", "agent", {"nws": SCALE["large"][0]}),
+        "scale_mix": (["scale_gate.sql", "scale_read.sql"], "scale_large", "agent", {"nws": SCALE["large"][0]}),
+        "bulk": (None, "bulk_nofk", "unset", {}),
+        "decrypt": (None, "decrypt", "unset", {}),
+    }[name]
+    files, db, caller, defines = scripts
+    out = WORK / f"perf-{name}.data"
+    if files is None:
+        conn = connect(db)
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        if name == "bulk":
+            conn.execute("TRUNCATE public.workspace_secrets")
+            conn.execute(BULK_SQL.format(table="public.workspace_secrets", rows=200_000))
+        else:
+            for _ in range(5):
+                conn.execute(DECRYPT_SQL["secretgate"])
+        perf.send_signal(2)
+        perf.wait()
+        conn.close()
+    else:
+        cmd = [BIN / "pgbench", "-h", "127.0.0.1", "-p", PORT, "-U", "bench_app", "-n", "-M", "prepared",
+               "-c", 1, "-j", 1, "-T", seconds]
+        for f in files:
+            cmd += ["-f", BENCH / "pgbench" / f]
+        for k, v in defines.items():
+            cmd += ["-D", f"{k}={v}"]
+        env = dict(os.environ, PGOPTIONS=f"-c secretgate.caller={caller}")
+        bench = subprocess.Popen([str(c) for c in cmd + [db]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        pid = None
+        for _ in range(50):
+            time.sleep(0.1)
+            rows = sql(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench' AND usename = 'bench_app'")
+            if rows:
+                pid = rows[0][0]
+                break
+        if pid is None:
+            bench.kill()
+            raise RuntimeError("no pgbench backend found")
+        time.sleep(1)
+        perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384", "-p", str(pid), "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(seconds - 3)
+        perf.send_signal(2)
+        perf.wait()
+        bench.wait()
+    flat = run(["perf", "report", "-i", out, "--no-children", "--sort", "dso,symbol", "--stdio", "-g", "none",
+                "--percent-limit", "0.7"]).stdout
+    children = run(["perf", "report", "-i", out, "--children", "--sort", "symbol", "--stdio", "-g", "none",
+                    "--percent-limit", "4"]).stdout
+    db_stats = ""
+    try:
+        sql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        rows = sql(db, "SELECT calls, plans, round(mean_plan_time::numeric * 1000, 1), round(mean_exec_time::numeric * 1000, 1), "
+                       "toplevel, left(regexp_replace(query, '\\s+', ' ', 'g'), 150) FROM pg_stat_statements "
+                       "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                       "ORDER BY total_plan_time + total_exec_time DESC LIMIT 15")
+        db_stats = "calls | plans | µs per plan | µs per execution | top level | statement\n" + "\n".join(
+            " | ".join(str(c) for c in r) for r in rows)
+    except psycopg.Error as e:
+        db_stats = f"(pg_stat_statements unavailable: {e.sqlstate})"
+    strip = lambda t: "\n".join(l for l in t.splitlines() if l.strip() and not l.startswith("#"))
+    text = f"## {name}: self time (top symbols)\n\n```\n{strip(flat)}\n```\n\n" \
+           f"## {name}: inclusive time (children)\n\n```\n{strip(children)}\n```\n\n" \
+           f"## {name}: statements by total time (pg_stat_statements, track = all, nested SPI included)\n\n" \
+           f"```\n{db_stats}\n```\n"
+    dest = ROOT / "target" / "bench-results" / f"profile-{name}.md"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    print(text)
+    log(f"profile written to {dest}")
+
+
+# ---------------------------------------------------------------- the report
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")), "0")
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(int(mem) / 1024 / 1024, 1),
+        "kernel": platform.release(), "os": platform.platform(),
+    }
+
+
+def versions():
+    def out(cmd, **kw):
+        try:
+            return run(cmd, **kw).stdout.strip()
+        except Exception:  # a missing tool is reported, not fatal
+            return "?"
+    import matplotlib
+    rev = os.environ.get("BENCH_BUILT_REV") or out(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT)
+    return {
+        "postgres": out([BIN / "postgres", "--version"]),
+        "rustc": out(["rustc", "--version"]),
+        "secretgate": rev,
+        "source": os.environ.get("BENCH_SOURCE", "working tree"),
+        "pgrx": "0.18.0",
+        "pgbench": out([BIN / "pgbench", "--version"]),
+        "python": platform.python_version(),
+        "psycopg": psycopg.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def plots(figures, outdir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    outdir.mkdir(parents=True, exist_ok=True)
+    for f in figures:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        labels = [f["subject"], f["peer"]]
+        stats = [f["subject_stats"], f["peer_stats"]]
+        meds = [s["median"] for s in stats]
+        err = [[s["median"] - s["min"] for s in stats], [s["max"] - s["median"] for s in stats]]
+        ax.barh(range(2), meds, xerr=err, color=["#c0392b", "#7f8c8d"], capsize=5)
+        for i, s in enumerate(stats):
+            for v in s["runs"]:
+                ax.plot(v, i, "k.", ms=4)
+        ax.set_yticks(range(2), [l if len(l) < 40 else l[:38] + "…" for l in labels], fontsize=8)
+        ax.set_xlabel(f["unit"] + " (bar: median, whiskers: min–max, dots: runs)", fontsize=8)
+        tgt = f"target ≤ {f['target']}" if f["target"] is not None else "informational"
+        ax.set_title(textwrap.fill(f["title"], 80) + f"\nratio {fmt(f['ratio']['median'])} ({tgt})", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(outdir / f"{f['id']}.png", dpi=110)
+        plt.close(fig)
+    targeted = [f for f in figures if f["target"] is not None]
+    if targeted:
+        fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(targeted) + 1.2))
+        for i, f in enumerate(targeted):
+            r = f["ratio"]
+            color = "#27ae60" if f["pass"] else "#c0392b"
+            ax.plot([r["min"], r["max"]], [i, i], color=color, lw=2)
+            ax.plot(r["median"] / f["target"] * 0 + r["median"], i, "o", color=color)
+            ax.plot(f["target"], i, "|", color="k", ms=14, mew=2)
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(targeted)), [f["id"] for f in targeted], fontsize=8)
+        ax.set_xlabel("ratio (dot: median, line: min–max over runs, bar: target); log scale", fontsize=8)
+        ax.set_title("Every targeted ratio against its target (green: PASS, red: MISS)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(outdir / "ratios.png", dpi=110)
+        plt.close(fig)
+
+
+METHOD = """\
+- A private copy of Debian's PostgreSQL 15 (`target/bench-pg/usr/...`, relocatable) with the
+  **release** build of secretgate installed into it; one throwaway cluster run by the `postgres` OS user on
+  127.0.0.1:{port}, `shared_preload_libraries = 'secretgate'`, a freshly generated 0600 keyring; torn down at
+  the end. Server settings: `shared_buffers = 1GB`, `synchronous_commit = off` (measures CPU cost, not the
+  VM's fsync), `autovacuum = off` (explicit `VACUUM ANALYZE` after loading), `jit = off`,
+  `max_parallel_workers_per_gather = 0` (every query on one core).
+- Bulk and decrypt figures are the server backend's CPU time for the statement (`/proc/<pid>/schedstat`,
+  nanoseconds on CPU), which other processes on the shared machine do not inflate; wall times are in
+  `report.json`. pgbench figures are wall-clock latencies.
+- Each comparison measures the subject and its peer **in the same run**: pgbench scripts mixed in one run
+  (`-M prepared`, equal weights, per-transaction log `-l`, latency per script), or the two statements
+  alternated in rotating order. {runs} runs per figure ({duration} s per pgbench run, after a 2 s warm-up
+  run); a figure is the median over runs of the per-run median latency (or time per row), with min–max
+  over runs; the ratio is computed per run, and its median is compared with the target.
+- pgbench connects as `bench_app` (not a superuser). `secretgate.caller` is set per connection
+  (`PGOPTIONS`): `agent` for the writes (the full self-write gate: workspace kind lookup, forbidden keys),
+  unset for register, BYOK-create and the bulk loads (an operator or migration).
+- Workspace *n* has id `lpad(to_hex(n), 32, '0')::uuid`; ciphertext filler and test values are generated
+  in SQL, never real secrets.
+- The machine is shared with other work (2 cores): the load average before and after is recorded above;
+  pgbench itself shares the cores with the server.
+"""
+
+DETAILS = {
+    "write_tax": "`bench/pgbench/insert_gated.sql` vs `insert_plain.sql`: the same INSERT into "
+                 "`public.workspace_secrets` (attached, gates + FK) and `public.plain_secrets` (same columns, "
+                 "same primary key and FK, no triggers), agent caller, random workspace of 1,000, fresh key.",
+    "bulk": "`INSERT … SELECT` of {rows} rows from `generate_series` (1,000 workspaces), into an empty table "
+            "(TRUNCATE + CHECKPOINT before each), three variants rotated: the migration schema (gates + FK), "
+            "a copy with only the FK (database `bulk`), and a gated table without the FK (database `bulk_nofk`).",
+    "decrypt": "`bench/sql/decrypt.sql`: {rows} rows, plaintext 64 ASCII bytes; one aggregate query per "
+               "function over the whole table (`sum(length(f(…)))`), rotated; `pgp_sym_decrypt` over the first "
+               "{pgp} rows. Floor: `core/benches/decrypt.rs` (Criterion, `Keyring::decrypt` of the same "
+               "shape: 64-byte plaintext, workspace scope, associated data, UTF-8 check).",
+    "plpgsql": "`bench/plpgsql_gates.sql`: the same gates written in PL/pgSQL on `sgref.*` (same tables, same "
+               "triggers, same registry), vs secretgate on `public.*`, scripts mixed in one run.",
+    "scale": "Databases `scale_small` ({small}) and `scale_large` ({large}), loaded with triggers off then "
+             "gated; `scale_gate.sql` (an agent UPDATE of one secret through the gate) and `scale_read.sql` "
+             "(`read_secret` of one secret) mixed in one run per database, the two databases alternated.",
+}
+
+
+def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
+    lines = ["# secretgate benchmark report", ""]
+    command = "scripts/bench.sh" + ("" if selected == COMPARISONS else " " + " ".join(selected))
+    lines.append(f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`"
+                 + (" (quick mode: `BENCH_QUICK=1`)" if QUICK else "")
+                 + f"; suite run time {elapsed / 60:.1f} min.")
+    m, v = info["machine"], info["versions"]
+    lines += ["", "## Machine", "",
+              f"- CPU: {m['cpu']}, {m['cores']} cores; RAM {m['ram_gib']} GiB; kernel {m['kernel']} ({m['os']})",
+              f"- load average before / after: {loads[0]} / {loads[1]}",
+              "", "## Versions", "",
+              f"- secretgate: `{v['secretgate']}` ({v['source']}), release build, pgrx {v['pgrx']}",
+              f"- {v['postgres']}; {v['pgbench']}", f"- {v['rustc']}",
+              f"- Python {v['python']}, psycopg {v['psycopg']}, matplotlib {v['matplotlib']}",
+              "", "## Method", "", METHOD.format(port=PORT, runs=RUNS, duration=DURATION), ""]
+    for name in selected:
+        lines.append(f"- **{name}**: " + DETAILS[name].format(
+            rows=f"{BULK_ROWS:,}" if name == "bulk" else f"{DECRYPT_ROWS:,}", pgp=f"{PGP_ROWS:,}",
+            small=f"{SCALE['small'][0]:,} workspaces × {SCALE['small'][1]}",
+            large=f"{SCALE['large'][0]:,} workspaces × {SCALE['large'][1]}"))
+    lines += ["", "## Results", "",
+              "| figure | subject | peer | ratio (median, min–max) | target | |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for f in figures:
+        s, p, r = f["subject_stats"], f["peer_stats"], f["ratio"]
+        verdict = "–" if f["target"] is None else ("PASS" if f["pass"] else "**MISS**")
+        lines.append(
+            f"| {f['title']} | {f['subject']}: {fmt(s['median'])} {f['unit']} ({fmt(s['min'])}–{fmt(s['max'])}) "
+            f"| {f['peer']}: {fmt(p['median'])} {f['unit']} ({fmt(p['min'])}–{fmt(p['max'])}) "
+            f"| {fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])}) "
+            f"| {'≤ ' + str(f['target']) if f['target'] is not None else 'informational'} | {verdict} |")
+    lines += ["", "Notes:", ""]
+    for f in figures:
+        if f["note"]:
+            lines.append(f"- `{f['id']}`: {f['note']}.")
+    rel = os.path.relpath(plotdir, path.parent)
+    lines += ["", "## Plots", "", f"![ratios]({rel}/ratios.png)", ""]
+    for f in figures:
+        lines.append(f"![{f['id']}]({rel}/{f['id']}.png)")
+    if plans:
+        lines += ["", "## Query plans the gates and read_secret use (auto_explain, 1,000,000 secrets)", "",
+                  "One agent `UPDATE` of a secret and one `read_secret` in `scale_large`, with "
+                  "`auto_explain.log_nested_statements` (every statement the gate runs through SPI):", ""]
+        for p in plans:
+            lines += ["```", p.strip(), "```", ""]
+    lines += ["", "## Raw runs", "", "```json",
+              json.dumps({f["id"]: {"subject": f["subject_stats"]["runs"], "peer": f["peer_stats"]["runs"],
+                                    "ratio": f["ratio"]["runs"]} for f in figures}, indent=1), "```", ""]
+    path.write_text("\n".join(lines))
+
+
+def main(argv):
+    if argv[:1] == ["replot"]:  # re-render the plots of a report from its .json
+        report = Path(argv[1]) if len(argv) > 1 else BENCH / "report.md"
+        data = json.loads(report.with_suffix(".json").read_text())
+        plots(data["figures"], BENCH / "plots" if report == BENCH / "report.md" else report.parent / f"plots-{report.stem[7:]}")
+        return
+    if argv[:1] == ["profile"]:
+        name = argv[1] if len(argv) > 1 else "write_tax"
+        db_for = {"bulk": "bulk", "decrypt": "decrypt", "scale_read": "scale", "scale_mix": "scale"}.get(name, "write_tax")
+        # pg_stat_statements, profile only: what each nested SPI statement costs to plan and run.
+        start_cluster("shared_preload_libraries = 'secretgate,pg_stat_statements'\n"
+                      "pg_stat_statements.track = all\npg_stat_statements.track_planning = on\n")
+        try:
+            setup_databases([db_for])
+            profile(name)
+        finally:
+            teardown()
+        return
+    selected = [a for a in argv if a != "all"] or list(COMPARISONS)
+    for a in selected:
+        if a not in COMPARISONS:
+            sys.exit(f"unknown comparison {a!r}; choose from: all {' '.join(COMPARISONS)} | profile NAME")
+    selected = [c for c in COMPARISONS if c in selected]
+    started = time.monotonic()
+    loads = [" ".join(open("/proc/loadavg").read().split()[:3])]
+    floor = None
+    if "decrypt" in selected:
+        log("Criterion: the in-process floor")
+        floor = criterion_floor()
+        log(f"floor: median {floor['median']:.1f} ns")
+    info = {"machine": machine(), "versions": versions()}
+    figures, plans = [], []
+    start_cluster()
+    try:
+        setup_databases(selected)
+        for name in selected:
+            log(f"--- {name}")
+            if name == "write_tax":
+                figures += bench_write_tax()
+            elif name == "bulk":
+                figures += bench_bulk()
+            elif name == "decrypt":
+                figures += bench_decrypt(floor)
+            elif name == "plpgsql":
+                figures += bench_plpgsql()
+            elif name == "scale":
+                figures += bench_scale()
+                plans = gate_plans()
+    finally:
+        teardown()
+    loads.append(" ".join(open("/proc/loadavg").read().split()[:3]))
+    full = selected == COMPARISONS and not QUICK and os.environ.get("BENCH_REPORT") != "results"
+    if full:
+        report, plotdir = BENCH / "report.md", BENCH / "plots"
+    else:
+        tag = "-".join(selected) + ("-quick" if QUICK else "")
+        report = ROOT / "target" / "bench-results" / f"report-{tag}.md"
+        plotdir = report.parent / f"plots-{tag}"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    plots(figures, plotdir)
+    elapsed = time.monotonic() - started
+    write_report(figures, selected, info, plans, report, plotdir, elapsed, loads)
+    (report.parent / (report.stem + ".json")).write_text(json.dumps({"figures": figures, "statements_wall_cpu": WALL}, indent=1))
+    log(f"report: {report} ({elapsed / 60:.1f} min)")
+    for f in figures:
+        verdict = "–" if f["target"] is None else ("PASS" if f["pass"] else "MISS")
+        print(f"{f['id']:22} ratio {fmt(f['ratio']['median']):>8} target {str(f['target']):>5} {verdict}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
