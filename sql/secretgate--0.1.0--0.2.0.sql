@@ -50,3 +50,14 @@ $guard$;
 CREATE EVENT TRIGGER secretgate_guard_attached_triggers ON ddl_command_end
     WHEN TAG IN ('CREATE TRIGGER')
     EXECUTE FUNCTION secretgate.guard_attached_triggers();
+
+-- The gate keeps the forbidden key names in memory per backend from 0.2.0.
+CREATE FUNCTION secretgate."registry_changed"()
+	RETURNS TRIGGER
+	LANGUAGE c
+	AS 'MODULE_PATHNAME', 'registry_changed_wrapper';
+
+-- Backends keep the forbidden key names in memory (the gate checks them on
+-- every secret write); any change to the table makes them read it again.
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.forbidden_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();

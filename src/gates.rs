@@ -15,6 +15,9 @@ use pgrx::spi::SpiClient;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use secretgate_core::{Code, Error as CoreError, Scope};
 use serde_json::json;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 pub const MODEL: &str = "MODEL";
 
@@ -49,7 +52,8 @@ pub struct Caller {
     pub agent: bool,
     pub via_role: bool,
     pub setting: CallerSetting,
-    pub role: String,
+    /// The SET ROLE user; its name is looked up only for an audit line.
+    role: pg_sys::Oid,
 }
 
 impl Caller {
@@ -65,15 +69,7 @@ impl Caller {
                 pg_sys::is_member_of_role_nosuper(outer, agent_role)
                     || pg_sys::is_member_of_role_nosuper(session, agent_role)
             };
-        let role = unsafe {
-            let name = pg_sys::GetUserNameFromId(outer, true);
-            if name.is_null() {
-                String::new()
-            } else {
-                std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
-            }
-        };
-        Caller { agent: via_role || setting == CallerSetting::Agent, via_role, setting, role }
+        Caller { agent: via_role || setting == CallerSetting::Agent, via_role, setting, role: outer }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -83,7 +79,15 @@ impl Caller {
             CallerSetting::Operator => "operator",
             CallerSetting::Workspace => "workspace",
         };
-        json!({ "agent": self.agent, "setting": setting, "agent_role_member": self.via_role, "role": self.role })
+        let role = unsafe {
+            let name = pg_sys::GetUserNameFromId(self.role, true);
+            if name.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+            }
+        };
+        json!({ "agent": self.agent, "setting": setting, "agent_role_member": self.via_role, "role": role })
     }
 }
 
@@ -162,6 +166,66 @@ pub fn check_workspace_write(
     Err(audited(refusal, event, caller))
 }
 
+/// `secretgate.forbidden_keys` as this backend last read it, and the table's oid.
+struct ForbiddenKeys {
+    table: pg_sys::Oid,
+    reasons: HashMap<String, String>,
+}
+
+thread_local! {
+    /// Every secret write checks the forbidden key names; reading the table
+    /// through SPI each time was a good part of the gate's cost. Dropped when
+    /// the table's relcache entry is invalidated, which the table's own
+    /// `registry_changed` trigger makes happen on every change (at commit for
+    /// other sessions, at once for this one).
+    static FORBIDDEN: Cell<Option<Rc<ForbiddenKeys>>> = const { Cell::new(None) };
+}
+
+pub(crate) unsafe extern "C-unwind" fn forget_forbidden_keys(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    FORBIDDEN.with(|f| {
+        let cached = f.take();
+        let concerned = relid == pg_sys::InvalidOid || cached.as_ref().is_some_and(|c| c.table == relid);
+        if !concerned {
+            f.set(cached);
+        }
+    });
+}
+
+/// Why `key` may not be written, if it is a forbidden key name.
+fn forbidden_reason(client: &SpiClient<'_>, key: &str) -> Result<Option<String>> {
+    let cached = FORBIDDEN.with(|f| {
+        let cached = f.take();
+        f.set(cached.clone());
+        cached
+    });
+    let forbidden = match cached {
+        Some(forbidden) => forbidden,
+        None => {
+            let rows = plans::select(
+                client,
+                "SELECT key, reason, 'secretgate.forbidden_keys'::pg_catalog.regclass::pg_catalog.oid FROM secretgate.forbidden_keys",
+                None,
+                &[],
+            )?;
+            let mut table = pg_sys::InvalidOid;
+            let mut reasons = HashMap::new();
+            for row in rows {
+                if let (Some(key), reason) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                    reasons.insert(key, reason.unwrap_or_default());
+                }
+                table = row.get::<pg_sys::Oid>(3)?.unwrap_or(table);
+            }
+            let forbidden = Rc::new(ForbiddenKeys { table, reasons });
+            // An empty table has no row to name its oid: nothing to cache by.
+            if table != pg_sys::InvalidOid {
+                FORBIDDEN.with(|f| f.set(Some(forbidden.clone())));
+            }
+            forbidden
+        }
+    };
+    Ok(forbidden.reasons.get(key).cloned())
+}
+
 /// Everything a secret write must pass before anything is written:
 /// self-write (SG101/SG106), forbidden key names (SG105), MODEL values (SG107).
 /// `value` is the plaintext being written, when known.
@@ -206,14 +270,7 @@ pub fn check_secret_write(
     if op == Write::Delete {
         return Ok(());
     }
-    let forbidden = plans::select(
-        client,
-        "SELECT reason FROM secretgate.forbidden_keys WHERE key OPERATOR(pg_catalog.=) $1",
-        Some(1),
-        &[key.into()],
-    )?;
-    if !forbidden.is_empty() {
-        let reason = forbidden.first().get_one::<String>()?.unwrap_or_default();
+    if let Some(reason) = forbidden_reason(client, key)? {
         return Err(secret_refusal(
             Code::ForbiddenSecretKey,
             format!("the key name {key} may not be written: {reason}"),

@@ -50,6 +50,7 @@ unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cacheid: std::f
 pub fn register_invalidation() {
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
+        pg_sys::CacheRegisterRelcacheCallback(Some(crate::gates::forget_forbidden_keys), pg_sys::Datum::from(0));
         pg_sys::CacheRegisterSyscacheCallback(
             pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
             Some(schema_changed),

@@ -292,3 +292,16 @@ fn gate_secrets_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     Failure::unwrap_or_raise(check());
     Ok(None)
 }
+
+/// After any change to `secretgate.forbidden_keys`: the backends that keep
+/// the table in memory (`gates::forbidden_reason`) drop it, this one at once
+/// and the others when the change commits.
+#[pg_trigger]
+fn registry_changed<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    match trigger.relation() {
+        Ok(relation) => unsafe { pg_sys::CacheInvalidateRelcache(relation.as_ptr()) },
+        // Never keep a stale copy: drop every relcache entry instead.
+        Err(_) => unsafe { pg_sys::CacheInvalidateRelcacheAll() },
+    }
+    Ok(None)
+}

@@ -31,6 +31,7 @@ fn main() {
         trial("operator_unset_and_superuser_may_write_platform", &cluster, operator_unset_and_superuser_may_write_platform),
         trial("caller_setting_rejects_invalid_values", &cluster, caller_setting_rejects_invalid_values),
         trial("forbidden_key_model_provider_is_sg105", &cluster, forbidden_key_model_provider_is_sg105),
+        trial("forbidden_key_changes_reach_every_session", &cluster, forbidden_key_changes_reach_every_session),
         trial("model_equal_to_provider_name_is_sg107", &cluster, model_equal_to_provider_name_is_sg107),
         trial("platform_online_without_model_is_sg102", &cluster, platform_online_without_model_is_sg102),
         trial("platform_online_with_unusable_model_is_sg102", &cluster, platform_online_with_unusable_model_is_sg102),
@@ -796,6 +797,40 @@ async fn forbidden_key_model_provider_is_sg105(cluster: Arc<Cluster>) -> Result<
     db.allowed(UNSET, &[Op::DeleteGlobal(K)]).await.context("deleting a legacy global MODEL_PROVIDER row")?;
     let s = db.state().await?;
     ensure!(!s.has(o, K) && !s.has(p, K) && !s.globals.contains_key(K), "the legacy MODEL_PROVIDER rows should be deleted");
+    Ok(())
+}
+
+/// Each backend keeps the forbidden key names in memory: a key the DBA
+/// forbids (or allows again) in another session applies to a session that has
+/// already used the list, from its next transaction; and in the DBA's own
+/// transaction at once.
+async fn write_old_token(conn: &mut PgConnection, ws: Uuid, value: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT secretgate.set_secret($1, 'OLD_TOKEN', $2)").bind(ws).bind(value).execute(conn).await.map(|_| ())
+}
+
+async fn forbidden_key_changes_reach_every_session(cluster: Arc<Cluster>) -> Result<()> {
+    let (url, mut dba) = migrated_database(&cluster, &db_name("g_forbid")).await?;
+    let mut writer = PgConnection::connect(&url).await.context("writer")?;
+    let ws: Uuid = sqlx::query_scalar("INSERT INTO public.workspaces (kind) VALUES ('external') RETURNING id")
+        .fetch_one(&mut dba)
+        .await
+        .described("ws")?;
+    let value = cluster.fresh_secret();
+    write_old_token(&mut writer, ws, &value).await.described("allowed at first")?;
+    sqlx::query("INSERT INTO secretgate.forbidden_keys VALUES ('OLD_TOKEN', 'retired')").execute(&mut dba).await.described("forbid")?;
+    expect_sg(write_old_token(&mut writer, ws, &value).await, Code::ForbiddenSecretKey).context("forbidden in another session")?;
+    sqlx::query("UPDATE secretgate.forbidden_keys SET key = 'OLDER_TOKEN' WHERE key = 'OLD_TOKEN'").execute(&mut dba).await.described("rename")?;
+    write_old_token(&mut writer, ws, &value).await.described("allowed again after the DBA renamed the entry")?;
+    // In the DBA's own transaction, its change applies to its next statement.
+    let mut tx = dba.begin().await?;
+    write_old_token(&mut tx, ws, &value).await.described("allowed before the change")?;
+    sqlx::query("DELETE FROM secretgate.forbidden_keys WHERE key = 'OLDER_TOKEN'").execute(&mut *tx).await.described("delete")?;
+    sqlx::query("INSERT INTO secretgate.forbidden_keys VALUES ('OLD_TOKEN', 'retired again')").execute(&mut *tx).await.described("re-add")?;
+    expect_sg(write_old_token(&mut tx, ws, &value).await, Code::ForbiddenSecretKey).context("forbidden in the same transaction")?;
+    drop(tx);
+    // Rolled back: allowed again, in both sessions.
+    write_old_token(&mut dba, ws, &value).await.described("allowed after the rollback")?;
+    write_old_token(&mut writer, ws, &value).await.described("allowed in the other session after the rollback")?;
     Ok(())
 }
 

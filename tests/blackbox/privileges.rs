@@ -222,6 +222,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.record_liveness(uuid,text,integer)", false, true, true),
     ("secretgate.reencrypt(integer)", false, false, false),
     ("secretgate.register_workspace(uuid)", true, false, false),
+    ("secretgate.registry_changed()", true, false, false),
     ("secretgate.registry_upsert()", true, false, true),
     ("secretgate.rename_secret_key(text,text)", false, false, false),
     ("secretgate.resolve_provider(text,text)", true, false, true),
