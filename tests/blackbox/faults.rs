@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
 fn main() {
@@ -162,53 +161,6 @@ async fn assert_intact(conn: &mut PgConnection, salt: &str, total: i64, before: 
 fn random_index(len: usize) -> usize {
     let r = u64::from_le_bytes(random_bytes(8)[..8].try_into().expect("8 bytes"));
     (r % len as u64) as usize
-}
-
-/// A running `secretgate` whose output is collected while it runs.
-struct Running {
-    child: tokio::process::Child,
-    stdout: tokio::task::JoinHandle<String>,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-fn spawn_cli(url: &str, args: &[&str]) -> Result<Running> {
-    let bin = secretgate_bin();
-    ensure!(bin.exists(), "{} not found: build it first (cargo build -p secretgate-cli) or set SECRETGATE_BIN", bin.display());
-    let mut child = tokio::process::Command::new(&bin)
-        .args(args)
-        .env("DATABASE_URL", url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
-    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
-    let mut err = child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?;
-    let stdout = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let stderr = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    Ok(Running { child, stdout, stderr })
-}
-
-impl Running {
-    async fn wait(mut self, limit: Duration) -> Result<CliRun> {
-        let status = match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                let _ = self.child.start_kill();
-                bail!("secretgate did not finish within {}s", limit.as_secs());
-            }
-        };
-        Ok(CliRun { code: status.code(), stdout: self.stdout.await?, stderr: self.stderr.await? })
-    }
 }
 
 /// Waits (bounded) until backend `pid` is blocked by backend `holder` (not by

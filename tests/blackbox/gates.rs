@@ -21,7 +21,7 @@ use uuid::Uuid;
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("gates"));
-    warm_up(&cluster);
+    migrate_once(&cluster);
     let trials = vec![
         trial("agent_setting_cannot_write_platform_secrets", &cluster, agent_setting_cannot_write_platform_secrets),
         trial("agent_role_member_is_agent_whatever_it_sets", &cluster, agent_role_member_is_agent_whatever_it_sets),
@@ -52,21 +52,6 @@ fn main() {
     finish(cluster, conclusion)
 }
 
-/// Migrates one database before the parallel trials: the first CREATE
-/// EXTENSION creates the cluster-wide role `secretgate_agent`, and two of
-/// them racing in different databases can fail with 23505 on
-/// pg_authid_rolname_index (the extension's IF NOT EXISTS check is not
-/// atomic). The trials are about the gates, not that race.
-fn warm_up(cluster: &Arc<Cluster>) {
-    let cluster = Arc::clone(cluster);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    rt.block_on(async move {
-        let (_url, conn) = migrated_database(&cluster, &db_name("g_warmup")).await?;
-        conn.close().await?;
-        anyhow::Ok(())
-    })
-    .unwrap_or_else(|e| panic!("warm-up migration: {e:#}"));
-}
 
 // ---------------------------------------------------------------------------
 // Callers

@@ -19,7 +19,7 @@ use uuid::Uuid;
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("privileges"));
-    warm_up(&cluster);
+    migrate_once(&cluster);
     let trials = vec![
         trial("catalog_functions_grantees_and_pinned_search_paths", &cluster, catalog),
         trial("privileged_functions_refuse_a_plain_login_role", &cluster, privileged_functions_refuse_a_plain_role),
@@ -37,48 +37,17 @@ fn main() {
     finish(cluster, conclusion)
 }
 
-/// The first CREATE EXTENSION creates the cluster-wide role secretgate_agent;
-/// done once before the parallel trials (see gates.rs).
-fn warm_up(cluster: &Arc<Cluster>) {
-    let cluster = Arc::clone(cluster);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    rt.block_on(async move {
-        let (_url, conn) = migrated_database(&cluster, &db_name("p_warmup")).await?;
-        conn.close().await?;
-        anyhow::Ok(())
-    })
-    .unwrap_or_else(|e| panic!("warm-up migration: {e:#}"));
-}
 
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A bind parameter (values are never printed).
-#[derive(Clone)]
-enum Arg {
-    Id(Uuid),
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-async fn exec(conn: &mut PgConnection, sql: &str, args: &[Arg]) -> std::result::Result<(), sqlx::Error> {
-    let mut q = sqlx::query(sql);
-    for a in args {
-        q = match a {
-            Arg::Id(id) => q.bind(*id),
-            Arg::Text(t) => q.bind(t.clone()),
-            Arg::Bytes(b) => q.bind(b.clone()),
-        };
-    }
-    q.execute(conn).await.map(|_| ())
-}
 
 /// Runs the statements in one transaction and commits: the first error, from
 /// a statement or from the commit (deferred gates).
 async fn in_tx(conn: &mut PgConnection, stmts: &[(&str, Vec<Arg>)]) -> std::result::Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
     for (sql, args) in stmts {
-        exec(&mut tx, sql, args).await?;
+        execute_with(&mut tx, sql, args).await?;
     }
     tx.commit().await
 }
@@ -137,7 +106,7 @@ async fn platform_db(cluster: &Cluster, prefix: &str) -> Result<Platform> {
     )
     .await
     .described("the platform's workspaces")?;
-    exec(&mut admin, "SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)", &[Arg::Id(byok)])
+    execute_with(&mut admin, "SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)", &[Arg::Id(byok)])
         .await
         .described("a dead verdict")?;
     Ok(Platform { db, admin, platform, bare, ordinary, byok, model })
@@ -683,7 +652,7 @@ async fn trigger_privilege_cannot_add_triggers(cluster: Arc<Cluster>) -> Result<
     )
     .await;
     ensure!(r.is_ok(), "the agent's own write to an ordinary workspace should pass: {:?}", r.err().map(|e| describe(&e)));
-    exec(&mut p.admin, "DELETE FROM public.workspace_secrets WHERE workspace_id = $1", &[Arg::Id(p.ordinary)])
+    execute_with(&mut p.admin, "DELETE FROM public.workspace_secrets WHERE workspace_id = $1", &[Arg::Id(p.ordinary)])
         .await
         .described("clean up")?;
     // TRIGGER elsewhere is untouched, and the owner adds triggers as before.
@@ -739,7 +708,7 @@ async fn non_owner_cannot_write_secretgate_tables(cluster: Arc<Cluster>) -> Resu
     ensure!(wrong.is_empty(), "not refused with 42501:\n{}", wrong.join("\n"));
     // And the reads stay open to everyone: the gates' inputs are no secret.
     for table in ["attached_tables", "providers", "model_routes", "forbidden_keys", "liveness"] {
-        exec(&mut conn, &format!("SELECT count(*) FROM secretgate.{table}"), &[]).await.described(table)?;
+        execute_with(&mut conn, &format!("SELECT count(*) FROM secretgate.{table}"), &[]).await.described(table)?;
     }
     let dead: String = sqlx::query_scalar("SELECT verdict FROM secretgate.liveness WHERE workspace_id = $1")
         .bind(p.byok)
@@ -817,7 +786,7 @@ async fn agent_claiming_another_caller(cluster: Arc<Cluster>) -> Result<()> {
     expect_refusals(&mut conn, attempts, &[&v]).await?;
 
     // A session default set on the role itself changes nothing either.
-    exec(&mut conn, &format!("ALTER ROLE {agent} SET secretgate.caller = 'operator'"), &[]).await.described("ALTER ROLE ... SET")?;
+    execute_with(&mut conn, &format!("ALTER ROLE {agent} SET secretgate.caller = 'operator'"), &[]).await.described("ALTER ROLE ... SET")?;
     let mut conn = connect_as(&cluster, &agent, &p.db).await?;
     let setting: String = sqlx::query_scalar("SHOW secretgate.caller").fetch_one(&mut conn).await.described("SHOW")?;
     ensure!(setting == "operator", "the role default should be in force: {setting}");
@@ -865,7 +834,7 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
         ];
         expect_refusals(&mut conn, attempts, &[&path]).await.with_context(|| format!("as a {role_kind}"))?;
         // (ALTER SYSTEM cannot run in a transaction block.)
-        expect_sqlstate(exec(&mut conn, "ALTER SYSTEM SET secretgate.keyring_file = '/tmp/bb-other.json'", &[]).await, "42501")
+        expect_sqlstate(execute_with(&mut conn, "ALTER SYSTEM SET secretgate.keyring_file = '/tmp/bb-other.json'", &[]).await, "42501")
             .context("ALTER SYSTEM")?;
         let shown: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_settings WHERE name = 'secretgate.keyring_file' OR setting = $1")
             .bind(&path)

@@ -257,24 +257,6 @@ async fn write_visible_after_replay(cluster: Arc<Cluster>, f: Arc<Fixture>) -> R
     Ok(())
 }
 
-/// A statement with its bind parameters (never printed).
-enum Arg {
-    Id(Uuid),
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-async fn run(conn: &mut PgConnection, sql: &str, args: &[Arg]) -> std::result::Result<(), sqlx::Error> {
-    let mut q = sqlx::query(sql);
-    for a in args {
-        q = match a {
-            Arg::Id(id) => q.bind(*id),
-            Arg::Text(t) => q.bind(t.clone()),
-            Arg::Bytes(b) => q.bind(b.clone()),
-        };
-    }
-    q.execute(conn).await.map(|_| ())
-}
 
 async fn writes_fail_read_only(cluster: Arc<Cluster>, f: Arc<Fixture>) -> Result<()> {
     let mut s = standby(&f).await?;
@@ -304,14 +286,14 @@ async fn writes_fail_read_only(cluster: Arc<Cluster>, f: Arc<Fixture>) -> Result
     ];
     let mut wrong = Vec::new();
     for (what, sql, args) in &attempts {
-        match expect_sqlstate(run(&mut s, sql, args).await, "25006") {
+        match expect_sqlstate(execute_with(&mut s, sql, args).await, "25006") {
             Ok(e) => e.assert_no_leak(&[&value]).with_context(|| what.to_string())?,
             Err(e) => wrong.push(format!("{what}: {e:#}")),
         }
     }
     // An agent caller is refused the same way for an ordinary workspace.
     sqlx::query("SET secretgate.caller = 'agent'").execute(&mut s).await.described("caller agent")?;
-    if let Err(e) = expect_sqlstate(run(&mut s, attempts[0].1, &attempts[0].2).await, "25006") {
+    if let Err(e) = expect_sqlstate(execute_with(&mut s, attempts[0].1, &attempts[0].2).await, "25006") {
         wrong.push(format!("set_secret as an agent: {e:#}"));
     }
     if !wrong.is_empty() {

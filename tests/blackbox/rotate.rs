@@ -19,7 +19,6 @@ use sqlx::Connection;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use uuid::Uuid;
 
 fn main() {
@@ -234,62 +233,6 @@ async fn reattach(conn: &mut PgConnection) -> Result<()> {
         .await
         .described("attach_gates")?;
     Ok(())
-}
-
-/// A running `secretgate` whose output is collected while it runs.
-struct Running {
-    child: tokio::process::Child,
-    stdout: tokio::task::JoinHandle<String>,
-    stderr: tokio::task::JoinHandle<String>,
-}
-
-fn spawn_cli(url: &str, args: &[&str]) -> Result<Running> {
-    let bin = secretgate_bin();
-    ensure!(bin.exists(), "{} not found: build it first (cargo build -p secretgate-cli) or set SECRETGATE_BIN", bin.display());
-    let mut child = tokio::process::Command::new(&bin)
-        .args(args)
-        .env("DATABASE_URL", url)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("spawn {}", bin.display()))?;
-    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
-    let mut err = child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?;
-    let stdout = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    let stderr = tokio::spawn(async move {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf).await;
-        String::from_utf8_lossy(&buf).into_owned()
-    });
-    Ok(Running { child, stdout, stderr })
-}
-
-impl Running {
-    fn exited(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_some())
-    }
-
-    async fn wait(mut self, limit: Duration) -> Result<CliRun> {
-        let status = match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                let _ = self.child.start_kill();
-                bail!("secretgate did not finish within {}s", limit.as_secs());
-            }
-        };
-        Ok(CliRun { code: status.code(), stdout: self.stdout.await?, stderr: self.stderr.await? })
-    }
-
-    async fn kill(mut self) -> Result<CliRun> {
-        self.child.start_kill()?;
-        self.wait(Duration::from_secs(30)).await
-    }
 }
 
 /// Waits until no backend of `secretgate rotate` is left in this database.

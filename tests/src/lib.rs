@@ -11,7 +11,7 @@
 //!   a test stored: values come from [`Cluster::fresh_secret`], and [`finish`]
 //!   checks the server log contains none of them and no key.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use base64::Engine;
 use libtest_mimic::{Conclusion, Failed, Trial};
 use sqlx::postgres::{PgConnection, PgDatabaseError};
@@ -830,4 +830,96 @@ pub async fn run_cli(url: Option<&str>, args: &[&str]) -> Result<CliRun> {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// A running `secretgate` whose output is collected while it runs.
+pub struct RunningCli {
+    child: tokio::process::Child,
+    stdout: tokio::task::JoinHandle<String>,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+pub fn spawn_cli(url: &str, args: &[&str]) -> Result<RunningCli> {
+    let bin = secretgate_bin();
+    ensure!(bin.exists(), "{} not found: build it first (cargo build -p secretgate-cli) or set SECRETGATE_BIN", bin.display());
+    let mut child = tokio::process::Command::new(&bin)
+        .args(args)
+        .env("DATABASE_URL", url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("spawn {}", bin.display()))?;
+    let mut out = child.stdout.take().ok_or_else(|| anyhow!("no stdout pipe"))?;
+    let mut err = child.stderr.take().ok_or_else(|| anyhow!("no stderr pipe"))?;
+    let stdout = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut out, &mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    let stderr = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut err, &mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    Ok(RunningCli { child, stdout, stderr })
+}
+
+impl RunningCli {
+    pub fn exited(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_some())
+    }
+
+    pub async fn wait(mut self, limit: Duration) -> Result<CliRun> {
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                let _ = self.child.start_kill();
+                bail!("secretgate did not finish within {}s", limit.as_secs());
+            }
+        };
+        Ok(CliRun { code: status.code(), stdout: self.stdout.await?, stderr: self.stderr.await? })
+    }
+
+    pub async fn kill(mut self) -> Result<CliRun> {
+        self.child.start_kill()?;
+        self.wait(Duration::from_secs(30)).await
+    }
+}
+
+/// Migrates one throwaway database before a binary's parallel trials: the
+/// first CREATE EXTENSION creates the cluster-wide role `secretgate_agent`,
+/// and two of them racing in different databases can fail with 23505 on
+/// pg_authid_rolname_index (the extension's IF NOT EXISTS check is not atomic).
+pub fn migrate_once(cluster: &Arc<Cluster>) {
+    let cluster = Arc::clone(cluster);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async move {
+        let (_url, conn) = migrated_database(&cluster, &db_name("warmup")).await?;
+        conn.close().await?;
+        anyhow::Ok(())
+    })
+    .unwrap_or_else(|e| panic!("warm-up migration: {e:#}"));
+}
+
+/// A bind parameter for [`execute_with`] (values are never printed).
+#[derive(Clone)]
+pub enum Arg {
+    Id(uuid::Uuid),
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// Runs `sql` with `args` bound in order.
+pub async fn execute_with(conn: &mut PgConnection, sql: &str, args: &[Arg]) -> std::result::Result<(), sqlx::Error> {
+    let mut q = sqlx::query(sql);
+    for a in args {
+        q = match a {
+            Arg::Id(id) => q.bind(*id),
+            Arg::Text(t) => q.bind(t.clone()),
+            Arg::Bytes(b) => q.bind(b.clone()),
+        };
+    }
+    q.execute(conn).await.map(|_| ())
 }
