@@ -9,7 +9,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PGRX_HOME="$PWD/pgrx-config"
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 
 echo "== tier 1: pure core"
 cargo test -p secretgate-core
