@@ -181,7 +181,8 @@ thread_local! {
     static FORBIDDEN: Cell<Option<Rc<ForbiddenKeys>>> = const { Cell::new(None) };
 }
 
-pub(crate) unsafe extern "C-unwind" fn forget_forbidden_keys(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// Called from the relcache callback (`tables::register_invalidation`).
+pub(crate) fn forget_forbidden_keys(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     FORBIDDEN.with(|f| {
         let cached = f.take();
         let concerned = relid == pg_sys::InvalidOid || cached.as_ref().is_some_and(|c| c.table == relid);

@@ -32,7 +32,8 @@ fn cached() -> Option<Rc<Attached>> {
     })
 }
 
-unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+unsafe extern "C-unwind" fn relation_changed(arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    crate::gates::forget_forbidden_keys(arg, relid);
     CACHED.with(|c| {
         let attached = c.take();
         let concerned = relid == pg_sys::InvalidOid || attached.as_ref().is_some_and(|a| a.oids.contains(&relid));
@@ -49,8 +50,9 @@ unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cacheid: std::f
 /// Registers the invalidation callbacks; once per process (from `_PG_init`).
 pub fn register_invalidation() {
     unsafe {
+        // One relcache callback for both caches: Postgres has only ten slots
+        // for every extension loaded into a server.
         pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
-        pg_sys::CacheRegisterRelcacheCallback(Some(crate::gates::forget_forbidden_keys), pg_sys::Datum::from(0));
         pg_sys::CacheRegisterSyscacheCallback(
             pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
             Some(schema_changed),
