@@ -40,20 +40,7 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Helpers
 
-fn baseline(cluster: &Cluster) {
-    cluster.write_keyring(&cluster.initial_keys().to_json(), 0o600);
-}
 
-/// The baseline keys plus a fresh version 3, current, written to the keyring.
-fn rotate_keyring(cluster: &Cluster) -> TestKeys {
-    let mut keys = cluster.initial_keys().clone();
-    keys.add_version(3);
-    for k in keys.encodings() {
-        cluster.remember_secret(&k);
-    }
-    cluster.write_keyring(&keys.to_json(), 0o600);
-    keys
-}
 
 fn rows_wanted() -> Result<i64> {
     match std::env::var("SECRETGATE_ROTATE_ROWS") {
@@ -119,60 +106,12 @@ async fn populate(cluster: &Cluster, conn: &mut PgConnection, salt: &str, total:
         .await
         .described("insert global secrets")?;
     }
-    baseline(cluster);
+    restore_baseline_keyring(cluster);
     Ok(Population { workspace_rows, global_rows })
 }
 
-/// Rows whose plaintext is not the one `populate` derived (rows named in
-/// `skip` excluded). Fails if any row cannot be decrypted.
-async fn mismatches(conn: &mut PgConnection, salt: &str, skip: &[(Uuid, String)]) -> Result<i64> {
-    let skip_ws: Vec<Uuid> = skip.iter().map(|s| s.0).collect();
-    let skip_keys: Vec<String> = skip.iter().map(|s| s.1.clone()).collect();
-    sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM public.workspace_secrets s
-                 WHERE secretgate.decrypt(s.encrypted_value, s.encryption_version, s.workspace_id, s.key)
-                       IS DISTINCT FROM md5($1 || substr(s.key, 3))
-                   AND (s.workspace_id, s.key) NOT IN (SELECT * FROM unnest($2::uuid[], $3::text[])))
-              + (SELECT count(*) FROM public.global_secrets g
-                 WHERE secretgate.decrypt(g.encrypted_value, g.encryption_version, NULL, g.key)
-                       IS DISTINCT FROM md5($1 || 'g' || substr(g.key, 3)))",
-    )
-    .bind(salt)
-    .bind(&skip_ws)
-    .bind(&skip_keys)
-    .fetch_one(&mut *conn)
-    .await
-    .described("compare every plaintext with the derived one")
-}
 
-/// md5 over every plaintext, in a stable order. Decrypted with
-/// `secretgate.decrypt` on the stored columns: `read_secret` (one lookup per
-/// row) gives the same plaintexts but takes ~20x longer over 100,000 rows.
-async fn checksum(conn: &mut PgConnection) -> Result<String> {
-    sqlx::query_scalar(
-        "SELECT md5(coalesce((SELECT string_agg(secretgate.decrypt(encrypted_value, encryption_version, workspace_id, key), ','
-                                                ORDER BY workspace_id, key)
-                              FROM public.workspace_secrets), '')
-                    || '|' ||
-                    coalesce((SELECT string_agg(secretgate.decrypt(encrypted_value, encryption_version, NULL, key), ',' ORDER BY key)
-                              FROM public.global_secrets), ''))",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .described("checksum of every plaintext")
-}
 
-/// (encryption_version, rows) over both tables.
-async fn histogram(conn: &mut PgConnection) -> Result<Vec<(i32, i64)>> {
-    sqlx::query_as(
-        "SELECT encryption_version, count(*) FROM
-           (SELECT encryption_version FROM public.workspace_secrets UNION ALL SELECT encryption_version FROM public.global_secrets) x
-         GROUP BY 1 ORDER BY 1",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .described("versions histogram")
-}
 
 async fn count_on_version(conn: &mut PgConnection, version: i32) -> Result<i64> {
     sqlx::query_scalar(
@@ -185,13 +124,6 @@ async fn count_on_version(conn: &mut PgConnection, version: i32) -> Result<i64> 
     .described("count rows on a version")
 }
 
-/// (state, rows) of verify_secrets over everything.
-async fn verify_states(conn: &mut PgConnection) -> Result<Vec<(String, Option<String>, i64)>> {
-    sqlx::query_as("SELECT state, error_code, count(*) FROM secretgate.verify_secrets() GROUP BY 1, 2 ORDER BY 1, 2")
-        .fetch_all(&mut *conn)
-        .await
-        .described("verify_secrets")
-}
 
 /// The plaintexts of a few rows (derived, computed by the server), to check
 /// that no output of the tool contains them.
@@ -261,7 +193,7 @@ fn rate(rows: i64, elapsed: Duration) -> f64 {
 // Trials
 
 async fn verify_lists_undecryptable_rows_without_values(cluster: Arc<Cluster>) -> Result<()> {
-    baseline(&cluster);
+    restore_baseline_keyring(&cluster);
     let (url, mut conn) = migrated_database(&cluster, &db_name("rot_verify")).await?;
     let salt = random_hex(8);
     let pop = populate(&cluster, &mut conn, &salt, 1000).await?;
@@ -325,7 +257,7 @@ async fn no_extension_is_a_usage_error(cluster: Arc<Cluster>) -> Result<()> {
 
 async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> Result<()> {
     let wanted = rows_wanted()?;
-    baseline(&cluster);
+    restore_baseline_keyring(&cluster);
     let (url, mut conn) = migrated_database(&cluster, &db_name("rot_big")).await?;
     let salt = random_hex(8);
 
@@ -477,7 +409,7 @@ fn tail(text: &str) -> String {
 
 async fn concurrent_writers_are_not_blocked(cluster: Arc<Cluster>) -> Result<()> {
     let wanted = rows_wanted()?.min(40_000);
-    baseline(&cluster);
+    restore_baseline_keyring(&cluster);
     let (url, mut conn) = migrated_database(&cluster, &db_name("rot_conc")).await?;
     let salt = random_hex(8);
     let pop = populate(&cluster, &mut conn, &salt, wanted).await?;
@@ -566,7 +498,7 @@ async fn concurrent_writers_are_not_blocked(cluster: Arc<Cluster>) -> Result<()>
 }
 
 async fn locked_rows_are_waited_for_then_reported(cluster: Arc<Cluster>) -> Result<()> {
-    baseline(&cluster);
+    restore_baseline_keyring(&cluster);
     let (url, mut conn) = migrated_database(&cluster, &db_name("rot_lock")).await?;
     let salt = random_hex(8);
     let pop = populate(&cluster, &mut conn, &salt, 1000).await?;
@@ -604,7 +536,7 @@ async fn locked_rows_are_waited_for_then_reported(cluster: Arc<Cluster>) -> Resu
 }
 
 async fn undecryptable_row_stops_rotation_cleanly(cluster: Arc<Cluster>) -> Result<()> {
-    baseline(&cluster);
+    restore_baseline_keyring(&cluster);
     let (url, mut conn) = migrated_database(&cluster, &db_name("rot_bad")).await?;
     let salt = random_hex(8);
     let pop = populate(&cluster, &mut conn, &salt, 1000).await?;
