@@ -282,14 +282,13 @@ pub fn check_secret_write(
         ));
     }
     if let (MODEL, Some(value)) = (key, value) {
-        let is_provider = client
-            .select(
-                "SELECT 1 FROM secretgate.providers WHERE name OPERATOR(pg_catalog.=) $1",
-                Some(1),
-                &[value.into()],
-            )?
-            .len()
-            > 0;
+        let is_provider = !plans::select(
+            client,
+            "SELECT 1 FROM secretgate.providers WHERE name OPERATOR(pg_catalog.=) $1",
+            Some(1),
+            &[value.into()],
+        )?
+        .is_empty();
         if is_provider {
             // The value is a provider name, not a secret: safe to name the provider.
             let refusal = with_scope(
