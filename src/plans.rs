@@ -1,8 +1,8 @@
 //! Statements planned once per backend and kept. Every gate and every read
 //! runs the same few statements, and planning them on each call cost more
 //! than the work itself. A plan is keyed by its text (which names the
-//! attached tables, so a renamed table gives a new entry) and its argument
-//! types; Postgres' plan cache revalidates a kept plan after DDL on anything
+//! attached tables, so a renamed table gives a new entry), its argument
+//! types and the search_path; Postgres' plan cache revalidates a kept plan after DDL on anything
 //! it uses, and rechecks privileges on every execution.
 
 use pgrx::datum::DatumWithOid;
@@ -16,13 +16,29 @@ use std::rc::Rc;
 /// attached tables; past this, something keeps renaming tables, so start over.
 const MAX_PLANS: usize = 256;
 
-/// Text, argument types, whether it writes, and the search_path in force:
-/// the gates run with a pinned path and other functions with the caller's,
-/// and Postgres re-plans a kept plan used under another path each time.
-type Key = (String, Vec<pg_sys::Oid>, bool, Vec<u8>);
+/// One kept plan of a statement text: its argument types, whether it writes,
+/// and the search_path in force when it was made (the gates run with a pinned
+/// path and other functions with the caller's, and Postgres re-plans a kept
+/// plan used under another path each time).
+struct Variant {
+    types: Vec<pg_sys::Oid>,
+    mutating: bool,
+    search_path: Vec<u8>,
+    plan: Rc<OwnedPreparedStatement>,
+}
+
+impl Variant {
+    fn matches(&self, args: &[DatumWithOid<'_>], mutating: bool, search_path: &[u8]) -> bool {
+        self.mutating == mutating
+            && self.search_path == search_path
+            && self.types.len() == args.len()
+            && self.types.iter().zip(args).all(|(t, a)| *t == a.oid())
+    }
+}
 
 thread_local! {
-    static PLANS: RefCell<HashMap<Key, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    /// By statement text, looked up without allocating on every call.
+    static PLANS: RefCell<HashMap<String, Vec<Variant>>> = RefCell::new(HashMap::new());
 }
 
 /// The kept plan for `sql`, preparing it on first use. The `Rc` is cloned out
@@ -33,29 +49,40 @@ fn plan(
     args: &[DatumWithOid<'_>],
     mutating: bool,
 ) -> SpiResult<Rc<OwnedPreparedStatement>> {
-    let key: Key = (sql.to_owned(), args.iter().map(|a| a.oid()).collect(), mutating, search_path());
-    if let Some(plan) = PLANS.with(|plans| plans.borrow().get(&key).cloned()) {
+    let path = search_path();
+    let found = PLANS.with(|plans| {
+        let plans = plans.borrow();
+        let variant = plans.get(sql)?.iter().find(|v| v.matches(args, mutating, path));
+        variant.map(|v| Rc::clone(&v.plan))
+    });
+    if let Some(plan) = found {
         return Ok(plan);
     }
-    let types: Vec<PgOid> = key.1.iter().map(|&oid| PgOid::from(oid)).collect();
-    let prepared = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+    let search_path = path.to_vec();
+    let types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+    let pg_types: Vec<PgOid> = types.iter().map(|&oid| PgOid::from(oid)).collect();
+    let prepared = if mutating { client.prepare_mut(sql, &pg_types)? } else { client.prepare(sql, &pg_types)? };
     let plan = Rc::new(prepared.keep());
+    let variant = Variant { types, mutating, search_path, plan: Rc::clone(&plan) };
     PLANS.with(|plans| {
         let mut plans = plans.borrow_mut();
-        if plans.len() >= MAX_PLANS {
+        if plans.values().map(Vec::len).sum::<usize>() >= MAX_PLANS {
             plans.clear();
         }
-        plans.insert(key, Rc::clone(&plan));
+        plans.entry(sql.to_owned()).or_default().push(variant);
     });
     Ok(plan)
 }
 
-fn search_path() -> Vec<u8> {
+/// The search_path setting as it stands (no copy).
+fn search_path() -> &'static [u8] {
     let path = unsafe { pg_sys::namespace_search_path };
     if path.is_null() {
-        return Vec::new();
+        return &[];
     }
-    unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes().to_vec()
+    // SAFETY: the GUC's string lives until the setting changes; `plan` compares
+    // or copies it before running anything that could change it.
+    unsafe { std::ffi::CStr::from_ptr(path) }.to_bytes()
 }
 
 /// `client.select` through a kept plan.
