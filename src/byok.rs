@@ -242,7 +242,7 @@ fn byok_credential_present(workspace_id: Option<pgrx::Uuid>, provider: Option<&s
         let workspace = secrets::workspace_scope(workspace_id)?;
         let name = secrets::required(provider, "provider")?;
         Spi::connect(|client| {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             let provider = provider_named(client, name)?
                 .ok_or_else(|| Failure::sql("22023", format!("secretgate: unknown provider {name:?}")))?;
             let usable = usable_credentials(client, &attached, workspace, &provider)?
@@ -259,7 +259,7 @@ fn check_byok(workspace_id: Option<pgrx::Uuid>) {
         let workspace = secrets::workspace_scope(workspace_id)?;
         let caller = Caller::current();
         Spi::connect(|client| {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             if workspace_row(client, &attached, workspace)?.is_none() {
                 let id = workspace.workspace_id().map(|id| id.hyphenated().to_string());
                 return Err(Failure::refusal(Code::WorkspaceKindUnknown, "no workspace with this id")
@@ -282,7 +282,7 @@ fn record_liveness(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, http_sta
         let status = secrets::required(http_status, "http_status")?;
         let verdict = Verdict::classify(status);
         Spi::connect_mut(|client| {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             let Some((Some(blob), _)) = secrets::fetch(client, &attached, scope, key)? else {
                 return Err(Failure::sql("P0002", format!("secretgate: no stored credential {key} in scope {scope}")));
             };

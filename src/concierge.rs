@@ -24,7 +24,7 @@ fn has_model_secret(workspace_id: Option<pgrx::Uuid>) -> bool {
     let run = || -> Result<bool> {
         let scope = secrets::workspace_scope(workspace_id)?;
         let usable = Spi::connect_mut(|client| {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             gates::model_usable(client, &attached, scope)
         })?;
         usable.map_err(|e| gates::refusal_for_core(e, scope, MODEL))
@@ -47,7 +47,7 @@ fn register(workspace_id: Option<pgrx::Uuid>) -> Result<(String, Option<String>)
     let id = secrets::sql_uuid(scope);
     let caller = Caller::current();
     Spi::connect_mut(|client| {
-        let attached = tables::attached(client)?;
+        let attached = tables::attached()?;
         let row = plans::update(
             client,
             &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", attached.workspaces),
@@ -180,7 +180,7 @@ fn ensure_concierge_provider(workspace_id: Option<pgrx::Uuid>) -> String {
     let run = || -> Result<String> {
         let scope = secrets::workspace_scope(workspace_id)?;
         let plan = Spi::connect(|client| -> Result<Plan> {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             let Some((kind, runtime)) = kind_and_runtime(client, &attached, scope)? else {
                 return Err(unknown_workspace(scope));
             };
@@ -213,7 +213,7 @@ fn ensure_concierge_model(workspace_id: Option<pgrx::Uuid>, default_model: Optio
         let scope = secrets::workspace_scope(workspace_id)?;
         let default_model = secrets::required(default_model, "default_model")?;
         let plan = Spi::connect(|client| -> Result<Plan> {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             let Some((kind, _)) = kind_and_runtime(client, &attached, scope)? else {
                 return Err(unknown_workspace(scope));
             };

@@ -5,6 +5,7 @@
 //! SQL functions that write secrets both call them, so a refusal raised for
 //! `set_secret` is the same refusal a direct INSERT meets in the trigger.
 
+use crate::index_read;
 use crate::keyring;
 use crate::plans;
 use crate::report::{Failure, Refusal, Result};
@@ -125,18 +126,24 @@ pub fn audited(refusal: Refusal, event: &str, caller: &Caller) -> Failure {
     refusal.audit(event, caller.to_json()).into()
 }
 
-/// The kind of a workspace: `None` when there is no such row.
-pub fn workspace_kind(client: &SpiClient<'_>, attached: &Attached, id: Scope) -> Result<Option<String>> {
+/// The kind of a workspace: `None` when there is no such row. Read through
+/// the primary key without SPI when the table allows it.
+pub fn workspace_kind(attached: &Attached, id: Scope) -> Result<Option<String>> {
     let Scope::Workspace(id) = id else {
         return Ok(None);
     };
-    let table = plans::select(
-        client,
-        &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
-        Some(1),
-        &[secrets::sql_uuid(Scope::Workspace(id)).into()],
-    )?;
-    Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
+    if let Some(kind) = index_read::text_by_uuid_key(attached.workspaces_oid(), c"id", c"kind", id.as_bytes()) {
+        return Ok(kind);
+    }
+    Spi::connect(|client| {
+        let table = plans::select(
+            client,
+            &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+            Some(1),
+            &[secrets::sql_uuid(Scope::Workspace(id)).into()],
+        )?;
+        Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
+    })
 }
 
 /// An agent may not delete a platform workspace (which deletes the
@@ -193,7 +200,7 @@ pub(crate) fn forget_forbidden_keys(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
 }
 
 /// Why `key` may not be written, if it is a forbidden key name.
-fn forbidden_reason(client: &SpiClient<'_>, key: &str) -> Result<Option<String>> {
+fn forbidden_reason(key: &str) -> Result<Option<String>> {
     let cached = FORBIDDEN.with(|f| {
         let cached = f.take();
         f.set(cached.clone());
@@ -202,21 +209,24 @@ fn forbidden_reason(client: &SpiClient<'_>, key: &str) -> Result<Option<String>>
     let forbidden = match cached {
         Some(forbidden) => forbidden,
         None => {
-            let rows = plans::select(
-                client,
-                "SELECT key, reason, 'secretgate.forbidden_keys'::pg_catalog.regclass::pg_catalog.oid FROM secretgate.forbidden_keys",
-                None,
-                &[],
-            )?;
-            let mut table = pg_sys::InvalidOid;
-            let mut reasons = HashMap::new();
-            for row in rows {
-                if let (Some(key), reason) = (row.get::<String>(1)?, row.get::<String>(2)?) {
-                    reasons.insert(key, reason.unwrap_or_default());
+            let forbidden = Rc::new(Spi::connect(|client| -> Result<ForbiddenKeys> {
+                let rows = plans::select(
+                    client,
+                    "SELECT key, reason, 'secretgate.forbidden_keys'::pg_catalog.regclass::pg_catalog.oid FROM secretgate.forbidden_keys",
+                    None,
+                    &[],
+                )?;
+                let mut table = pg_sys::InvalidOid;
+                let mut reasons = HashMap::new();
+                for row in rows {
+                    if let (Some(key), reason) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                        reasons.insert(key, reason.unwrap_or_default());
+                    }
+                    table = row.get::<pg_sys::Oid>(3)?.unwrap_or(table);
                 }
-                table = row.get::<pg_sys::Oid>(3)?.unwrap_or(table);
-            }
-            let forbidden = Rc::new(ForbiddenKeys { table, reasons });
+                Ok(ForbiddenKeys { table, reasons })
+            })?);
+            let table = forbidden.table;
             // An empty table has no row to name its oid: nothing to cache by.
             if table != pg_sys::InvalidOid {
                 FORBIDDEN.with(|f| f.set(Some(forbidden.clone())));
@@ -231,7 +241,6 @@ fn forbidden_reason(client: &SpiClient<'_>, key: &str) -> Result<Option<String>>
 /// self-write (SG101/SG106), forbidden key names (SG105), MODEL values (SG107).
 /// `value` is the plaintext being written, when known.
 pub fn check_secret_write(
-    client: &SpiClient<'_>,
     attached: &Attached,
     op: Write,
     scope: Scope,
@@ -241,7 +250,7 @@ pub fn check_secret_write(
 ) -> Result<()> {
     if caller.agent {
         if let Scope::Workspace(_) = scope {
-            match workspace_kind(client, attached, scope)?.as_deref() {
+            match workspace_kind(attached, scope)?.as_deref() {
                 // Its workspace is gone (a cascade from deleting it): nothing left to protect.
                 None if op == Write::Delete => {}
                 None => {
@@ -271,7 +280,7 @@ pub fn check_secret_write(
     if op == Write::Delete {
         return Ok(());
     }
-    if let Some(reason) = forbidden_reason(client, key)? {
+    if let Some(reason) = forbidden_reason(key)? {
         return Err(secret_refusal(
             Code::ForbiddenSecretKey,
             format!("the key name {key} may not be written: {reason}"),
@@ -282,13 +291,15 @@ pub fn check_secret_write(
         ));
     }
     if let (MODEL, Some(value)) = (key, value) {
-        let is_provider = !plans::select(
-            client,
-            "SELECT 1 FROM secretgate.providers WHERE name OPERATOR(pg_catalog.=) $1",
-            Some(1),
-            &[value.into()],
-        )?
-        .is_empty();
+        let is_provider = Spi::connect(|client| {
+            plans::select(
+                client,
+                "SELECT 1 FROM secretgate.providers WHERE name OPERATOR(pg_catalog.=) $1",
+                Some(1),
+                &[value.into()],
+            )
+            .map(|rows| !rows.is_empty())
+        })?;
         if is_provider {
             // The value is a provider name, not a secret: safe to name the provider.
             let refusal = with_scope(

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 mod byok;
 mod concierge;
 pub(crate) mod gates;
+mod index_read;
 mod keyring;
 mod maintenance;
 mod plans;

@@ -100,7 +100,7 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
         }
         let caller = Caller::current();
         Spi::connect_mut(|client| {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             let keyring = keyring::current().map_err(|e| Failure::from(secrets::core_refusal(e, None, None)))?;
             let old_rows = rows(client, &attached, "key OPERATOR(pg_catalog.=) $1", old_key.into(), None, Lock::Wait)?;
 
@@ -111,7 +111,6 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
                 let exists = secrets::fetch(client, &attached, row.scope, new_key)?.is_some();
                 if !exists {
                     gates::check_secret_write(
-                        client,
                         &attached,
                         Write::Insert,
                         row.scope,
@@ -120,7 +119,7 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
                         &caller,
                     )?;
                 }
-                gates::check_secret_write(client, &attached, Write::Delete, row.scope, old_key, None, &caller)?;
+                gates::check_secret_write(&attached, Write::Delete, row.scope, old_key, None, &caller)?;
                 plan.push((row.scope, if exists { None } else { Some(value) }));
             }
 
@@ -178,7 +177,7 @@ fn reencrypt(batch_size: Option<i32>) -> i64 {
         let keyring = keyring::current().map_err(|e| Failure::from(secrets::core_refusal(e, None, None)))?;
         let current = keyring.current_version();
         Spi::connect_mut(|client| {
-            let attached = tables::attached(client)?;
+            let attached = tables::attached()?;
             let stale = rows(
                 client,
                 &attached,

@@ -311,4 +311,55 @@ mod tests {
         assert_eq!(carried, Some(true));
         assert_eq!(sqlstate_of("SELECT secretgate.reencrypt(0)").as_deref(), Some("22023"));
     }
+
+    #[pg_test]
+    fn the_kind_read_through_the_index_agrees_with_sql_or_steps_aside() {
+        use crate::index_read::{text_by_uuid_key, UUID_BTREE_FAM_OID};
+        let catalog = Spi::get_one::<pg_sys::Oid>(
+            "SELECT oid FROM pg_opfamily WHERE opfname = 'uuid_ops' AND opfmethod = (SELECT oid FROM pg_am WHERE amname = 'btree')",
+        )
+        .unwrap();
+        assert_eq!(catalog, Some(UUID_BTREE_FAM_OID));
+        let oid = |table: &str| Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid")).unwrap().unwrap();
+        let id = |text: &str| -> [u8; 16] { uuid_bytes(text).try_into().unwrap() };
+        // A dropped column before the ones read, so attribute numbers are not positions by name.
+        run("CREATE TABLE tests.ws (gone int, id uuid PRIMARY KEY, kind text)");
+        run("ALTER TABLE tests.ws DROP COLUMN gone");
+        run(&format!("INSERT INTO tests.ws VALUES ('{WS}', 'platform'), ('{OTHER_WS}', NULL)"));
+        let read = |table: &str, key: &str| text_by_uuid_key(oid(table), c"id", c"kind", &id(key));
+        assert_eq!(read("tests.ws", WS), Some(Some("platform".into())));
+        assert_eq!(read("tests.ws", OTHER_WS), Some(Some(String::new())), "a NULL kind reads as empty, as through SQL");
+        assert_eq!(read("tests.ws", "00000000-0000-4000-8000-0000000000ff"), Some(None));
+        // Rows this transaction wrote are seen, as SPI sees them.
+        run(&format!("UPDATE tests.ws SET kind = 'workspace' WHERE id = '{WS}'"));
+        assert_eq!(read("tests.ws", WS), Some(Some("workspace".into())));
+        // Shapes it does not handle: the caller goes through SPI.
+        run("CREATE TABLE tests.ws_unique (id uuid UNIQUE NOT NULL, kind text)");
+        run("CREATE TABLE tests.ws_varchar (id uuid PRIMARY KEY, kind varchar)");
+        run("CREATE TABLE tests.ws_pair (id uuid, n int, kind text, PRIMARY KEY (id, n))");
+        run("CREATE TABLE tests.ws_parted (id uuid PRIMARY KEY, kind text) PARTITION BY HASH (id)");
+        run("CREATE TABLE tests.ws_parted_0 PARTITION OF tests.ws_parted FOR VALUES WITH (MODULUS 1, REMAINDER 0)");
+        for table in ["tests.ws_unique", "tests.ws_varchar", "tests.ws_pair", "tests.ws_parted"] {
+            assert_eq!(read(table, WS), None, "{table}");
+        }
+    }
+
+    fn uuid_bytes(text: &str) -> Vec<u8> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect()
+    }
+
+    #[pg_test]
+    fn an_agent_writing_a_workspace_and_its_secret_in_one_statement_is_gated_on_that_row() {
+        attached_tables();
+        run("SET LOCAL secretgate.caller = 'agent'");
+        let write = |kind: &str, id: &str| {
+            sqlstate_of(&format!(
+                "WITH w AS (INSERT INTO public.workspaces (id, kind) VALUES ('{id}', '{kind}') RETURNING id) \
+                 INSERT INTO public.workspace_secrets SELECT id, 'OPENAI_API_KEY', '\\x00', 1 FROM w"
+            ))
+        };
+        assert_eq!(write("workspace", "00000000-0000-4000-8000-0000000000a1"), None);
+        assert_eq!(write("platform", "00000000-0000-4000-8000-0000000000a2").as_deref(), Some("SG101"));
+    }
 }

@@ -128,7 +128,7 @@ pub fn open(
 /// an SPI error) are the outer `Err`; crypto and keyring errors the inner.
 pub fn read(scope: Scope, key: &str) -> Result<std::result::Result<Option<String>, CoreError>> {
     Spi::connect(|client| {
-        let attached = tables::attached(client)?;
+        let attached = tables::attached()?;
         Ok(match fetch(client, &attached, scope, key)? {
             None => Ok(None),
             Some(row) => keyring::current().and_then(|k| open(&k, row, scope, key)).map(Some),
@@ -161,9 +161,9 @@ pub fn seed(scope: Scope, key: &str, value: &str, how: Seed) -> Result<bool> {
 /// it into XX000); the trigger stays the backstop for direct writes.
 fn store(scope: Scope, key: &str, value: &str, replace: bool) -> Result<bool> {
     Spi::connect_mut(|client| {
-        let attached = tables::attached(client)?;
+        let attached = tables::attached()?;
         let caller = gates::Caller::current();
-        gates::check_secret_write(client, &attached, gates::Write::Insert, scope, key, Some(value), &caller)?;
+        gates::check_secret_write(&attached, gates::Write::Insert, scope, key, Some(value), &caller)?;
         let (version, blob) = keyring::current()
             .and_then(|k| k.encrypt(value.as_bytes(), scope, key))
             .map_err(|e| core_failure(e, scope, key))?;
@@ -317,7 +317,7 @@ fn verify_secrets() -> TableIterator<
 fn verify_all() -> Result<Vec<VerifyRow>> {
     const BATCH: i64 = 1000;
     Spi::connect(|client| {
-        let attached = tables::attached(client)?;
+        let attached = tables::attached()?;
         let keyring = keyring::current();
         let queries = [
             format!(

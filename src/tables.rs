@@ -16,6 +16,12 @@ pub struct Attached {
     oids: [pg_sys::Oid; 3],
 }
 
+impl Attached {
+    pub fn workspaces_oid(&self) -> pg_sys::Oid {
+        self.oids[0]
+    }
+}
+
 thread_local! {
     /// The attached tables as this backend last read them. Every gate needs
     /// them, and the catalog lookup cost more than the gate itself. Dropped
@@ -73,10 +79,15 @@ const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      WHERE c.oid OPERATOR(pg_catalog.=) {col})";
 
-pub fn attached(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
-    if let Some(attached) = cached() {
-        return Ok(attached);
+/// The attached tables: from this backend's cache, or read through SPI.
+pub fn attached() -> Result<Rc<Attached>> {
+    match cached() {
+        Some(attached) => Ok(attached),
+        None => Spi::connect(load),
     }
+}
+
+fn load(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
     let q = format!(
         "SELECT {}, {}, {}, workspaces::pg_catalog.oid, secrets::pg_catalog.oid, global_secrets::pg_catalog.oid \
          FROM secretgate.attached_tables",
@@ -144,7 +155,7 @@ pub fn attach(
         None,
         &[workspaces.into(), secrets.into(), global.into()],
     )?;
-    let attached = attached(client)?;
+    let attached = attached()?;
     for statement in crate::triggers::create_statements(&attached) {
         client.update(&statement, None, &[])?;
     }
@@ -157,7 +168,7 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
     if current.is_empty() {
         return Ok(());
     }
-    let attached = attached(client)?;
+    let attached = attached()?;
     for statement in crate::triggers::drop_statements(&attached) {
         plans::prevent_if_read_only(&statement);
         client.update(&statement, None, &[])?;

@@ -130,7 +130,7 @@ fn written_model(row: &Row<'_>, scope: Scope) -> report::Result<Option<String>> 
 
 fn with_attached<T>(f: impl FnOnce(&mut SpiClient<'_>, &Attached) -> report::Result<T>) -> report::Result<T> {
     Spi::connect_mut(|client| {
-        let attached = tables::attached(client)?;
+        let attached = tables::attached()?;
         f(client, &attached)
     })
 }
@@ -142,24 +142,24 @@ fn check_secret_row(
     trigger: &PgTrigger<'_>,
 ) -> report::Result<()> {
     let caller = Caller::current();
-    with_attached(|client, attached| {
-        let new = trigger.new().filter(|_| op != Write::Delete);
-        let new_scope = new.as_ref().map(&scope_of).transpose()?;
-        if let Some(old) = trigger.old().filter(|_| op != Write::Insert) {
-            let scope = scope_of(&old)?;
-            // Deleting a row, or moving it away, is a write to the workspace it leaves.
-            if new_scope != Some(scope) {
-                let key = text_col(&old, "key")?.unwrap_or_default();
-                gates::check_secret_write(client, attached, Write::Delete, scope, &key, None, &caller)?;
-            }
+    // No SPI connection of its own: the common write needs none (see `gates::workspace_kind`).
+    let attached = tables::attached()?;
+    let new = trigger.new().filter(|_| op != Write::Delete);
+    let new_scope = new.as_ref().map(&scope_of).transpose()?;
+    if let Some(old) = trigger.old().filter(|_| op != Write::Insert) {
+        let scope = scope_of(&old)?;
+        // Deleting a row, or moving it away, is a write to the workspace it leaves.
+        if new_scope != Some(scope) {
+            let key = text_col(&old, "key")?.unwrap_or_default();
+            gates::check_secret_write(&attached, Write::Delete, scope, &key, None, &caller)?;
         }
-        if let (Some(new), Some(scope)) = (new, new_scope) {
-            let key = text_col(&new, "key")?.unwrap_or_default();
-            let value = if key == MODEL { written_model(&new, scope)? } else { None };
-            gates::check_secret_write(client, attached, op, scope, &key, value.as_deref(), &caller)?;
-        }
-        Ok(())
-    })
+    }
+    if let (Some(new), Some(scope)) = (new, new_scope) {
+        let key = text_col(&new, "key")?.unwrap_or_default();
+        let value = if key == MODEL { written_model(&new, scope)? } else { None };
+        gates::check_secret_write(&attached, op, scope, &key, value.as_deref(), &caller)?;
+    }
+    Ok(())
 }
 
 fn operation(trigger: &PgTrigger<'_>) -> Write {

@@ -1,0 +1,105 @@
+//! One read straight through a table's primary-key index, without SPI: the
+//! workspace's kind, which every secret write by an agent looks up. Through
+//! SPI (connect, plan-cache check, executor start and end) it cost more than
+//! the rest of the gate. It reads with the snapshot SPI would have used, and
+//! gives up (the caller goes through SPI) whenever the table is not the plain
+//! shape it expects: a partitioned table, no primary key on `id` alone, a
+//! non-standard operator family.
+
+use pgrx::pg_sys::{self, Oid};
+use pgrx::FromDatum;
+use std::ffi::CStr;
+use std::mem::MaybeUninit;
+
+/// `uuid_ops`, the default btree operator family of `uuid` (pg_opfamily.dat);
+/// an in-server test checks it against the catalog.
+pub const UUID_BTREE_FAM_OID: Oid = Oid::from_u32(2968);
+
+/// The text column `column` of the row whose primary key `id` is `key`:
+/// `None` when this read is not possible (use SPI), `Some(None)` when there
+/// is no such row, and a NULL column as `Some(Some(""))`.
+pub fn text_by_uuid_key(table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
+    unsafe {
+        let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let found = read(rel, id, column, key);
+        // Locks are kept to the end of the transaction, as the executor does.
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+unsafe fn read(rel: pg_sys::Relation, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
+    if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION {
+        return None;
+    }
+    let id_att = attribute(rel, id, pg_sys::UUIDOID)?;
+    let column_att = attribute(rel, column, pg_sys::TEXTOID)?;
+    let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
+    if pk == pg_sys::InvalidOid {
+        return None;
+    }
+    let index = pg_sys::index_open(pk, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    let found = if plain_uuid_key(index, id_att) { Some(scan(rel, index, column_att, key)) } else { None };
+    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+    found
+}
+
+/// The attribute number of a live column of the given type.
+unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_oid: Oid) -> Option<i16> {
+    let desc = (*rel).rd_att;
+    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    let att = attrs.iter().find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)?;
+    (att.atttypid == type_oid).then_some(att.attnum)
+}
+
+/// A valid btree index on exactly that one uuid column, with uuid's own `=`.
+unsafe fn plain_uuid_key(index: pg_sys::Relation, att: i16) -> bool {
+    let form = (*index).rd_index;
+    (*form).indnatts == 1
+        && (*form).indisvalid
+        && (*form).indkey.values.as_slice(1)[0] == att
+        && (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+        && *(*index).rd_opfamily == UUID_BTREE_FAM_OID
+}
+
+unsafe fn scan(rel: pg_sys::Relation, index: pg_sys::Relation, column_att: i16, key: &[u8; 16]) -> Option<String> {
+    let mut scankey = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
+    pg_sys::ScanKeyInit(
+        scankey.as_mut_ptr(),
+        1,
+        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+        Oid::from_u32(pg_sys::F_UUID_EQ),
+        pg_sys::Datum::from(key.as_ptr()),
+    );
+    let snapshot = push_snapshot_as_spi();
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+    pg_sys::index_rescan(scan, scankey.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
+    let value = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        pg_sys::slot_getsomeattrs_int(slot, column_att.into());
+        let at = (column_att - 1) as usize;
+        let (datum, null) = (*(*slot).tts_values.add(at), *(*slot).tts_isnull.add(at));
+        Some(String::from_datum(datum, null).unwrap_or_default())
+    } else {
+        None
+    };
+    pg_sys::index_endscan(scan);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::PopActiveSnapshot();
+    value
+}
+
+/// Pushes, and returns, the snapshot SPI gives a query run by pgrx's
+/// `select`: the active one while the transaction has written nothing (a
+/// read-only execution); after a write, one that sees every command so far
+/// (the command counter advanced), fresh under READ COMMITTED.
+unsafe fn push_snapshot_as_spi() -> pg_sys::Snapshot {
+    if pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId && pg_sys::ActiveSnapshotSet() {
+        pg_sys::PushActiveSnapshot(pg_sys::GetActiveSnapshot());
+    } else {
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        pg_sys::CommandCounterIncrement();
+        pg_sys::UpdateActiveSnapshotCommandId();
+    }
+    pg_sys::GetActiveSnapshot()
+}
