@@ -528,8 +528,10 @@ def profile(name, seconds=20):
     dest = ROOT / "target" / "bench-results" / f"profile-{name}.md"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
+    # The raw samples too, for `perf report -i … -S <symbol>` after the cluster is gone.
+    shutil.copy(out, dest.with_name(f"perf-{name}.data"))
     print(text)
-    log(f"profile written to {dest}")
+    log(f"profile written to {dest} (samples: perf-{name}.data beside it)")
 
 
 # ---------------------------------------------------------------- the report
