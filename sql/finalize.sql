@@ -18,8 +18,11 @@ REVOKE EXECUTE ON FUNCTION secretgate.decrypt(bytea, integer, uuid, text) FROM P
 -- The gates run as the extension's owner with a pinned search_path, so a
 -- writer's privileges or search_path cannot change what they see; who the
 -- caller is comes from the session (SET ROLE level), not from the owner.
-ALTER FUNCTION secretgate.gate_secret_write() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- The two per-row secret gates pin the path themselves, around the only SQL
+-- they run (a cold cache, a MODEL value: plans::connect_pinned); a declared
+-- SET would be applied and undone on every row written.
+ALTER FUNCTION secretgate.gate_secret_write() SECURITY DEFINER;
+ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY DEFINER;
 ALTER FUNCTION secretgate.gate_platform_identity() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_model_removed() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_secrets_truncate() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -135,7 +135,7 @@ pub fn workspace_kind(attached: &Attached, id: Scope) -> Result<Option<String>> 
     if let Some(kind) = index_read::text_by_uuid_key(attached.workspaces_oid(), c"id", c"kind", id.as_bytes()) {
         return Ok(kind);
     }
-    Spi::connect(|client| {
+    plans::connect_pinned(|client| {
         let table = plans::select(
             client,
             &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
@@ -209,7 +209,7 @@ fn forbidden_reason(key: &str) -> Result<Option<String>> {
     let forbidden = match cached {
         Some(forbidden) => forbidden,
         None => {
-            let forbidden = Rc::new(Spi::connect(|client| -> Result<ForbiddenKeys> {
+            let forbidden = Rc::new(plans::connect_pinned(|client| -> Result<ForbiddenKeys> {
                 let rows = plans::select(
                     client,
                     "SELECT key, reason, 'secretgate.forbidden_keys'::pg_catalog.regclass::pg_catalog.oid FROM secretgate.forbidden_keys",
@@ -291,7 +291,7 @@ pub fn check_secret_write(
         ));
     }
     if let (MODEL, Some(value)) = (key, value) {
-        let is_provider = Spi::connect(|client| {
+        let is_provider = plans::connect_pinned(|client| {
             plans::select(
                 client,
                 "SELECT 1 FROM secretgate.providers WHERE name OPERATOR(pg_catalog.=) $1",

@@ -362,4 +362,15 @@ mod tests {
         assert_eq!(write("workspace", "00000000-0000-4000-8000-0000000000a1"), None);
         assert_eq!(write("platform", "00000000-0000-4000-8000-0000000000a2").as_deref(), Some("SG101"));
     }
+
+    #[pg_test]
+    fn the_row_gates_sql_runs_under_the_pinned_search_path_and_the_callers_comes_back() {
+        run("SET LOCAL search_path = public, tests");
+        let inside = crate::plans::connect_pinned(|client| {
+            client.select("SHOW search_path", None, &[])?.first().get_one::<String>()
+        })
+        .unwrap();
+        assert_eq!(inside.as_deref(), Some("pg_catalog, pg_temp"));
+        assert_eq!(text("SHOW search_path").as_deref(), Some("public, tests"));
+    }
 }

@@ -7,7 +7,7 @@
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgOid};
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use pgrx::spi::{OwnedPreparedStatement, Spi, SpiClient, SpiResult, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -118,4 +118,33 @@ pub fn prevent_if_read_only(sql: &str) {
         let command = std::ffi::CString::new(command).unwrap_or_default();
         unsafe { pg_sys::PreventCommandIfReadOnly(command.as_ptr()) };
     }
+}
+
+/// The search_path every statement of the gates is planned under.
+const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
+
+/// `Spi::connect` under the pinned search_path, restored afterwards (on an
+/// error, by the (sub)transaction's abort, as for a function's own `SET`).
+/// The per-row secret gates are SECURITY DEFINER without `SET search_path`:
+/// applying it on every row was a fifth of their cost, and a row usually
+/// runs no SQL at all. Every lookup they can make on a cold cache, or for a
+/// MODEL value, comes through here, so a writer's path never binds their SQL.
+pub fn connect_pinned<T, E>(f: impl FnOnce(&SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
+    let nest_level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let result = Spi::connect(f);
+    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
+    result
 }

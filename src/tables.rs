@@ -83,7 +83,7 @@ const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname
 pub fn attached() -> Result<Rc<Attached>> {
     match cached() {
         Some(attached) => Ok(attached),
-        None => Spi::connect(load),
+        None => plans::connect_pinned(load),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Black-box test of extension upgrades (issue 5): a database created at the
-//! previous released version (0.1.0, its frozen script in sql/released/),
+//! Black-box test of extension upgrades (issue 5): a database created at
+//! each released version (0.1.0, 0.2.0: their frozen scripts in sql/released/),
 //! holding secrets, registry edits and a verdict, is upgraded with
 //! `ALTER EXTENSION secretgate UPDATE`. Afterwards its catalog (functions,
 //! triggers, tables, grants, configuration tables) equals a fresh install's,
@@ -16,8 +16,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// The previous released version, and the one this build installs by default.
-const PREVIOUS: &str = "0.1.0";
+/// Every released version (its full script frozen in sql/released/): each
+/// must update to this build's version.
+const RELEASED: &[&str] = &["0.1.0", "0.2.0"];
 
 /// This source tree's extension version: the root package's version.
 fn current() -> String {
@@ -33,10 +34,15 @@ fn current() -> String {
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("upgrade"));
-    let trials = vec![
-        trial("update_path_from_the_previous_release_exists", &cluster, update_path_exists),
-        trial("upgraded_database_equals_a_fresh_install_and_keeps_its_secrets", &cluster, upgrade_keeps_everything),
-    ];
+    let mut trials = Vec::new();
+    for &from in RELEASED {
+        trials.push(trial(&format!("update_path_from_{from}_exists"), &cluster, move |c| update_path_exists(c, from)));
+        trials.push(trial(
+            &format!("database_upgraded_from_{from}_equals_a_fresh_install_and_keeps_its_secrets"),
+            &cluster,
+            move |c| upgrade_keeps_everything(c, from),
+        ));
+    }
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
 }
@@ -125,7 +131,7 @@ fn difference(upgraded: &BTreeSet<String>, fresh: &BTreeSet<String>) -> String {
     out
 }
 
-async fn update_path_exists(cluster: Arc<Cluster>) -> Result<()> {
+async fn update_path_exists(cluster: Arc<Cluster>, from: &'static str) -> Result<()> {
     let (_, mut conn) = empty_database(&cluster, &db_name("u_path")).await?;
     let default: String = sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = 'secretgate'")
         .fetch_one(&mut conn)
@@ -138,32 +144,32 @@ async fn update_path_exists(cluster: Arc<Cluster>) -> Result<()> {
         .await
         .described("available versions")?;
     ensure!(
-        versions.iter().any(|v| v == PREVIOUS),
-        "version {PREVIOUS} is not installed (scripts/install.sh copies sql/released/): available {versions:?}"
+        versions.iter().any(|v| v == from),
+        "version {from} is not installed (scripts/install.sh copies sql/released/): available {versions:?}"
     );
     let path: Option<String> = sqlx::query_scalar(
         "SELECT path FROM pg_extension_update_paths('secretgate') WHERE source = $1 AND target = $2",
     )
-    .bind(PREVIOUS)
+    .bind(from)
     .bind(&current)
     .fetch_one(&mut conn)
     .await
     .described("update path")?;
-    ensure!(path.is_some(), "no update path from {PREVIOUS} to {current}");
+    ensure!(path.is_some(), "no update path from {from} to {current}");
     Ok(())
 }
 
-async fn upgrade_keeps_everything(cluster: Arc<Cluster>) -> Result<()> {
-    // The old database: the previous version, then the project's migrations
+async fn upgrade_keeps_everything(cluster: Arc<Cluster>, from: &'static str) -> Result<()> {
+    // The old database: a released version, then the project's migrations
     // (CREATE EXTENSION IF NOT EXISTS keeps the old version, attach_gates is the old one).
     let (old_url, mut old) = empty_database(&cluster, &db_name("u_old")).await?;
-    sqlx::query(&format!("CREATE EXTENSION secretgate VERSION '{PREVIOUS}'")).execute(&mut old).await.described("create old version")?;
+    sqlx::query(&format!("CREATE EXTENSION secretgate VERSION '{from}'")).execute(&mut old).await.described("create old version")?;
     MIGRATOR.run(&mut old).await.context("migrations on the old version")?;
     let version: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'")
         .fetch_one(&mut old)
         .await
         .described("old version")?;
-    ensure!(version == PREVIOUS, "the old database runs {version}, not {PREVIOUS}");
+    ensure!(version == from, "the old database runs {version}, not {from}");
 
     // Data written by the old version: a platform workspace online with its
     // MODEL, a BYOK workspace with a key and a dead verdict, a global key, secrets
@@ -204,7 +210,7 @@ async fn upgrade_keeps_everything(cluster: Arc<Cluster>) -> Result<()> {
         sqlx::query(sql).execute(&mut old).await.described(sql)?;
     }
     let before = stored(&mut old).await?;
-    ensure!(before.len() == 5, "five secrets stored at {PREVIOUS}, found {}", before.len());
+    ensure!(before.len() == 5, "five secrets stored at {from}, found {}", before.len());
 
     // The upgrade, in one transaction like a deploy would run it.
     let mut tx = old.begin().await?;
