@@ -228,18 +228,26 @@ def med(values):
 
 def bench_write_tax():
     figures = []
+    scripts = ["insert_gated.sql", "insert_plain.sql", "insert_trigger_floor.sql"]
     for clients in (1, 2):
-        pgbench("bench", ["insert_gated.sql", "insert_plain.sql"], clients, 2, caller="agent")  # warm-up
-        gated, plain = [], []
+        pgbench("bench", scripts, clients, 2, caller="agent")  # warm-up
+        gated, plain, floor = [], [], []
         for i in range(RUNS):
-            g, p = pgbench("bench", ["insert_gated.sql", "insert_plain.sql"], clients, caller="agent")
+            g, p, f = pgbench("bench", scripts, clients, caller="agent")
             gated.append(med(g))
             plain.append(med(p))
-            log(f"write_tax c={clients} run {i + 1}: gated {gated[-1]} us, ungated {plain[-1]} us")
+            floor.append(med(f))
+            log(f"write_tax c={clients} run {i + 1}: gated {gated[-1]} us, ungated {plain[-1]} us, "
+                f"empty trigger {floor[-1]} us")
         figures.append(figure(
             f"write_tax_c{clients}", f"Write tax, concurrency {clients}: single-row secret INSERT", "µs/txn",
             "gated (public.workspace_secrets)", "no gates (same table, same FK)", gated, plain, 1.05,
             "median per-transaction latency of each script in a mixed pgbench run (-M prepared), agent caller"))
+        figures.append(figure(
+            f"trigger_floor_c{clients}", f"Context, concurrency {clients}: the same INSERT with one empty "
+            "PL/pgSQL BEFORE ROW trigger", "µs/txn", "empty trigger (public.trigger_floor_secrets)",
+            "no gates (same table, same FK)", floor, plain, None,
+            "informational: what any per-row trigger costs in the same run (pgbench latencies are whole µs)"))
     return figures
 
 
@@ -646,7 +654,9 @@ METHOD = """\
 DETAILS = {
     "write_tax": "`bench/pgbench/insert_gated.sql` vs `insert_plain.sql`: the same INSERT into "
                  "`public.workspace_secrets` (attached, gates + FK) and `public.plain_secrets` (same columns, "
-                 "same primary key and FK, no triggers), agent caller, random workspace of 1,000, fresh key.",
+                 "same primary key and FK, no triggers), agent caller, random workspace of 1,000, fresh key; "
+                 "mixed in the same run, `insert_trigger_floor.sql` into a third copy with one empty PL/pgSQL "
+                 "BEFORE ROW trigger, for context.",
     "bulk": "`INSERT … SELECT` of {rows} rows from `generate_series` (1,000 workspaces), into an empty table "
             "(TRUNCATE + CHECKPOINT before each), three variants rotated: the migration schema (gates + FK), "
             "a copy with only the FK (database `bulk`), and a gated table without the FK (database `bulk_nofk`).",

@@ -8,6 +8,11 @@
 -- The write tax's peer: the same table, foreign key included, no gates.
 CREATE TABLE public.plain_secrets (LIKE public.workspace_secrets INCLUDING ALL);
 ALTER TABLE public.plain_secrets ADD FOREIGN KEY (workspace_id) REFERENCES public.workspaces (id) ON DELETE CASCADE;
+-- For context: what any per-row trigger costs, the same table with one empty PL/pgSQL BEFORE ROW trigger.
+CREATE TABLE public.trigger_floor_secrets (LIKE public.workspace_secrets INCLUDING ALL);
+ALTER TABLE public.trigger_floor_secrets ADD FOREIGN KEY (workspace_id) REFERENCES public.workspaces (id) ON DELETE CASCADE;
+CREATE FUNCTION public.bench_empty_trigger() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+CREATE TRIGGER empty BEFORE INSERT ON public.trigger_floor_secrets FOR EACH ROW EXECUTE FUNCTION public.bench_empty_trigger();
 
 CREATE SCHEMA sgref;
 CREATE TABLE sgref.workspaces (LIKE public.workspaces INCLUDING ALL);
