@@ -248,7 +248,38 @@ def bench_write_tax():
             "PL/pgSQL BEFORE ROW trigger", "µs/txn", "empty trigger (public.trigger_floor_secrets)",
             "no gates (same table, same FK)", floor, plain, None,
             "informational: what any per-row trigger costs in the same run (pgbench latencies are whole µs)"))
+    figures += bench_write_rows()
     return figures
+
+
+def bench_write_rows():
+    """The gate's CPU per row without per-statement costs or latency rounding:
+    an agent's multi-row INSERT … SELECT into each of the three tables."""
+    rows = 20_000 if QUICK else 200_000
+    tables = {"gated": "public.workspace_secrets", "plain": "public.plain_secrets",
+              "floor": "public.trigger_floor_secrets"}
+    per_row = {k: [] for k in tables}
+    with connect("bench") as conn:
+        conn.execute("SET secretgate.caller = 'agent'")
+        for i in range(RUNS):
+            for name, table in tables.items():
+                conn.execute(f"TRUNCATE {table}")
+                used = timed(conn, BULK_SQL.format(table=table, rows=rows))
+                per_row[name].append(used / rows * 1e6)
+            log(f"write_rows run {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f} us/row" for k, v in per_row.items()))
+        for table in tables.values():
+            conn.execute(f"TRUNCATE {table}")
+    return [
+        figure("write_rows", f"An agent's {rows:,}-row INSERT … SELECT, backend CPU per row: gated vs no gates",
+               "µs CPU/row", "gated (public.workspace_secrets)", "no gates (same table, same FK)",
+               per_row["gated"], per_row["plain"], None,
+               "informational: the gate's own cost per row (a kind lookup for each), without the per-statement "
+               "costs of a single-row INSERT"),
+        figure("write_rows_floor", f"Context: the same {rows:,}-row INSERT with one empty PL/pgSQL BEFORE ROW "
+               "trigger", "µs CPU/row", "empty trigger (public.trigger_floor_secrets)",
+               "no gates (same table, same FK)", per_row["floor"], per_row["plain"], None,
+               "informational: what any per-row trigger costs"),
+    ]
 
 
 BULK_SQL = ("INSERT INTO {table} (workspace_id, key, encrypted_value, encryption_version) "
@@ -656,7 +687,8 @@ DETAILS = {
                  "`public.workspace_secrets` (attached, gates + FK) and `public.plain_secrets` (same columns, "
                  "same primary key and FK, no triggers), agent caller, random workspace of 1,000, fresh key; "
                  "mixed in the same run, `insert_trigger_floor.sql` into a third copy with one empty PL/pgSQL "
-                 "BEFORE ROW trigger, for context.",
+                 "BEFORE ROW trigger, for context. Then, as CPU per row without per-statement costs or latency "
+                 "rounding, an agent's multi-row `INSERT … SELECT` (the bulk statement) into each of the three.",
     "bulk": "`INSERT … SELECT` of {rows} rows from `generate_series` (1,000 workspaces), into an empty table "
             "(TRUNCATE + CHECKPOINT before each), three variants rotated: the migration schema (gates + FK), "
             "a copy with only the FK (database `bulk`), and a gated table without the FK (database `bulk_nofk`).",

@@ -1,13 +1,23 @@
-//! One read straight through a table's primary-key index, without SPI: the
+//! One read straight through a table's primary key, without SPI: the
 //! workspace's kind, which every secret write by an agent looks up. Through
 //! SPI (connect, plan-cache check, executor start and end) it cost more than
 //! the rest of the gate. It reads with the snapshot SPI would have used, and
 //! gives up (the caller goes through SPI) whenever the table is not the plain
 //! shape it expects: a partitioned table, no primary key on `id` alone, a
 //! non-standard operator family.
+//!
+//! Each backend also remembers where it last found each row (its TID). The
+//! next read fetches that heap tuple first and uses it only if it is still
+//! there, visible to the snapshot and carries the same id: otherwise (an
+//! update moved the row, VACUUM cleared the slot, the table was rewritten or
+//! truncated) the index answers and the new place is remembered. The btree
+//! descent was most of what the gate still cost per row.
 
+use pgrx::itemptr::item_pointer_get_block_number_no_check;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::FromDatum;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 
@@ -15,20 +25,41 @@ use std::mem::MaybeUninit;
 /// an in-server test checks it against the catalog.
 pub const UUID_BTREE_FAM_OID: Oid = Oid::from_u32(2968);
 
+/// Rows remembered per table and backend (about 40 bytes each, so at most
+/// about 320 kB); past this, start over.
+const MAX_REMEMBERED: usize = 8_192;
+
+thread_local! {
+    /// By table, then by key: where the row was last found.
+    static FOUND_AT: RefCell<HashMap<Oid, HashMap<[u8; 16], pg_sys::ItemPointerData>>> = RefCell::new(HashMap::new());
+}
+
+/// Forgets the places remembered in a table (from the relcache callback: its
+/// primary key or columns may have changed; every use is checked anyway).
+pub(crate) fn forget(relid: Oid) {
+    FOUND_AT.with_borrow_mut(|found| {
+        if relid == pg_sys::InvalidOid {
+            found.clear();
+        } else {
+            found.remove(&relid);
+        }
+    });
+}
+
 /// The text column `column` of the row whose primary key `id` is `key`:
 /// `None` when this read is not possible (use SPI), `Some(None)` when there
 /// is no such row, and a NULL column as `Some(Some(""))`.
 pub fn text_by_uuid_key(table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let found = read(rel, id, column, key);
+        let found = read(rel, table, id, column, key);
         // Locks are kept to the end of the transaction, as the executor does.
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         found
     }
 }
 
-unsafe fn read(rel: pg_sys::Relation, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
+unsafe fn read(rel: pg_sys::Relation, table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
     if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION {
         return None;
     }
@@ -38,10 +69,46 @@ unsafe fn read(rel: pg_sys::Relation, id: &CStr, column: &CStr, key: &[u8; 16]) 
     if pk == pg_sys::InvalidOid {
         return None;
     }
-    let index = pg_sys::index_open(pk, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-    let found = if plain_uuid_key(index, id_att) { Some(scan(rel, index, column_att, key)) } else { None };
-    pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-    found
+    let snapshot = push_snapshot_as_spi();
+    let remembered = if (*(*rel).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID {
+        FOUND_AT.with_borrow(|found| found.get(&table).and_then(|rows| rows.get(key)).copied())
+    } else {
+        None
+    };
+    let value = match remembered.and_then(|tid| fetch_at(rel, tid, snapshot, id_att, column_att, key)) {
+        Some(value) => Some(Some(value)),
+        None => {
+            let index = pg_sys::index_open(pk, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let found =
+                if plain_uuid_key(index, id_att) { Some(scan(rel, index, snapshot, column_att, key)) } else { None };
+            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            found.map(|row| {
+                let (value, tid) = row.unzip();
+                remember(table, key, tid);
+                value
+            })
+        }
+    };
+    pg_sys::PopActiveSnapshot();
+    value
+}
+
+/// Remembers (or, with `None`, forgets) where the row with `key` is.
+pub(crate) fn remember(table: Oid, key: &[u8; 16], tid: Option<pg_sys::ItemPointerData>) {
+    FOUND_AT.with_borrow_mut(|found| {
+        let rows = found.entry(table).or_default();
+        match tid {
+            Some(tid) => {
+                if rows.len() >= MAX_REMEMBERED {
+                    rows.clear();
+                }
+                rows.insert(*key, tid);
+            }
+            None => {
+                rows.remove(key);
+            }
+        }
+    });
 }
 
 /// The attribute number of a live column of the given type.
@@ -62,7 +129,14 @@ unsafe fn plain_uuid_key(index: pg_sys::Relation, att: i16) -> bool {
         && *(*index).rd_opfamily == UUID_BTREE_FAM_OID
 }
 
-unsafe fn scan(rel: pg_sys::Relation, index: pg_sys::Relation, column_att: i16, key: &[u8; 16]) -> Option<String> {
+/// The column of the visible row with that key, and where the row is.
+unsafe fn scan(
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    column_att: i16,
+    key: &[u8; 16],
+) -> Option<(String, pg_sys::ItemPointerData)> {
     let mut scankey = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
     pg_sys::ScanKeyInit(
         scankey.as_mut_ptr(),
@@ -71,21 +145,55 @@ unsafe fn scan(rel: pg_sys::Relation, index: pg_sys::Relation, column_att: i16, 
         Oid::from_u32(pg_sys::F_UUID_EQ),
         pg_sys::Datum::from(key.as_ptr()),
     );
-    let snapshot = push_snapshot_as_spi();
     let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
     let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
     pg_sys::index_rescan(scan, scankey.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
-    let value = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+    let found = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
         pg_sys::slot_getsomeattrs_int(slot, column_att.into());
         let at = (column_att - 1) as usize;
         let (datum, null) = (*(*slot).tts_values.add(at), *(*slot).tts_isnull.add(at));
-        Some(String::from_datum(datum, null).unwrap_or_default())
+        Some((String::from_datum(datum, null).unwrap_or_default(), (*slot).tts_tid))
     } else {
         None
     };
     pg_sys::index_endscan(scan);
     pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::PopActiveSnapshot();
+    found
+}
+
+/// The column of the heap tuple at `tid`, if that tuple is in the table's
+/// file, visible to the snapshot and is the row with that key.
+unsafe fn fetch_at(
+    rel: pg_sys::Relation,
+    tid: pg_sys::ItemPointerData,
+    snapshot: pg_sys::Snapshot,
+    id_att: i16,
+    column_att: i16,
+    key: &[u8; 16],
+) -> Option<String> {
+    // A block past the end (VACUUM truncated the table) would be an error to read.
+    let blocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+    if item_pointer_get_block_number_no_check(tid) >= blocks {
+        return None;
+    }
+    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+    tuple.t_self = tid;
+    let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+    // Not visible (or no tuple at that offset): false, and no buffer kept.
+    if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false) {
+        return None;
+    }
+    let desc = (*rel).rd_att;
+    let mut null = false;
+    let id = pg_sys::heap_getattr(&mut tuple, id_att.into(), desc, &mut null);
+    let same_row = !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == key;
+    let value = if same_row {
+        let datum = pg_sys::heap_getattr(&mut tuple, column_att.into(), desc, &mut null);
+        Some(String::from_datum(datum, null).unwrap_or_default())
+    } else {
+        None
+    };
+    pg_sys::ReleaseBuffer(buffer);
     value
 }
 

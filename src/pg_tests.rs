@@ -373,4 +373,45 @@ mod tests {
         assert_eq!(inside.as_deref(), Some("pg_catalog, pg_temp"));
         assert_eq!(text("SHOW search_path").as_deref(), Some("public, tests"));
     }
+
+    #[pg_test]
+    fn a_remembered_row_place_is_used_only_while_it_holds_that_visible_row() {
+        use crate::index_read::{remember, text_by_uuid_key};
+        use pgrx::itemptr::item_pointer_set_all;
+        run("CREATE TABLE tests.places (id uuid PRIMARY KEY, kind text)");
+        run(&format!("INSERT INTO tests.places VALUES ('{WS}', 'platform'), ('{OTHER_WS}', 'workspace')"));
+        let table = Spi::get_one::<pg_sys::Oid>("SELECT 'tests.places'::regclass::oid").unwrap().unwrap();
+        let id = |text: &str| -> [u8; 16] { uuid_bytes(text).try_into().unwrap() };
+        let read = |key: &str| text_by_uuid_key(table, c"id", c"kind", &id(key));
+        let place = |key: &str| {
+            Spi::get_one::<pg_sys::ItemPointerData>(&format!("SELECT ctid FROM tests.places WHERE id = '{key}'"))
+                .unwrap()
+                .unwrap()
+        };
+        // Index scans of the primary key in this transaction: whether the read used the place.
+        let scans = || {
+            Spi::get_one::<i64>("SELECT pg_stat_get_xact_numscans('tests.places_pkey'::regclass)").unwrap().unwrap()
+        };
+        let read_counting = |key: &str| {
+            let before = scans();
+            let value = read(key);
+            (value, scans() - before)
+        };
+        assert_eq!(read_counting(WS), (Some(Some("platform".into())), 1), "the first read searches the index");
+        assert_eq!(read_counting(WS), (Some(Some("platform".into())), 0), "the next one fetches the remembered place");
+        // The place holds another row: its id differs, so the index answers.
+        remember(table, &id(WS), Some(place(OTHER_WS)));
+        assert_eq!(read_counting(WS), (Some(Some("platform".into())), 1));
+        // A block past the end of the table: not read, the index answers.
+        let mut beyond = place(WS);
+        item_pointer_set_all(&mut beyond, 1000, 1);
+        remember(table, &id(WS), Some(beyond));
+        assert_eq!(read_counting(WS), (Some(Some("platform".into())), 1));
+        // The remembered version is no longer visible: updated, then deleted.
+        run(&format!("UPDATE tests.places SET kind = 'workspace' WHERE id = '{WS}'"));
+        assert_eq!(read_counting(WS), (Some(Some("workspace".into())), 1));
+        run(&format!("DELETE FROM tests.places WHERE id = '{WS}'"));
+        assert_eq!(read_counting(WS), (Some(None), 1));
+        assert_eq!(read_counting(WS), (Some(None), 1), "no place is remembered for a row that is not there");
+    }
 }

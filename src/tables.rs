@@ -40,6 +40,7 @@ fn cached() -> Option<Rc<Attached>> {
 
 unsafe extern "C-unwind" fn relation_changed(arg: pg_sys::Datum, relid: pg_sys::Oid) {
     crate::gates::forget_forbidden_keys(arg, relid);
+    crate::index_read::forget(relid);
     CACHED.with(|c| {
         let attached = c.take();
         let concerned = relid == pg_sys::InvalidOid || attached.as_ref().is_some_and(|a| a.oids.contains(&relid));

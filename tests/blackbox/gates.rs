@@ -47,6 +47,7 @@ fn main() {
         trial("refusals_are_audited_once_without_values", &cluster, refusals_are_audited_once_without_values),
         trial("agent_deleting_workspaces_cascades_through_the_gate", &cluster, agent_deleting_workspaces_cascades_through_the_gate),
         trial("agent_cannot_launder_a_write_through_a_kind_change", &cluster, agent_cannot_launder_a_write_through_a_kind_change),
+        trial("remembered_row_places_never_outlive_the_row", &cluster, remembered_row_places_never_outlive_the_row),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -1431,5 +1432,76 @@ async fn agent_cannot_launder_a_write_through_a_kind_change(cluster: Arc<Cluster
         }
     }
     ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
+}
+
+/// The gate remembers, per backend, where it last found each workspace row
+/// and fetches that heap tuple before searching the index. The agent's
+/// session below writes first (so the place is remembered), then another
+/// session moves the row on, and the agent's next write must see that: a
+/// kind changed by a committed UPDATE, a slot VACUUM freed and another
+/// workspace took, a table VACUUM truncated past the remembered block.
+async fn remembered_row_places_never_outlive_the_row(cluster: Arc<Cluster>) -> Result<()> {
+    let mut db = db(&cluster, "g_places").await?;
+    let mut admin = PgConnection::connect(&db.url).await.context("admin connection")?;
+    let v = cluster.fresh_secret();
+    let ctid = |id: Uuid| {
+        sqlx::query_scalar::<_, String>("SELECT ctid::text FROM public.workspaces WHERE id = $1").bind(id)
+    };
+
+    // 1. Promoted by another session after the agent's last write to it.
+    let w = db.workspace("workspace", "provisioning").await?;
+    db.allowed(AGENT, &[Op::Insert(w, "BB_FIRST", &v)]).await?;
+    sqlx::query("UPDATE public.workspaces SET kind = 'platform' WHERE id = $1").bind(w).execute(&mut admin).await.described("promote")?;
+    db.refused(AGENT, &[Op::Insert(w, "BB_AFTER", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(w), Some("BB_AFTER"))
+        .await
+        .context("promoted after the agent's first write")?;
+
+    // 2. Deleted, its slot freed by VACUUM and taken by a platform workspace.
+    let gone = db.workspace("workspace", "online").await?;
+    db.allowed(AGENT, &[Op::Insert(gone, "BB_FIRST", &v)]).await?;
+    let slot = ctid(gone).fetch_one(&mut admin).await.described("ctid")?;
+    sqlx::query("DELETE FROM public.workspaces WHERE id = $1").bind(gone).execute(&mut admin).await.described("delete")?;
+    sqlx::query("VACUUM public.workspaces").execute(&mut admin).await.described("vacuum")?;
+    let taker = Uuid::new_v4();
+    sqlx::query("INSERT INTO public.workspaces (id, kind, status) VALUES ($1, 'platform', 'provisioning')")
+        .bind(taker)
+        .execute(&mut admin)
+        .await
+        .described("insert the taker")?;
+    let taken = ctid(taker).fetch_one(&mut admin).await.described("ctid")?;
+    ensure!(taken == slot, "setup: the new workspace should reuse the freed slot {slot}, it is at {taken}");
+    db.refused(AGENT, &[Op::Insert(gone, "BB_AFTER", &v)], At::Statement, Code::WorkspaceKindUnknown, Some(gone), Some("BB_AFTER"))
+        .await
+        .context("a deleted workspace whose slot another row took")?;
+    db.refused(AGENT, &[Op::Insert(taker, "BB_AFTER", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(taker), Some("BB_AFTER"))
+        .await
+        .context("the platform workspace in the reused slot")?;
+
+    // 3. The remembered block no longer exists: VACUUM truncated the table.
+    sqlx::query("INSERT INTO public.workspaces (kind, status) SELECT 'workspace', 'online' FROM generate_series(1, 3000)")
+        .execute(&mut admin)
+        .await
+        .described("fill")?;
+    let last: Uuid = sqlx::query_scalar("SELECT id FROM public.workspaces ORDER BY ctid DESC LIMIT 1")
+        .fetch_one(&mut admin)
+        .await
+        .described("last row")?;
+    db.allowed(AGENT, &[Op::Insert(last, "BB_FIRST", &v)]).await?;
+    sqlx::query("DELETE FROM public.workspaces WHERE (ctid::text::point)[0] >= 2").execute(&mut admin).await.described("delete the tail")?;
+    sqlx::query("VACUUM public.workspaces").execute(&mut admin).await.described("vacuum")?;
+    let blocks: i64 = sqlx::query_scalar("SELECT pg_relation_size('public.workspaces') / current_setting('block_size')::int")
+        .fetch_one(&mut admin)
+        .await
+        .described("size")?;
+    ensure!(blocks <= 2, "setup: VACUUM should have truncated the table to 2 blocks, it has {blocks}");
+    db.refused(AGENT, &[Op::Insert(last, "BB_AFTER", &v)], At::Statement, Code::WorkspaceKindUnknown, Some(last), Some("BB_AFTER"))
+        .await
+        .context("a workspace whose block VACUUM truncated away")?;
+    let kept: Uuid = sqlx::query_scalar("SELECT id FROM public.workspaces WHERE kind = 'workspace' LIMIT 1")
+        .fetch_one(&mut admin)
+        .await
+        .described("a kept workspace")?;
+    db.allowed(AGENT, &[Op::Insert(kept, "BB_AFTER", &v)]).await.context("a workspace still in the table")?;
     Ok(())
 }
