@@ -747,7 +747,11 @@ def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
     if plans:
         lines += ["", "## Query plans the gates and read_secret use (auto_explain, 1,000,000 secrets)", "",
                   "One agent `UPDATE` of a secret and one `read_secret` in `scale_large`, with "
-                  "`auto_explain.log_nested_statements` (every statement the gate runs through SPI):", ""]
+                  "`auto_explain.log_nested_statements` (every statement the gate runs through SPI). The "
+                  "workspace's kind, which the gate reads for every agent write, has no plan here: it is read "
+                  "without SQL, through the workspaces table's primary-key index or at the row's remembered "
+                  "place (`src/index_read.rs`); the attached tables and forbidden keys are read once per "
+                  "backend:", ""]
         for p in plans:
             lines += ["```", p.strip(), "```", ""]
     lines += ["", "## Raw runs", "", "```json",
