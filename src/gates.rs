@@ -327,7 +327,8 @@ pub fn model_usable(
     scope: Scope,
 ) -> Result<std::result::Result<bool, CoreError>> {
     // A read-only transaction (a hot standby) sets nothing online and cannot lock rows: it only reads.
-    let lock = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 && !unsafe { pg_sys::XactReadOnly };
+    let lock =
+        unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 && !unsafe { pg_sys::XactReadOnly };
     let row = secrets::fetch_locked(client, attached, scope, MODEL, lock)?;
     Ok(match row {
         None => Ok(false),

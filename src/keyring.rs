@@ -88,9 +88,7 @@ pub fn current() -> Result<Rc<Keyring>, CoreError> {
 
 fn configured_path() -> Result<PathBuf, CoreError> {
     match KEYRING_FILE.get() {
-        Some(path) if !path.as_bytes().is_empty() => {
-            Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path.as_bytes())))
-        }
+        Some(path) if !path.as_bytes().is_empty() => Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path.as_bytes()))),
         _ => {
             forget();
             Err(CoreError::KeyringUnavailable { reason: "secretgate.keyring_file is not set".into() })

@@ -110,14 +110,7 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
                 let value = open(&keyring, row)?;
                 let exists = secrets::fetch(client, &attached, row.scope, new_key)?.is_some();
                 if !exists {
-                    gates::check_secret_write(
-                        &attached,
-                        Write::Insert,
-                        row.scope,
-                        new_key,
-                        Some(&value),
-                        &caller,
-                    )?;
+                    gates::check_secret_write(&attached, Write::Insert, row.scope, new_key, Some(&value), &caller)?;
                 }
                 gates::check_secret_write(&attached, Write::Delete, row.scope, old_key, None, &caller)?;
                 plan.push((row.scope, if exists { None } else { Some(value) }));
@@ -163,8 +156,7 @@ fn rename_secret_key(old_key: Option<&str>, new_key: Option<&str>) -> i64 {
 /// skipped (a later batch takes them). A liveness verdict follows its
 /// credential to the new ciphertext. Returns the number of rows moved.
 /// Moves a credential's verdict to its re-encrypted ciphertext.
-const CARRY_VERDICT: &str =
-    "UPDATE secretgate.liveness SET ciphertext_sha256 = $4 \
+const CARRY_VERDICT: &str = "UPDATE secretgate.liveness SET ciphertext_sha256 = $4 \
      WHERE (workspace_id OPERATOR(pg_catalog.=) $1 OR (workspace_id IS NULL AND $1 IS NULL)) \
      AND key OPERATOR(pg_catalog.=) $2 AND ciphertext_sha256 OPERATOR(pg_catalog.=) $3";
 

@@ -66,7 +66,9 @@ mod tests {
              encrypted_value bytea NOT NULL, encryption_version int NOT NULL, PRIMARY KEY (workspace_id, key))");
         run("CREATE TABLE public.global_secrets (key text PRIMARY KEY, encrypted_value bytea NOT NULL, encryption_version int NOT NULL)");
         run("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')");
-        run(&format!("INSERT INTO public.workspaces (id, kind) VALUES ('{WS}', 'workspace'), ('{OTHER_WS}', 'workspace')"));
+        run(&format!(
+            "INSERT INTO public.workspaces (id, kind) VALUES ('{WS}', 'workspace'), ('{OTHER_WS}', 'workspace')"
+        ));
     }
 
     #[pg_test]
@@ -92,7 +94,8 @@ mod tests {
     #[pg_test]
     fn server_ciphertexts_open_in_the_core_with_the_current_version() {
         ensure_keyring();
-        let blob = Spi::get_one::<Vec<u8>>(&format!("SELECT secretgate.encrypt('hello', '{WS}', 'MODEL')")).unwrap().unwrap();
+        let blob =
+            Spi::get_one::<Vec<u8>>(&format!("SELECT secretgate.encrypt('hello', '{WS}', 'MODEL')")).unwrap().unwrap();
         let keyring = secretgate_core::Keyring::parse(vectors()["keyring"].to_string().as_bytes()).unwrap();
         let scope = secretgate_core::Scope::Workspace(secretgate_core::uuid::Uuid::parse_str(WS).unwrap());
         assert_eq!(keyring.decrypt(&blob, 2, scope, "MODEL").unwrap(), "hello");
@@ -105,31 +108,55 @@ mod tests {
     fn read_distinguishes_value_unset_and_each_error() {
         attached_tables();
         run(&format!("SELECT secretgate.set_secret('{WS}', 'LLM_PROVIDER', 'anthropic:claude-opus-4-7')"));
-        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("anthropic:claude-opus-4-7"));
+        assert_eq!(
+            text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(),
+            Some("anthropic:claude-opus-4-7")
+        );
         assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'NOPE')")), None);
 
         // Upsert replaces the value.
         run(&format!("SELECT secretgate.set_secret('{WS}', 'LLM_PROVIDER', 'openai:gpt-5')"));
-        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("openai:gpt-5"));
+        assert_eq!(
+            text(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(),
+            Some("openai:gpt-5")
+        );
 
         // A flipped byte: SG001, never NULL.
         run("UPDATE public.workspace_secrets SET encrypted_value = set_byte(encrypted_value, 14, get_byte(encrypted_value, 14) # 1)");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("SG001"));
-        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'LLM_PROVIDER')")).unwrap();
+        assert_eq!(
+            sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(),
+            Some("SG001")
+        );
+        let row = Spi::get_three::<String, String, String>(&format!(
+            "SELECT * FROM secretgate.try_read_secret('{WS}', 'LLM_PROVIDER')"
+        ))
+        .unwrap();
         assert_eq!(row, (Some("error".into()), None, Some("SG001".into())));
 
         // Truncated: SG001.
         run("UPDATE public.workspace_secrets SET encrypted_value = substring(encrypted_value from 1 for 20)");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("SG001"));
+        assert_eq!(
+            sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(),
+            Some("SG001")
+        );
 
         // A version the keyring lacks: SG002.
         run(&format!("SELECT secretgate.set_secret('{WS}', 'LLM_PROVIDER', 'openai:gpt-5')"));
         run("UPDATE public.workspace_secrets SET encryption_version = 9");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(), Some("SG002"));
-        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'LLM_PROVIDER')")).unwrap();
+        assert_eq!(
+            sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'LLM_PROVIDER')")).as_deref(),
+            Some("SG002")
+        );
+        let row = Spi::get_three::<String, String, String>(&format!(
+            "SELECT * FROM secretgate.try_read_secret('{WS}', 'LLM_PROVIDER')"
+        ))
+        .unwrap();
         assert_eq!(row, (Some("error".into()), None, Some("SG002".into())));
 
-        let row = Spi::get_three::<String, String, String>(&format!("SELECT * FROM secretgate.try_read_secret('{WS}', 'NOPE')")).unwrap();
+        let row = Spi::get_three::<String, String, String>(&format!(
+            "SELECT * FROM secretgate.try_read_secret('{WS}', 'NOPE')"
+        ))
+        .unwrap();
         assert_eq!(row, (Some("unset".into()), None, None));
         assert_eq!(sqlstate_of("SELECT secretgate.read_secret(NULL, 'LLM_PROVIDER')").as_deref(), Some("22004"));
     }
@@ -146,12 +173,24 @@ mod tests {
              FROM public.workspace_secrets WHERE workspace_id = '{WS}'"
         ));
         run("INSERT INTO public.global_secrets SELECT key, encrypted_value, encryption_version FROM public.workspace_secrets LIMIT 1");
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{OTHER_WS}', 'ANTHROPIC_API_KEY')")).as_deref(), Some("SG001"));
-        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'OPENAI_API_KEY')")).as_deref(), Some("SG001"));
+        assert_eq!(
+            sqlstate_of(&format!("SELECT secretgate.read_secret('{OTHER_WS}', 'ANTHROPIC_API_KEY')")).as_deref(),
+            Some("SG001")
+        );
+        assert_eq!(
+            sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'OPENAI_API_KEY')")).as_deref(),
+            Some("SG001")
+        );
         assert_eq!(sqlstate_of("SELECT secretgate.read_global_secret('ANTHROPIC_API_KEY')").as_deref(), Some("SG001"));
-        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')")).as_deref(), Some("sk-ant-pgtest"));
+        assert_eq!(
+            text(&format!("SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')")).as_deref(),
+            Some("sk-ant-pgtest")
+        );
 
-        let errors = Spi::get_one::<i64>("SELECT count(*) FROM secretgate.verify_secrets() WHERE state = 'error' AND error_code = 'SG001'").unwrap();
+        let errors = Spi::get_one::<i64>(
+            "SELECT count(*) FROM secretgate.verify_secrets() WHERE state = 'error' AND error_code = 'SG001'",
+        )
+        .unwrap();
         let ok = Spi::get_one::<i64>("SELECT count(*) FROM secretgate.verify_secrets() WHERE state = 'ok'").unwrap();
         assert_eq!((errors, ok), (Some(3), Some(1)));
     }
@@ -163,7 +202,10 @@ mod tests {
         assert_eq!(text("SELECT secretgate.read_global_secret('OPENAI_API_KEY')").as_deref(), Some("sk-global"));
         assert_eq!(text("SELECT secretgate.read_global_secret('MISSING')"), None);
         assert_eq!(
-            Spi::get_one::<bool>("SELECT workspace_id IS NULL FROM secretgate.verify_secrets() WHERE key = 'OPENAI_API_KEY'").unwrap(),
+            Spi::get_one::<bool>(
+                "SELECT workspace_id IS NULL FROM secretgate.verify_secrets() WHERE key = 'OPENAI_API_KEY'"
+            )
+            .unwrap(),
             Some(true)
         );
     }
@@ -207,14 +249,14 @@ mod tests {
         attached_tables();
         run(&format!("SELECT secretgate.set_secret('{WS}', 'ANTHROPIC_API_KEY', 'very-recognizable-plaintext')"));
         run("UPDATE public.workspace_secrets SET encrypted_value = set_byte(encrypted_value, 13, get_byte(encrypted_value, 13) # 1)");
-        run(
-            "CREATE FUNCTION tests.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
+        run("CREATE FUNCTION tests.error_of(stmt text) RETURNS text LANGUAGE plpgsql AS $$
              DECLARE m text; d text;
              BEGIN EXECUTE stmt; RETURN NULL;
              EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL;
-                 RETURN m || E'\\n' || d; END $$",
-        );
-        let shown = text(&format!("SELECT tests.error_of($$SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')$$)")).unwrap();
+                 RETURN m || E'\\n' || d; END $$");
+        let shown =
+            text(&format!("SELECT tests.error_of($$SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')$$)"))
+                .unwrap();
         let (message, detail) = shown.split_once('\n').unwrap();
         assert!(message.starts_with("DECRYPT_FAILED: "), "{message}");
         let detail: serde_json::Value = serde_json::from_str(detail).unwrap();
@@ -247,21 +289,29 @@ mod tests {
     fn resolve_provider_prefers_the_runtime_route_then_the_longest_prefix() {
         // The SQL function and the subquery the gates use must agree on every case.
         let resolve = |runtime: Option<&str>, model: &str| {
-            let function =
-                Spi::get_one_with_args::<String>("SELECT secretgate.resolve_provider($1, $2)", &[runtime.into(), model.into()]).unwrap();
+            let function = Spi::get_one_with_args::<String>(
+                "SELECT secretgate.resolve_provider($1, $2)",
+                &[runtime.into(), model.into()],
+            )
+            .unwrap();
             let inlined = Spi::get_one_with_args::<String>(
                 &format!("SELECT {}", crate::byok::ROUTED_PROVIDER),
                 &[runtime.into(), model.into()],
             )
             .unwrap();
-            assert_eq!(function, inlined, "resolve_provider and byok::ROUTED_PROVIDER disagree for ({runtime:?}, {model:?})");
+            assert_eq!(
+                function, inlined,
+                "resolve_provider and byok::ROUTED_PROVIDER disagree for ({runtime:?}, {model:?})"
+            );
             function
         };
         assert_eq!(resolve(None, "anthropic:claude-opus-4-7").as_deref(), Some("anthropic"));
         assert_eq!(resolve(None, "claude-sonnet-4").as_deref(), Some("anthropic"));
         assert_eq!(resolve(Some("codex"), "gpt-5").as_deref(), Some("openai"));
         assert_eq!(resolve(None, "mystery-model"), None);
-        run("INSERT INTO secretgate.providers (name, auth_env) VALUES ('anthropic-oauth', '{CLAUDE_CODE_OAUTH_TOKEN}')");
+        run(
+            "INSERT INTO secretgate.providers (name, auth_env) VALUES ('anthropic-oauth', '{CLAUDE_CODE_OAUTH_TOKEN}')",
+        );
         run("INSERT INTO secretgate.model_routes VALUES ('anthropic:claude-opus', 'openrouter', NULL), ('anthropic:', 'anthropic-oauth', 'claude-code')");
         // Longest prefix among routes for any runtime…
         assert_eq!(resolve(None, "anthropic:claude-opus-4-7").as_deref(), Some("openrouter"));
@@ -276,16 +326,22 @@ mod tests {
         let keyring = secretgate_core::Keyring::parse(vectors()["keyring"].to_string().as_bytes()).unwrap();
         let ws = secretgate_core::Scope::Workspace(secretgate_core::uuid::Uuid::parse_str(WS).unwrap());
         for (i, key) in ["OPENAI_API_KEY", "LLM_PROVIDER", "OTHER"].iter().enumerate() {
-            let blob = keyring.encrypt_with_nonce(1, [i as u8 + 40; 12], format!("value-{key}").as_bytes(), ws, key).unwrap();
+            let blob =
+                keyring.encrypt_with_nonce(1, [i as u8 + 40; 12], format!("value-{key}").as_bytes(), ws, key).unwrap();
             Spi::run_with_args(
                 &format!("INSERT INTO public.workspace_secrets VALUES ('{WS}', $1, $2, 1)"),
                 &[(*key).into(), blob.as_slice().into()],
             )
             .unwrap();
         }
-        let global = keyring.encrypt_with_nonce(1, [9; 12], b"global-value", secretgate_core::Scope::Global, "G").unwrap();
-        Spi::run_with_args("INSERT INTO public.global_secrets VALUES ('G', $1, 1)", &[global.as_slice().into()]).unwrap();
-        assert_eq!(text(&format!("SELECT secretgate.record_liveness('{WS}', 'OPENAI_API_KEY', 503)")).as_deref(), Some("transient"));
+        let global =
+            keyring.encrypt_with_nonce(1, [9; 12], b"global-value", secretgate_core::Scope::Global, "G").unwrap();
+        Spi::run_with_args("INSERT INTO public.global_secrets VALUES ('G', $1, 1)", &[global.as_slice().into()])
+            .unwrap();
+        assert_eq!(
+            text(&format!("SELECT secretgate.record_liveness('{WS}', 'OPENAI_API_KEY', 503)")).as_deref(),
+            Some("transient")
+        );
 
         assert_eq!(Spi::get_one::<i64>("SELECT secretgate.reencrypt(2)").unwrap(), Some(2));
         assert_eq!(Spi::get_one::<i64>("SELECT secretgate.reencrypt(100)").unwrap(), Some(2));
@@ -320,7 +376,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(catalog, Some(UUID_BTREE_FAM_OID));
-        let oid = |table: &str| Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid")).unwrap().unwrap();
+        let oid =
+            |table: &str| Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{table}'::regclass::oid")).unwrap().unwrap();
         // A dropped column before the ones read, so attribute numbers are not positions by name.
         run("CREATE TABLE tests.ws (gone int, id uuid PRIMARY KEY, kind text)");
         run("ALTER TABLE tests.ws DROP COLUMN gone");
@@ -387,9 +444,8 @@ mod tests {
                 .unwrap()
         };
         // Index scans of the primary key in this transaction: whether the read used the place.
-        let scans = || {
-            Spi::get_one::<i64>("SELECT pg_stat_get_xact_numscans('tests.places_pkey'::regclass)").unwrap().unwrap()
-        };
+        let scans =
+            || Spi::get_one::<i64>("SELECT pg_stat_get_xact_numscans('tests.places_pkey'::regclass)").unwrap().unwrap();
         let read_counting = |key: &str| {
             let before = scans();
             let value = read(key);

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "secretgate", version, about = "secretgate: migrations and maintenance for encrypted workspace secrets")]
+#[command(
+    name = "secretgate",
+    version,
+    about = "secretgate: migrations and maintenance for encrypted workspace secrets"
+)]
 struct Cli {
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true, value_name = "URL")]

@@ -75,10 +75,8 @@ pub async fn main(url: &str, args: MigrateArgs) -> Result<(), Failure> {
 
 /// Releases the migration lock explicitly; the first error wins.
 async fn release_lock(conn: &mut PgConnection, result: Result<(), Failure>) -> Result<(), Failure> {
-    let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut *conn)
-        .await;
+    let unlocked =
+        sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).fetch_one(&mut *conn).await;
     match (result, unlocked) {
         (Err(e), _) => Err(e),
         (Ok(()), Ok(true)) => Ok(()),

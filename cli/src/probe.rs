@@ -105,7 +105,9 @@ impl Outcome {
     /// A database error while reading or recording: its SQLSTATE, or a lost connection.
     fn db_error(what: &str, e: &sqlx::Error) -> Outcome {
         match sqlstate(e) {
-            Some(code) => Outcome::error(code.clone(), format!("{what}: SQLSTATE {code}: {}", db_message(e)), FailureKind::Check),
+            Some(code) => {
+                Outcome::error(code.clone(), format!("{what}: SQLSTATE {code}: {}", db_message(e)), FailureKind::Check)
+            }
             None => Outcome::error("-", format!("{what}: {}", one_line(&e.to_string())), FailureKind::Connection),
         }
     }
@@ -152,7 +154,9 @@ pub async fn main(url: &str, args: ProbeArgs) -> Result<(), Failure> {
     if credentials.is_empty() {
         let _ = conn.close().await;
         match args.workspace {
-            Some(ws) => println!("workspace {ws} has no BYOK credential to probe (external, platform-managed, or none stored)"),
+            Some(ws) => {
+                println!("workspace {ws} has no BYOK credential to probe (external, platform-managed, or none stored)")
+            }
             None => println!("no BYOK credential to probe"),
         }
         return Ok(());
@@ -290,7 +294,9 @@ async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout
         let mut conn = conn.lock().await;
         match read(&mut conn, c).await {
             Ok(Some(pair)) => pair,
-            Ok(None) => return Outcome::plain("changed", "-", Some("the credential was removed before it was probed".into())),
+            Ok(None) => {
+                return Outcome::plain("changed", "-", Some("the credential was removed before it was probed".into()))
+            }
             Err(e) => return Outcome::db_error("cannot read the credential", &e),
         }
     };
@@ -372,7 +378,9 @@ fn safe_endpoint(endpoint: &str) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
-        "http" => Err("refusing to send a credential over plain http to a host other than this machine; use https".into()),
+        "http" => {
+            Err("refusing to send a credential over plain http to a host other than this machine; use https".into())
+        }
         other => Err(format!("base_url scheme {other:?} is not http(s)")),
     }
 }
@@ -447,15 +455,22 @@ async fn read(conn: &mut PgConnection, c: &Credential) -> Result<Option<(Vec<u8>
 
 /// Records `status` for the credential if its ciphertext is still the one
 /// that was probed; returns the verdict, or None when it changed.
-async fn record(conn: &mut PgConnection, c: &Credential, probed: &[u8], status: i32) -> Result<Option<String>, sqlx::Error> {
+async fn record(
+    conn: &mut PgConnection,
+    c: &Credential,
+    probed: &[u8],
+    status: i32,
+) -> Result<Option<String>, sqlx::Error> {
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
     let current: Option<Vec<u8>> = match c.workspace {
         Some(ws) => {
-            sqlx::query_scalar("SELECT encrypted_value FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2")
-                .bind(ws)
-                .bind(&c.key)
-                .fetch_optional(&mut *tx)
-                .await?
+            sqlx::query_scalar(
+                "SELECT encrypted_value FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2",
+            )
+            .bind(ws)
+            .bind(&c.key)
+            .fetch_optional(&mut *tx)
+            .await?
         }
         None => {
             sqlx::query_scalar("SELECT encrypted_value FROM public.global_secrets WHERE key = $1")

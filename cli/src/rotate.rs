@@ -98,18 +98,16 @@ async fn run(conn: &mut PgConnection, args: &RotateArgs, stop: &AtomicBool) -> R
         .await
         .map_err(|e| setup_failure("cannot set synchronous_commit", &e))?;
     let tables = attached(conn).await?;
-    let before = census(conn, &tables).await.map_err(|e| setup_failure("cannot count the secrets to re-encrypt", &e))?;
+    let before =
+        census(conn, &tables).await.map_err(|e| setup_failure("cannot count the secrets to re-encrypt", &e))?;
     println!(
         "key version {} is current: {} of {} secret(s) on older key versions (batch size {})",
         before.current, before.stale, before.total, args.batch_size
     );
 
     let started = Instant::now();
-    let (ending, moved) = if before.stale == 0 {
-        (Ending::Done, 0)
-    } else {
-        reencrypt_all(conn, &tables, args, stop, &before).await?
-    };
+    let (ending, moved) =
+        if before.stale == 0 { (Ending::Done, 0) } else { reencrypt_all(conn, &tables, args, stop, &before).await? };
     let elapsed = started.elapsed().as_secs_f64();
     if moved > 0 || before.stale > 0 {
         println!(
@@ -193,7 +191,8 @@ async fn reencrypt_all(
                 transient = 0;
             }
             Ok(_) => {
-                let now = census(conn, tables).await.map_err(|e| progress.abandon_with(loop_failure(&e, progress.moved)))?;
+                let now =
+                    census(conn, tables).await.map_err(|e| progress.abandon_with(loop_failure(&e, progress.moved)))?;
                 if now.stale == 0 {
                     break Ending::Done;
                 }
@@ -280,7 +279,9 @@ async fn attached(conn: &mut PgConnection) -> Result<Tables, Failure> {
         [] => Err(Failure::usage(anyhow!(
             "no tables are attached (secretgate.attached_tables is empty); run `secretgate migrate run` first"
         ))),
-        _ => Err(Failure::usage(anyhow!("secretgate.attached_tables has more than one row; expected one set of tables"))),
+        _ => {
+            Err(Failure::usage(anyhow!("secretgate.attached_tables has more than one row; expected one set of tables")))
+        }
     }
 }
 
@@ -337,7 +338,9 @@ fn watch_signals() -> Arc<AtomicBool> {
                 seen += 1;
                 if seen == 1 {
                     flag.store(true, Ordering::SeqCst);
-                    eprintln!("\nstopping after the batch in flight (each batch is atomic); signal again to stop at once");
+                    eprintln!(
+                        "\nstopping after the batch in flight (each batch is atomic); signal again to stop at once"
+                    );
                 } else {
                     eprintln!(
                         "\nstopped at once: every finished batch is committed, the one in flight commits or rolls back whole; \
@@ -394,7 +397,12 @@ impl Progress {
         self.bar.inc(n);
         if self.plain && self.last_line.elapsed() >= PLAIN_EVERY {
             self.last_line = Instant::now();
-            eprintln!("re-encrypted {}/{} secret(s) ({:.0} secrets/s)", self.moved, self.bar.length().unwrap_or(0), self.rate());
+            eprintln!(
+                "re-encrypted {}/{} secret(s) ({:.0} secrets/s)",
+                self.moved,
+                self.bar.length().unwrap_or(0),
+                self.rate()
+            );
         }
     }
 
@@ -422,7 +430,12 @@ impl Progress {
 
     fn finish(&self) {
         if self.plain {
-            eprintln!("re-encrypted {}/{} secret(s) ({:.0} secrets/s)", self.moved, self.bar.length().unwrap_or(0), self.rate());
+            eprintln!(
+                "re-encrypted {}/{} secret(s) ({:.0} secrets/s)",
+                self.moved,
+                self.bar.length().unwrap_or(0),
+                self.rate()
+            );
         } else {
             self.bar.abandon();
         }

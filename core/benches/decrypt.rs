@@ -9,8 +9,9 @@ use secretgate_core::{uuid::Uuid, Keyring, Scope};
 
 fn decrypt(c: &mut Criterion) {
     // A throwaway key made here: 32 bytes of a fixed pattern, not a real key.
-    let keyring = Keyring::parse(br#"{"current_version": 1, "keys": {"1": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="}}"#)
-        .expect("bench keyring parses");
+    let keyring =
+        Keyring::parse(br#"{"current_version": 1, "keys": {"1": "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="}}"#)
+            .expect("bench keyring parses");
     let scope = Scope::Workspace(Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef));
     let key = "BENCH_KEY_42";
     // 64 ASCII bytes, as in the in-server comparison.
@@ -18,7 +19,9 @@ fn decrypt(c: &mut Criterion) {
     let (version, blob) = keyring.encrypt(plaintext.as_bytes(), scope, key).expect("encrypts");
 
     c.bench_function("decrypt_64B", |b| {
-        b.iter(|| keyring.decrypt(black_box(&blob), black_box(version), black_box(scope), black_box(key)).expect("decrypts"))
+        b.iter(|| {
+            keyring.decrypt(black_box(&blob), black_box(version), black_box(scope), black_box(key)).expect("decrypts")
+        })
     });
 }
 

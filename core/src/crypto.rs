@@ -94,8 +94,8 @@ impl Keyring {
         let sealed = with_associated_data(scope, key_name, |aad| {
             cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
         })
-            // aes-gcm fails only past 64 GiB of plaintext, far beyond any text value.
-            .map_err(|_| Error::DecryptFailed { reason: "the value is too long to encrypt" })?;
+        // aes-gcm fails only past 64 GiB of plaintext, far beyond any text value.
+        .map_err(|_| Error::DecryptFailed { reason: "the value is too long to encrypt" })?;
         let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
         blob.extend_from_slice(&nonce);
         blob.extend_from_slice(&sealed);
@@ -110,10 +110,12 @@ impl Keyring {
             return Err(Error::DecryptFailed { reason: "the ciphertext is truncated (shorter than nonce and tag)" });
         }
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        with_associated_data(scope, key_name, |aad| cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad }))
-            .map_err(|_| Error::DecryptFailed {
-                reason: "the ciphertext does not authenticate: corrupt, or bound to another workspace or key name",
-            })
+        with_associated_data(scope, key_name, |aad| {
+            cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+        })
+        .map_err(|_| Error::DecryptFailed {
+            reason: "the ciphertext does not authenticate: corrupt, or bound to another workspace or key name",
+        })
     }
 
     /// Like [`Keyring::decrypt_bytes`], for text values.
@@ -143,7 +145,10 @@ mod tests {
     #[test]
     fn associated_data_uses_lowercase_canonical_uuid_and_global() {
         let id = Uuid::parse_str("0123456789ABCDEF0123456789ABCDEF").unwrap();
-        assert_eq!(associated_data(Scope::Workspace(id), "MODEL"), b"secretgate:v1:01234567-89ab-cdef-0123-456789abcdef:MODEL");
+        assert_eq!(
+            associated_data(Scope::Workspace(id), "MODEL"),
+            b"secretgate:v1:01234567-89ab-cdef-0123-456789abcdef:MODEL"
+        );
         assert_eq!(associated_data(Scope::Global, "OPENAI_API_KEY"), b"secretgate:v1:global:OPENAI_API_KEY");
     }
 

@@ -46,11 +46,10 @@ impl Keyring {
     fn from_file(file: &KeyringFile) -> Result<Keyring, Error> {
         let mut ciphers = BTreeMap::new();
         for (name, encoded) in &file.keys {
-            let version: i32 = name
-                .parse()
-                .ok()
-                .filter(|v| *v >= 1)
-                .ok_or_else(|| Error::keyring(format!("keyring key version \"{name}\" is not a positive integer")))?;
+            let version: i32 =
+                name.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
+                    Error::keyring(format!("keyring key version \"{name}\" is not a positive integer"))
+                })?;
             let bytes = Zeroizing::new(
                 base64::engine::general_purpose::STANDARD
                     .decode(encoded.trim())
@@ -81,12 +80,12 @@ impl Keyring {
         if !path.is_absolute() {
             return Err(Error::keyring("secretgate.keyring_file must be an absolute path"));
         }
-        let meta = std::fs::metadata(path).map_err(|e| {
-            Error::keyring(format!("the keyring file cannot be found or inspected ({})", e.kind()))
-        })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::keyring(format!("the keyring file cannot be found or inspected ({})", e.kind())))?;
         check_file(&meta)?;
         let bytes = Zeroizing::new(
-            std::fs::read(path).map_err(|e| Error::keyring(format!("the keyring file cannot be read ({})", e.kind())))?,
+            std::fs::read(path)
+                .map_err(|e| Error::keyring(format!("the keyring file cannot be read ({})", e.kind())))?,
         );
         Keyring::parse(&bytes)
     }
@@ -146,7 +145,8 @@ mod tests {
 
     #[test]
     fn parses_versions_and_current() {
-        let k = Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}","7":"{K1}"}}}}"#).as_bytes()).unwrap();
+        let k =
+            Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}","7":"{K1}"}}}}"#).as_bytes()).unwrap();
         assert_eq!(k.current_version(), 1);
         assert_eq!(k.versions().collect::<Vec<_>>(), vec![1, 7]);
     }
@@ -155,12 +155,16 @@ mod tests {
     fn rejects_each_malformed_shape_with_a_reason() {
         assert!(reason(Keyring::parse(b"not json")).contains("not valid keyring JSON"));
         assert!(reason(Keyring::parse(b"{}")).contains("not valid keyring JSON"));
-        assert!(reason(Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}"}},"extra":1}}"#).as_bytes()))
-            .contains("not valid keyring JSON"));
+        assert!(reason(Keyring::parse(
+            format!(r#"{{"current_version":1,"keys":{{"1":"{K1}"}},"extra":1}}"#).as_bytes()
+        ))
+        .contains("not valid keyring JSON"));
         assert!(reason(Keyring::parse(format!(r#"{{"current_version":2,"keys":{{"1":"{K1}"}}}}"#).as_bytes()))
             .contains("current_version 2 has no key"));
         assert!(reason(Keyring::parse(br#"{"current_version":1,"keys":{"1":"AQID"}}"#)).contains("3 bytes"));
-        assert!(reason(Keyring::parse(br#"{"current_version":1,"keys":{"1":"!!notbase64"}}"#)).contains("not valid base64"));
+        assert!(
+            reason(Keyring::parse(br#"{"current_version":1,"keys":{"1":"!!notbase64"}}"#)).contains("not valid base64")
+        );
         assert!(reason(Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"one":"{K1}"}}}}"#).as_bytes()))
             .contains("not a positive integer"));
         assert!(reason(Keyring::parse(format!(r#"{{"current_version":0,"keys":{{"0":"{K1}"}}}}"#).as_bytes()))

@@ -20,8 +20,8 @@ pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
 pub use keyring::{Keyring, KEY_LEN};
 pub use liveness::{ciphertext_digest, Verdict};
 
-pub use uuid;
 use thiserror::Error;
+pub use uuid;
 
 /// What can go wrong reading or writing a secret. Messages never carry a
 /// key, a plaintext or a ciphertext.

@@ -59,7 +59,10 @@ pub fn keyring_parse(data: &[u8]) {
                 let blob = k
                     .encrypt_with_nonce(v, [v as u8; NONCE_LEN], b"probe", Scope::Global, "K")
                     .expect("encrypt under a parsed key");
-                assert!(k.decrypt(&blob, v, Scope::Global, "K").as_deref() == Ok("probe"), "parsed key does not round-trip");
+                assert!(
+                    k.decrypt(&blob, v, Scope::Global, "K").as_deref() == Ok("probe"),
+                    "parsed key does not round-trip"
+                );
             }
         }
         Err(e) => {
@@ -123,9 +126,15 @@ pub fn decrypt(data: &[u8]) {
     let scope = scope(input.workspace);
     let expected = if version == 1 || version == 2 { Code::DecryptFailed } else { Code::UnknownKeyVersion };
     let bytes = k.decrypt_bytes(&input.blob, version, scope, &input.key_name);
-    assert!(code(bytes) == Some(expected), "decrypt_bytes accepted bytes encrypt never produced, or failed with the wrong code");
+    assert!(
+        code(bytes) == Some(expected),
+        "decrypt_bytes accepted bytes encrypt never produced, or failed with the wrong code"
+    );
     let text = k.decrypt(&input.blob, version, scope, &input.key_name);
-    assert!(code(text) == Some(expected), "decrypt accepted bytes encrypt never produced, or failed with the wrong code");
+    assert!(
+        code(text) == Some(expected),
+        "decrypt accepted bytes encrypt never produced, or failed with the wrong code"
+    );
 }
 
 #[derive(Arbitrary)]
@@ -159,10 +168,18 @@ pub fn roundtrip(data: &[u8]) {
     let blob = k.encrypt_with_nonce(v, input.nonce, pt, scope, name).expect("encrypt a small value");
     assert!(blob.len() == NONCE_LEN + pt.len() + TAG_LEN, "ciphertext layout is not nonce || ciphertext || tag");
     assert!(blob[..NONCE_LEN] == input.nonce, "the ciphertext does not start with its nonce");
-    assert!(k.decrypt_bytes(&blob, v, scope, name).as_deref() == Ok(pt), "decrypt_bytes did not give back the plaintext");
+    assert!(
+        k.decrypt_bytes(&blob, v, scope, name).as_deref() == Ok(pt),
+        "decrypt_bytes did not give back the plaintext"
+    );
     match std::str::from_utf8(pt) {
-        Ok(text) => assert!(k.decrypt(&blob, v, scope, name).as_deref() == Ok(text), "decrypt did not give back the text"),
-        Err(_) => assert!(code(k.decrypt(&blob, v, scope, name)) == Some(Code::DecryptFailed), "decrypt returned non-UTF-8 as text"),
+        Ok(text) => {
+            assert!(k.decrypt(&blob, v, scope, name).as_deref() == Ok(text), "decrypt did not give back the text")
+        }
+        Err(_) => assert!(
+            code(k.decrypt(&blob, v, scope, name)) == Some(Code::DecryptFailed),
+            "decrypt returned non-UTF-8 as text"
+        ),
     }
 
     let failed = |blob: &[u8], version: i32, scope: Scope, name: &str| {

@@ -30,7 +30,11 @@ fn main() {
         trial("dead_verdict_is_sg104_until_rotated", &cluster, dead_verdict_is_sg104_until_rotated),
         trial("transient_verdict_is_allowed_and_logged", &cluster, transient_verdict_is_allowed_and_logged),
         trial("record_liveness_classifies", &cluster, record_liveness_classifies),
-        trial("deleting_a_credential_is_allowed_and_register_reports_it", &cluster, deleting_a_credential_is_allowed_and_register_reports_it),
+        trial(
+            "deleting_a_credential_is_allowed_and_register_reports_it",
+            &cluster,
+            deleting_a_credential_is_allowed_and_register_reports_it,
+        ),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -55,7 +59,12 @@ async fn create(
         .fetch_one(&mut *tx)
         .await?;
     for (key, value) in credentials {
-        sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(id).bind(key).bind(value).execute(&mut *tx).await?;
+        sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+            .bind(id)
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(id)
@@ -84,11 +93,20 @@ async fn refused_create(
 }
 
 async fn set_status(conn: &mut PgConnection, id: Uuid, status: &str) -> std::result::Result<(), sqlx::Error> {
-    sqlx::query("UPDATE public.workspaces SET status = $2 WHERE id = $1").bind(id).bind(status).execute(conn).await.map(|_| ())
+    sqlx::query("UPDATE public.workspaces SET status = $2 WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 async fn status(conn: &mut PgConnection, id: Uuid) -> Result<String> {
-    sqlx::query_scalar("SELECT status FROM public.workspaces WHERE id = $1").bind(id).fetch_one(conn).await.described("status")
+    sqlx::query_scalar("SELECT status FROM public.workspaces WHERE id = $1")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .described("status")
 }
 
 async fn record(conn: &mut PgConnection, id: Option<Uuid>, key: &str, http: i32) -> Result<String> {
@@ -111,7 +129,8 @@ async fn no_credential_is_sg103(cluster: Arc<Cluster>) -> Result<()> {
 async fn another_providers_key_does_not_count(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = db(&cluster, "b_other").await?;
     let openai = cluster.fresh_secret();
-    let e = refused_create(&mut conn, Code::MissingByokCredential, ANTHROPIC_MODEL, &[("OPENAI_API_KEY", &openai)]).await?;
+    let e =
+        refused_create(&mut conn, Code::MissingByokCredential, ANTHROPIC_MODEL, &[("OPENAI_API_KEY", &openai)]).await?;
     e.assert_no_leak(&[&openai])?;
     // And the other way round: an Anthropic key does not satisfy an OpenAI model.
     let anthropic = cluster.fresh_secret();
@@ -122,10 +141,14 @@ async fn another_providers_key_does_not_count(cluster: Arc<Cluster>) -> Result<(
 async fn own_key_in_the_same_transaction_is_allowed(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = db(&cluster, "b_own").await?;
     let key = cluster.fresh_secret();
-    let id = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)]).await.described("create")?;
+    let id = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)])
+        .await
+        .described("create")?;
     // The Claude CLI's OAuth token is an Anthropic credential too.
     let token = cluster.fresh_secret();
-    create(&mut conn, "workspace", Some("claude-sonnet-4"), &[("CLAUDE_CODE_OAUTH_TOKEN", &token)]).await.described("oauth")?;
+    create(&mut conn, "workspace", Some("claude-sonnet-4"), &[("CLAUDE_CODE_OAUTH_TOKEN", &token)])
+        .await
+        .described("oauth")?;
     let present: (bool, bool) = sqlx::query_as(
         "SELECT secretgate.byok_credential_present($1, 'anthropic'), secretgate.byok_credential_present($1, 'openai')",
     )
@@ -142,7 +165,11 @@ async fn own_key_in_the_same_transaction_is_allowed(cluster: Arc<Cluster>) -> Re
 async fn global_key_is_allowed(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = db(&cluster, "b_global").await?;
     let key = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)").bind(&key).execute(&mut conn).await.described("global")?;
+    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)")
+        .bind(&key)
+        .execute(&mut conn)
+        .await
+        .described("global")?;
     let id = create(&mut conn, "workspace", Some("gpt-5"), &[]).await.described("create with a global key")?;
     set_status(&mut conn, id, "online").await.described("online")?;
     Ok(())
@@ -153,7 +180,11 @@ async fn empty_value_is_sg103(cluster: Arc<Cluster>) -> Result<()> {
     refused_create(&mut conn, Code::MissingByokCredential, ANTHROPIC_MODEL, &[("ANTHROPIC_API_KEY", "")]).await?;
     // A workspace's own empty value overrides the global one: still unusable.
     let key = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_global_secret('ANTHROPIC_API_KEY', $1)").bind(&key).execute(&mut conn).await.described("g")?;
+    sqlx::query("SELECT secretgate.set_global_secret('ANTHROPIC_API_KEY', $1)")
+        .bind(&key)
+        .execute(&mut conn)
+        .await
+        .described("g")?;
     refused_create(&mut conn, Code::MissingByokCredential, ANTHROPIC_MODEL, &[("ANTHROPIC_API_KEY", "")]).await?;
     Ok(())
 }
@@ -176,12 +207,19 @@ async fn corrupt_credential_fails_closed(cluster: Arc<Cluster>) -> Result<()> {
         Code::DecryptFailed,
     )?;
     e.assert_no_leak(&[&key])?;
-    let r = sqlx::query("UPDATE public.workspaces SET model = $2 WHERE id = $1").bind(id).bind(ANTHROPIC_MODEL).execute(&mut conn).await;
+    let r = sqlx::query("UPDATE public.workspaces SET model = $2 WHERE id = $1")
+        .bind(id)
+        .bind(ANTHROPIC_MODEL)
+        .execute(&mut conn)
+        .await;
     let err = r.err().context("switching to the corrupt credential's provider succeeded")?;
     let state = sqlstate(&err);
     ensure!(matches!(state.as_deref(), Some("SG001" | "SG103")), "want SG001 or SG103, got {}", describe(&err));
-    let model: Option<String> =
-        sqlx::query_scalar("SELECT model FROM public.workspaces WHERE id = $1").bind(id).fetch_one(&mut conn).await.described("model")?;
+    let model: Option<String> = sqlx::query_scalar("SELECT model FROM public.workspaces WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .described("model")?;
     ensure!(model.is_none(), "the refused update changed the model");
     Ok(())
 }
@@ -201,12 +239,16 @@ async fn switching_to_a_byok_model_needs_its_key(cluster: Arc<Cluster>) -> Resul
     let id = create(&mut conn, "workspace", Some("platform:default"), &[]).await.described("create")?;
     let r = sqlx::query("UPDATE public.workspaces SET model = 'gpt-5' WHERE id = $1").bind(id).execute(&mut conn).await;
     expect_sg(r, Code::MissingByokCredential)?;
-    let model: String =
-        sqlx::query_scalar("SELECT model FROM public.workspaces WHERE id = $1").bind(id).fetch_one(&mut conn).await.described("m")?;
+    let model: String = sqlx::query_scalar("SELECT model FROM public.workspaces WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut conn)
+        .await
+        .described("m")?;
     ensure!(model == "platform:default", "model changed despite SG103");
     // Leaving external for an ordinary kind is a transition too.
     let ext = create(&mut conn, "external", Some("gpt-5"), &[]).await.described("external")?;
-    let r = sqlx::query("UPDATE public.workspaces SET kind = 'workspace' WHERE id = $1").bind(ext).execute(&mut conn).await;
+    let r =
+        sqlx::query("UPDATE public.workspaces SET kind = 'workspace' WHERE id = $1").bind(ext).execute(&mut conn).await;
     expect_sg(r, Code::MissingByokCredential)?;
     Ok(())
 }
@@ -214,12 +256,17 @@ async fn switching_to_a_byok_model_needs_its_key(cluster: Arc<Cluster>) -> Resul
 async fn dead_verdict_is_sg104_until_rotated(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = db(&cluster, "b_dead").await?;
     let key = cluster.fresh_secret();
-    let id = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)]).await.described("create")?;
+    let id = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)])
+        .await
+        .described("create")?;
     ensure!(record(&mut conn, Some(id), "ANTHROPIC_API_KEY", 401).await? == "dead", "401 is dead");
     let e = expect_sg(set_status(&mut conn, id, "online").await, Code::ByokCredentialInvalid)?;
     e.assert_no_leak(&[&key])?;
     ensure!(status(&mut conn, id).await? == "provisioning", "status changed despite SG104");
-    expect_sg(sqlx::query("SELECT secretgate.check_byok($1)").bind(id).execute(&mut conn).await, Code::ByokCredentialInvalid)?;
+    expect_sg(
+        sqlx::query("SELECT secretgate.check_byok($1)").bind(id).execute(&mut conn).await,
+        Code::ByokCredentialInvalid,
+    )?;
     let (st, code): (String, Option<String>) = sqlx::query_as("SELECT * FROM secretgate.register_workspace($1)")
         .bind(id)
         .fetch_one(&mut conn)
@@ -228,8 +275,17 @@ async fn dead_verdict_is_sg104_until_rotated(cluster: Arc<Cluster>) -> Result<()
     ensure!(st == "failed" && code.as_deref() == Some("BYOK_CREDENTIAL_INVALID"), "register: {st} {code:?}");
     // A second, live credential of the same provider is enough.
     let token = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'CLAUDE_CODE_OAUTH_TOKEN', $2)").bind(id).bind(&token).execute(&mut conn).await.described("t")?;
-    sqlx::query("SELECT secretgate.check_byok($1)").bind(id).execute(&mut conn).await.described("check with a second key")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'CLAUDE_CODE_OAUTH_TOKEN', $2)")
+        .bind(id)
+        .bind(&token)
+        .execute(&mut conn)
+        .await
+        .described("t")?;
+    sqlx::query("SELECT secretgate.check_byok($1)")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .described("check with a second key")?;
     sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'CLAUDE_CODE_OAUTH_TOKEN'")
         .bind(id)
         .execute(&mut conn)
@@ -237,7 +293,12 @@ async fn dead_verdict_is_sg104_until_rotated(cluster: Arc<Cluster>) -> Result<()
         .described("delete token")?;
     // Rotating the dead credential (a new ciphertext) starts clean.
     let rotated = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)").bind(id).bind(&rotated).execute(&mut conn).await.described("rotate")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)")
+        .bind(id)
+        .bind(&rotated)
+        .execute(&mut conn)
+        .await
+        .described("rotate")?;
     set_status(&mut conn, id, "online").await.described("online after rotation")?;
     Ok(())
 }
@@ -259,8 +320,21 @@ async fn transient_verdict_is_allowed_and_logged(cluster: Arc<Cluster>) -> Resul
 async fn record_liveness_classifies(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = db(&cluster, "b_classify").await?;
     let key = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)").bind(&key).execute(&mut conn).await.described("g")?;
-    for (http, want) in [(401, "dead"), (403, "dead"), (0, "transient"), (429, "transient"), (500, "transient"), (503, "transient"), (200, "ok"), (404, "ok")] {
+    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)")
+        .bind(&key)
+        .execute(&mut conn)
+        .await
+        .described("g")?;
+    for (http, want) in [
+        (401, "dead"),
+        (403, "dead"),
+        (0, "transient"),
+        (429, "transient"),
+        (500, "transient"),
+        (503, "transient"),
+        (200, "ok"),
+        (404, "ok"),
+    ] {
         let got = record(&mut conn, None, "OPENAI_API_KEY", http).await?;
         ensure!(got == want, "HTTP {http}: {got}, want {want}");
         let stored: (String, i32) = sqlx::query_as(
@@ -279,11 +353,17 @@ async fn record_liveness_classifies(cluster: Arc<Cluster>) -> Result<()> {
 async fn deleting_a_credential_is_allowed_and_register_reports_it(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = db(&cluster, "b_delete").await?;
     let key = cluster.fresh_secret();
-    let id = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)]).await.described("create")?;
+    let id = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)])
+        .await
+        .described("create")?;
     // A leaked key must be revocable at once, even by an agent.
     let mut tx = conn.begin().await.described("begin")?;
     sqlx::query("SET LOCAL secretgate.caller = 'agent'").execute(&mut *tx).await.described("caller")?;
-    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1").bind(id).execute(&mut *tx).await.described("delete")?;
+    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .described("delete")?;
     tx.commit().await.described("commit delete")?;
     // The gate catches it at the next transition.
     expect_sg(set_status(&mut conn, id, "online").await, Code::MissingByokCredential)?;

@@ -34,7 +34,8 @@ enum Format {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(format!("{BIN}/{program}")).args(args).output().with_context(|| format!("running {program}"))?;
+    let out =
+        Command::new(format!("{BIN}/{program}")).args(args).output().with_context(|| format!("running {program}"))?;
     ensure!(
         out.status.success(),
         "{program} failed ({}): {}",
@@ -78,17 +79,34 @@ async fn round_trip(cluster: Arc<Cluster>, format: Format) -> Result<()> {
     let model = format!("anthropic:claude-opus-4-7-{}", random_hex(3));
     let (anthropic, openai) = (cluster.fresh_secret(), cluster.fresh_secret());
     let mut tx = src.begin().await?;
-    let platform: Uuid = sqlx::query_scalar("INSERT INTO public.workspaces (kind, status) VALUES ('platform', 'online') RETURNING id")
-        .fetch_one(&mut *tx)
+    let platform: Uuid =
+        sqlx::query_scalar("INSERT INTO public.workspaces (kind, status) VALUES ('platform', 'online') RETURNING id")
+            .fetch_one(&mut *tx)
+            .await
+            .described("platform")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)")
+        .bind(platform)
+        .bind(&model)
+        .execute(&mut *tx)
         .await
-        .described("platform")?;
-    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)").bind(platform).bind(&model).execute(&mut *tx).await.described("MODEL")?;
-    let byok: Uuid = sqlx::query_scalar("INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'anthropic:claude-opus-4-7') RETURNING id")
-        .fetch_one(&mut *tx)
+        .described("MODEL")?;
+    let byok: Uuid = sqlx::query_scalar(
+        "INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'anthropic:claude-opus-4-7') RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .described("byok")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)")
+        .bind(byok)
+        .bind(&anthropic)
+        .execute(&mut *tx)
         .await
-        .described("byok")?;
-    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)").bind(byok).bind(&anthropic).execute(&mut *tx).await.described("key")?;
-    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)").bind(&openai).execute(&mut *tx).await.described("global")?;
+        .described("key")?;
+    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)")
+        .bind(&openai)
+        .execute(&mut *tx)
+        .await
+        .described("global")?;
     tx.commit().await.described("commit")?;
     // The DBA's registry edits, and a dead verdict.
     for sql in [
@@ -101,7 +119,11 @@ async fn round_trip(cluster: Arc<Cluster>, format: Format) -> Result<()> {
     ] {
         sqlx::query(sql).execute(&mut src).await.described(sql)?;
     }
-    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)").bind(byok).execute(&mut src).await.described("dead")?;
+    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)")
+        .bind(byok)
+        .execute(&mut src)
+        .await
+        .described("dead")?;
     let (want_contents, want_registry) = (contents(&mut src).await?, registry(&mut src).await?);
     ensure!(want_contents.len() == 3, "three secrets stored");
 
@@ -114,18 +136,44 @@ async fn round_trip(cluster: Arc<Cluster>, format: Format) -> Result<()> {
     match format {
         Format::Plain => {
             run("pg_dump", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-f", file, &source])?;
-            run("psql", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", file, &target])?;
+            run(
+                "psql",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    "postgres",
+                    "-X",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-f",
+                    file,
+                    &target,
+                ],
+            )?;
         }
         Format::Custom => {
             run("pg_dump", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-Fc", "-f", file, &source])?;
-            run("pg_restore", &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "--exit-on-error", "-d", &target, file])?;
+            run(
+                "pg_restore",
+                &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "--exit-on-error", "-d", &target, file],
+            )?;
         }
     }
     let mut dst = PgConnection::connect(&target_url).await.context("connect to the restored database")?;
 
     // Same ciphertexts (nothing re-encrypted), same plaintexts, same registry.
-    ensure!(contents(&mut dst).await? == want_contents, "restored secrets differ from the source (ciphertext or plaintext)");
-    ensure!(registry(&mut dst).await? == want_registry, "restored registry, forbidden keys or verdicts differ from the source");
+    ensure!(
+        contents(&mut dst).await? == want_contents,
+        "restored secrets differ from the source (ciphertext or plaintext)"
+    );
+    ensure!(
+        registry(&mut dst).await? == want_registry,
+        "restored registry, forbidden keys or verdicts differ from the source"
+    );
 
     // The gates work in the restored database.
     let mut tx = dst.begin().await?;
@@ -133,9 +181,13 @@ async fn round_trip(cluster: Arc<Cluster>, format: Format) -> Result<()> {
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'X', 'v')").bind(platform).execute(&mut *tx).await;
     expect_sg(r, Code::ConciergeSelfWriteBlocked)?;
     drop(tx);
-    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1").bind(byok).execute(&mut dst).await;
+    let r =
+        sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1").bind(byok).execute(&mut dst).await;
     expect_sg(r, Code::ByokCredentialInvalid).context("the dead verdict survives the restore")?;
-    let r = sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'").bind(platform).execute(&mut dst).await;
+    let r = sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
+        .bind(platform)
+        .execute(&mut dst)
+        .await;
     expect_sg(r, Code::PlatformAgentIdentityGate)?;
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'OLD_TOKEN', 'v')").bind(byok).execute(&mut dst).await;
     expect_sg(r, Code::ForbiddenSecretKey).context("a forbidden key the DBA added survives the restore")?;

@@ -45,8 +45,6 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Shared helpers
 
-
-
 /// `total` rows: workspace rows `K_<n>` (50 per workspace) holding
 /// `md5(salt || n)` and ten global rows `G_<n>` holding `md5(salt || 'g' || n)`,
 /// under the baseline keyring (version 2).
@@ -80,10 +78,6 @@ async fn populate(conn: &mut PgConnection, salt: &str, total: i64) -> Result<()>
     .described("insert global secrets")?;
     Ok(())
 }
-
-
-
-
 
 /// Every row decrypts under its recorded version (nothing half-written), the
 /// count is `total` (nothing lost) and every plaintext is the derived one.
@@ -137,7 +131,10 @@ async fn backend_blocked_by(conn: &mut PgConnection, application_name: &str, hol
         if let Some(pid) = pid {
             return Ok(pid);
         }
-        ensure!(Instant::now() < deadline, "no backend of {application_name} was blocked by the held verdict within 60s");
+        ensure!(
+            Instant::now() < deadline,
+            "no backend of {application_name} was blocked by the held verdict within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -163,7 +160,8 @@ async fn hold_row_mid_batch(url: &str, conn: &mut PgConnection, current: i32) ->
         .described("record_liveness")?;
     ensure!(verdict == "ok", "record_liveness(200) should say ok, said {verdict}");
     let mut holder = PgConnection::connect(url).await.context("holder connection")?;
-    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut holder).await.described("holder pid")?;
+    let holder_pid: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut holder).await.described("holder pid")?;
     sqlx::query("BEGIN").execute(&mut holder).await.described("BEGIN")?;
     let held = sqlx::query("SELECT 1 FROM secretgate.liveness WHERE workspace_id = $1 AND key = $2 FOR UPDATE")
         .bind(ws)
@@ -204,7 +202,8 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 5] = [Fault::Removed, Fault::GroupReadable, Fault::Truncated, Fault::CurrentVersionOne, Fault::ForeignKeys];
+    const ALL: [Fault; 5] =
+        [Fault::Removed, Fault::GroupReadable, Fault::Truncated, Fault::CurrentVersionOne, Fault::ForeignKeys];
 
     /// The keyring cannot be used at all: every read and write is SG003.
     fn unavailable(self) -> bool {
@@ -254,7 +253,14 @@ struct Worker {
 const WORKER_KEYS: usize = 8;
 const WORKERS: usize = 4;
 
-async fn worker_loop(cluster: Arc<Cluster>, url: String, load: Arc<Load>, index: usize, mut w: Worker, needles: Vec<String>) -> Worker {
+async fn worker_loop(
+    cluster: Arc<Cluster>,
+    url: String,
+    load: Arc<Load>,
+    index: usize,
+    mut w: Worker,
+    needles: Vec<String>,
+) -> Worker {
     let mut conn = match PgConnection::connect(&url).await {
         Ok(c) => c,
         Err(e) => {
@@ -274,15 +280,34 @@ async fn worker_loop(cluster: Arc<Cluster>, url: String, load: Arc<Load>, index:
         let (op, outcome): (&'static str, std::result::Result<Option<String>, sqlx::Error>) = if write {
             let value = cluster.fresh_secret();
             let r = if global {
-                sqlx::query("SELECT secretgate.set_global_secret($1, $2)").bind(&key).bind(&value).execute(&mut conn).await
+                sqlx::query("SELECT secretgate.set_global_secret($1, $2)")
+                    .bind(&key)
+                    .bind(&value)
+                    .execute(&mut conn)
+                    .await
             } else {
-                sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(w.ws).bind(&key).bind(&value).execute(&mut conn).await
+                sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+                    .bind(w.ws)
+                    .bind(&key)
+                    .bind(&value)
+                    .execute(&mut conn)
+                    .await
             };
             ("write", r.map(|_| Some(value)))
         } else if global {
-            ("read", sqlx::query_scalar("SELECT secretgate.read_global_secret($1)").bind(&key).fetch_one(&mut conn).await)
+            (
+                "read",
+                sqlx::query_scalar("SELECT secretgate.read_global_secret($1)").bind(&key).fetch_one(&mut conn).await,
+            )
         } else {
-            ("read", sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(w.ws).bind(&key).fetch_one(&mut conn).await)
+            (
+                "read",
+                sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+                    .bind(w.ws)
+                    .bind(&key)
+                    .fetch_one(&mut conn)
+                    .await,
+            )
         };
         let end = load.phase.load(Ordering::SeqCst);
         let inside = if start == end { fault_of(start) } else { None };
@@ -294,7 +319,8 @@ async fn worker_loop(cluster: Arc<Cluster>, url: String, load: Arc<Load>, index:
                 succeeded = true;
                 let value = result.unwrap_or_default();
                 if inside.is_some_and(Fault::unavailable) {
-                    w.problems.push(format!("worker {index}: a write succeeded while the keyring was unusable ({inside:?})"));
+                    w.problems
+                        .push(format!("worker {index}: a write succeeded while the keyring was unusable ({inside:?})"));
                 }
                 let under = if inside == Some(Fault::ForeignKeys) {
                     WrittenUnder::Foreign
@@ -305,15 +331,24 @@ async fn worker_loop(cluster: Arc<Cluster>, url: String, load: Arc<Load>, index:
                 };
                 w.values.insert(key.clone(), (value, under));
             }
-            Ok(None) => w.problems.push(format!("worker {index}: a read of an existing row returned NULL (unset) in phase {start}..{end}")),
+            Ok(None) => w.problems.push(format!(
+                "worker {index}: a read of an existing row returned NULL (unset) in phase {start}..{end}"
+            )),
             Ok(Some(got)) => {
                 succeeded = true;
                 if got != expected {
-                    w.problems.push(format!("worker {index}: a read returned another value than the one stored (phase {start}..{end})"));
+                    w.problems.push(format!(
+                        "worker {index}: a read returned another value than the one stored (phase {start}..{end})"
+                    ));
                 } else if inside.is_some_and(Fault::unavailable) {
-                    w.problems.push(format!("worker {index}: a read returned a value while the keyring was unusable ({inside:?})"));
-                } else if (inside == Some(Fault::ForeignKeys) && under == WrittenUnder::Baseline) || (in_baseline && under == WrittenUnder::Foreign) {
-                    w.problems.push(format!("worker {index}: a row was read back under a keyring that did not write it"));
+                    w.problems.push(format!(
+                        "worker {index}: a read returned a value while the keyring was unusable ({inside:?})"
+                    ));
+                } else if (inside == Some(Fault::ForeignKeys) && under == WrittenUnder::Baseline)
+                    || (in_baseline && under == WrittenUnder::Foreign)
+                {
+                    w.problems
+                        .push(format!("worker {index}: a row was read back under a keyring that did not write it"));
                 }
             }
             Err(e) => match db_error(&e) {
@@ -337,7 +372,9 @@ async fn worker_loop(cluster: Arc<Cluster>, url: String, load: Arc<Load>, index:
                         None => true,
                     };
                     if !allowed {
-                        w.problems.push(format!("worker {index}: {op} in phase {start}..{end} ({inside:?}) failed unexpectedly: {err}"));
+                        w.problems.push(format!(
+                            "worker {index}: {op} in phase {start}..{end} ({inside:?}) failed unexpectedly: {err}"
+                        ));
                     }
                     if let Some(f) = inside {
                         w.seen.push((f, op, err.sqlstate.clone()));
@@ -408,15 +445,28 @@ async fn probe_read(conn: &mut PgConnection, ws: Uuid) -> std::result::Result<Op
 }
 
 /// The main thread's own checks while a fault is in place, on a row no worker touches.
-async fn probe_fault(conn: &mut PgConnection, ws: Uuid, probe_value: &str, fault: Fault, needles: &[&str]) -> Result<()> {
+async fn probe_fault(
+    conn: &mut PgConnection,
+    ws: Uuid,
+    probe_value: &str,
+    fault: Fault,
+    needles: &[&str],
+) -> Result<()> {
     let what = format!("{fault:?}");
     if fault.unavailable() {
-        let e = expect_sg(probe_read(conn, ws).await, Code::KeyringUnavailable).map_err(|e| e.context(format!("{what}: read_secret")))?;
+        let e = expect_sg(probe_read(conn, ws).await, Code::KeyringUnavailable)
+            .map_err(|e| e.context(format!("{what}: read_secret")))?;
         e.assert_no_leak(needles)?;
         ensure!(e.hint.is_some() && e.field("reason").is_some(), "{what}: SG003 should carry a reason and a hint: {e}");
         let fresh = format!("{probe_value}-x");
-        let r = sqlx::query("SELECT secretgate.set_secret($1, 'PROBE', $2)").bind(ws).bind(&fresh).execute(&mut *conn).await;
-        expect_sg(r, Code::KeyringUnavailable).map_err(|e| e.context(format!("{what}: set_secret")))?.assert_no_leak(needles)?;
+        let r = sqlx::query("SELECT secretgate.set_secret($1, 'PROBE', $2)")
+            .bind(ws)
+            .bind(&fresh)
+            .execute(&mut *conn)
+            .await;
+        expect_sg(r, Code::KeyringUnavailable)
+            .map_err(|e| e.context(format!("{what}: set_secret")))?
+            .assert_no_leak(needles)?;
         let r = sqlx::query_scalar::<_, i32>("SELECT secretgate.current_key_version()").fetch_one(&mut *conn).await;
         expect_sg(r, Code::KeyringUnavailable).map_err(|e| e.context(format!("{what}: current_key_version")))?;
         let r: (String, Option<String>, Option<String>) =
@@ -425,21 +475,37 @@ async fn probe_fault(conn: &mut PgConnection, ws: Uuid, probe_value: &str, fault
                 .fetch_one(&mut *conn)
                 .await
                 .described("try_read_secret")?;
-        ensure!(r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG003"), "{what}: try_read_secret gave state {} code {:?}", r.0, r.2);
+        ensure!(
+            r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG003"),
+            "{what}: try_read_secret gave state {} code {:?}",
+            r.0,
+            r.2
+        );
     } else if fault == Fault::CurrentVersionOne {
         let got = probe_read(conn, ws).await.described("read_secret")?;
         ensure!(got.as_deref() == Some(probe_value), "{what}: the probe row should read back");
-        let v: i32 = sqlx::query_scalar("SELECT secretgate.current_key_version()").fetch_one(&mut *conn).await.described("version")?;
-        ensure!(v == 1, "{what}: current_key_version() should be 1, got {v}");
-        sqlx::query("SELECT secretgate.set_secret($1, 'PROBE_V1', $2)").bind(ws).bind(probe_value).execute(&mut *conn).await.described("set PROBE_V1")?;
-        let v: i32 = sqlx::query_scalar("SELECT encryption_version FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'PROBE_V1'")
-            .bind(ws)
+        let v: i32 = sqlx::query_scalar("SELECT secretgate.current_key_version()")
             .fetch_one(&mut *conn)
             .await
-            .described("PROBE_V1")?;
+            .described("version")?;
+        ensure!(v == 1, "{what}: current_key_version() should be 1, got {v}");
+        sqlx::query("SELECT secretgate.set_secret($1, 'PROBE_V1', $2)")
+            .bind(ws)
+            .bind(probe_value)
+            .execute(&mut *conn)
+            .await
+            .described("set PROBE_V1")?;
+        let v: i32 = sqlx::query_scalar(
+            "SELECT encryption_version FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'PROBE_V1'",
+        )
+        .bind(ws)
+        .fetch_one(&mut *conn)
+        .await
+        .described("PROBE_V1")?;
         ensure!(v == 1, "{what}: a write should use version 1, used {v}");
     } else {
-        let e = expect_sg(probe_read(conn, ws).await, Code::DecryptFailed).map_err(|e| e.context(format!("{what}: read_secret")))?;
+        let e = expect_sg(probe_read(conn, ws).await, Code::DecryptFailed)
+            .map_err(|e| e.context(format!("{what}: read_secret")))?;
         e.assert_no_leak(needles)?;
         let r: (String, Option<String>, Option<String>) =
             sqlx::query_as("SELECT state, value, error_code FROM secretgate.try_read_secret($1, 'PROBE')")
@@ -447,7 +513,12 @@ async fn probe_fault(conn: &mut PgConnection, ws: Uuid, probe_value: &str, fault
                 .fetch_one(&mut *conn)
                 .await
                 .described("try_read_secret")?;
-        ensure!(r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG001"), "{what}: try_read_secret gave state {} code {:?}", r.0, r.2);
+        ensure!(
+            r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG001"),
+            "{what}: try_read_secret gave state {} code {:?}",
+            r.0,
+            r.2
+        );
     }
     Ok(())
 }
@@ -465,7 +536,12 @@ async fn keyring_faults_under_concurrent_load(cluster: Arc<Cluster>) -> Result<(
         .await
         .described("probe workspace")?;
     let probe_value = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'PROBE', $2)").bind(probe_ws).bind(&probe_value).execute(&mut conn).await.described("probe")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'PROBE', $2)")
+        .bind(probe_ws)
+        .bind(&probe_value)
+        .execute(&mut conn)
+        .await
+        .described("probe")?;
 
     // Each worker's rows, stored before any fault.
     let mut initial = Vec::new();
@@ -477,22 +553,44 @@ async fn keyring_faults_under_concurrent_load(cluster: Arc<Cluster>) -> Result<(
         let mut values = BTreeMap::new();
         for k in 0..WORKER_KEYS {
             let (key, value) = (format!("W_{k}"), cluster.fresh_secret());
-            sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(ws).bind(&key).bind(&value).execute(&mut conn).await.described("seed")?;
+            sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+                .bind(ws)
+                .bind(&key)
+                .bind(&value)
+                .execute(&mut conn)
+                .await
+                .described("seed")?;
             values.insert(key, (value, WrittenUnder::Baseline));
         }
         let global_key = format!("GW_{i}");
         let value = cluster.fresh_secret();
-        sqlx::query("SELECT secretgate.set_global_secret($1, $2)").bind(&global_key).bind(&value).execute(&mut conn).await.described("seed global")?;
+        sqlx::query("SELECT secretgate.set_global_secret($1, $2)")
+            .bind(&global_key)
+            .bind(&value)
+            .execute(&mut conn)
+            .await
+            .described("seed global")?;
         values.insert(global_key.clone(), (value, WrittenUnder::Baseline));
         initial.push(Worker { ws, global_key, values, seen: Vec::new(), problems: Vec::new() });
     }
 
-    let load = Arc::new(Load { stop: AtomicBool::new(false), phase: AtomicUsize::new(0), ops: (0..WORKERS).map(|_| AtomicU64::new(0)).collect() });
+    let load = Arc::new(Load {
+        stop: AtomicBool::new(false),
+        phase: AtomicUsize::new(0),
+        ops: (0..WORKERS).map(|_| AtomicU64::new(0)).collect(),
+    });
     let mut handles = Vec::new();
     for (i, w) in initial.into_iter().enumerate() {
         let mut worker_needles = needles.clone();
         worker_needles.extend(w.values.values().map(|v| v.0.clone()));
-        handles.push(tokio::spawn(worker_loop(Arc::clone(&cluster), url.clone(), Arc::clone(&load), i, w, worker_needles)));
+        handles.push(tokio::spawn(worker_loop(
+            Arc::clone(&cluster),
+            url.clone(),
+            Arc::clone(&load),
+            i,
+            w,
+            worker_needles,
+        )));
     }
     let needle_refs: Vec<&str> = needles.iter().map(String::as_str).chain([probe_value.as_str()]).collect();
 
@@ -509,9 +607,15 @@ async fn keyring_faults_under_concurrent_load(cluster: Arc<Cluster>) -> Result<(
             restore_baseline_keyring(&cluster);
             load.phase.store(4 * k + 4, Ordering::SeqCst);
             // Recovered at once: the probe row reads back on the same connection.
-            let got: Option<String> =
-                sqlx::query_scalar("SELECT secretgate.read_secret($1, 'PROBE')").bind(probe_ws).fetch_one(&mut conn).await.described("probe")?;
-            ensure!(got.as_deref() == Some(probe_value.as_str()), "after removing {fault:?}, the probe row should read back");
+            let got: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'PROBE')")
+                .bind(probe_ws)
+                .fetch_one(&mut conn)
+                .await
+                .described("probe")?;
+            ensure!(
+                got.as_deref() == Some(probe_value.as_str()),
+                "after removing {fault:?}, the probe row should read back"
+            );
             wait_for_ops(&load, 8, &handles).await?;
         }
         Ok(())
@@ -531,13 +635,23 @@ async fn keyring_faults_under_concurrent_load(cluster: Arc<Cluster>) -> Result<(
 
     // Every fault was seen by the workers, with its code.
     for fault in Fault::ALL {
-        let seen: Vec<&(Fault, &str, String)> = workers.iter().flat_map(|w| w.seen.iter()).filter(|s| s.0 == fault).collect();
-        let want = if fault.unavailable() { "SG003" } else if fault == Fault::ForeignKeys { "SG001" } else { "ok" };
+        let seen: Vec<&(Fault, &str, String)> =
+            workers.iter().flat_map(|w| w.seen.iter()).filter(|s| s.0 == fault).collect();
+        let want = if fault.unavailable() {
+            "SG003"
+        } else if fault == Fault::ForeignKeys {
+            "SG001"
+        } else {
+            "ok"
+        };
         ensure!(seen.iter().any(|s| s.2 == want), "the workers never saw {want} during {fault:?}");
         if fault != Fault::CurrentVersionOne {
             // Writes during a fault: refused when unusable, accepted under foreign keys.
             let want_write = if fault.unavailable() { "SG003" } else { "ok" };
-            ensure!(seen.iter().any(|s| s.1 == "write" && s.2 == want_write), "no worker write saw {want_write} during {fault:?}");
+            ensure!(
+                seen.iter().any(|s| s.1 == "write" && s.2 == want_write),
+                "no worker write saw {want_write} during {fault:?}"
+            );
         } else {
             ensure!(seen.iter().any(|s| s.1 == "write" && s.2 == "ok"), "no worker wrote under current version 1");
         }
@@ -573,21 +687,35 @@ async fn keyring_faults_under_concurrent_load(cluster: Arc<Cluster>) -> Result<(
             let read: std::result::Result<Option<String>, sqlx::Error> = if global {
                 sqlx::query_scalar("SELECT secretgate.read_global_secret($1)").bind(key).fetch_one(&mut conn).await
             } else {
-                sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(w.ws).bind(key).fetch_one(&mut conn).await
+                sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+                    .bind(w.ws)
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await
             };
             match decrypt_with(&baseline_ring, &blob, version, scope, key) {
                 Some(plain) => {
-                    ensure!(plain == *value && *under != WrittenUnder::Foreign, "row {key} of {scope}: the core finds another value under the baseline keys");
+                    ensure!(
+                        plain == *value && *under != WrittenUnder::Foreign,
+                        "row {key} of {scope}: the core finds another value under the baseline keys"
+                    );
                     let got = read.described("read back")?;
-                    ensure!(got.as_deref() == Some(value.as_str()), "row {key} of {scope}: read_secret does not return the stored value");
+                    ensure!(
+                        got.as_deref() == Some(value.as_str()),
+                        "row {key} of {scope}: read_secret does not return the stored value"
+                    );
                 }
                 None => {
-                    ensure!(*under != WrittenUnder::Baseline, "row {key} of {scope}, written under the baseline keys, does not decrypt");
+                    ensure!(
+                        *under != WrittenUnder::Baseline,
+                        "row {key} of {scope}, written under the baseline keys, does not decrypt"
+                    );
                     ensure!(
                         decrypt_with(&foreign_ring, &blob, version, scope, key).as_deref() == Some(value.as_str()),
                         "row {key} of {scope}: neither keyring opens it to the value last written"
                     );
-                    expect_sg(read, Code::DecryptFailed).map_err(|e| e.context(format!("row {key} written under the foreign keys")))?;
+                    expect_sg(read, Code::DecryptFailed)
+                        .map_err(|e| e.context(format!("row {key} written under the foreign keys")))?;
                     foreign_rows += 1;
                 }
             }
@@ -626,12 +754,23 @@ async fn retired_key_version_with_rows_still_on_it(cluster: Arc<Cluster>) -> Res
         for k in 0..3 {
             let key = format!("{prefix}_{k}");
             let value = cluster.fresh_secret();
-            sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(ws).bind(&key).bind(&value).execute(&mut conn).await.described("set")?;
+            sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+                .bind(ws)
+                .bind(&key)
+                .bind(&value)
+                .execute(&mut conn)
+                .await
+                .described("set")?;
             values.insert((Some(ws), key), value);
         }
         let key = format!("{prefix}_G");
         let value = cluster.fresh_secret();
-        sqlx::query("SELECT secretgate.set_global_secret($1, $2)").bind(&key).bind(&value).execute(&mut conn).await.described("set global")?;
+        sqlx::query("SELECT secretgate.set_global_secret($1, $2)")
+            .bind(&key)
+            .bind(&value)
+            .execute(&mut conn)
+            .await
+            .described("set global")?;
         values.insert((None, key), value);
     }
     let hist = histogram(&mut conn).await?;
@@ -646,23 +785,39 @@ async fn retired_key_version_with_rows_still_on_it(cluster: Arc<Cluster>) -> Res
 
     for ((scope, key), value) in &values {
         let read: std::result::Result<Option<String>, sqlx::Error> = match scope {
-            Some(ws) => sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(ws).bind(key).fetch_one(&mut conn).await,
+            Some(ws) => {
+                sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+                    .bind(ws)
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await
+            }
             None => sqlx::query_scalar("SELECT secretgate.read_global_secret($1)").bind(key).fetch_one(&mut conn).await,
         };
         if key.starts_with("OLD") {
-            let e = expect_sg(read, Code::UnknownKeyVersion).map_err(|e| e.context(format!("read of {key} on retired version 1")))?;
+            let e = expect_sg(read, Code::UnknownKeyVersion)
+                .map_err(|e| e.context(format!("read of {key} on retired version 1")))?;
             e.assert_no_leak(&needle_refs)?;
             ensure!(e.field("key").as_deref() == Some(key.as_str()), "SG002 should name key {key}: {e}");
         } else {
-            ensure!(read.described("read")?.as_deref() == Some(value.as_str()), "{key} on version 2 should still read back");
+            ensure!(
+                read.described("read")?.as_deref() == Some(value.as_str()),
+                "{key} on version 2 should still read back"
+            );
         }
     }
-    let r: (String, Option<String>, Option<String>) = sqlx::query_as("SELECT state, value, error_code FROM secretgate.try_read_secret($1, 'OLD_0')")
-        .bind(ws)
-        .fetch_one(&mut conn)
-        .await
-        .described("try_read_secret")?;
-    ensure!(r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG002"), "try_read_secret of a retired row: state {} code {:?}", r.0, r.2);
+    let r: (String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT state, value, error_code FROM secretgate.try_read_secret($1, 'OLD_0')")
+            .bind(ws)
+            .fetch_one(&mut conn)
+            .await
+            .described("try_read_secret")?;
+    ensure!(
+        r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG002"),
+        "try_read_secret of a retired row: state {} code {:?}",
+        r.0,
+        r.2
+    );
 
     // verify_secrets lists exactly the rows on version 1.
     let mut listed: Vec<(Option<Uuid>, String, String, Option<String>)> =
@@ -672,30 +827,50 @@ async fn retired_key_version_with_rows_still_on_it(cluster: Arc<Cluster>) -> Res
             .described("verify_secrets")?;
     listed.sort_by(|a, b| a.1.cmp(&b.1));
     let failing: Vec<&str> = listed.iter().filter(|r| r.2 == "error").map(|r| r.1.as_str()).collect();
-    ensure!(failing == ["OLD_0", "OLD_1", "OLD_2", "OLD_G"], "verify_secrets should list the four version-1 rows, listed {failing:?}");
+    ensure!(
+        failing == ["OLD_0", "OLD_1", "OLD_2", "OLD_G"],
+        "verify_secrets should list the four version-1 rows, listed {failing:?}"
+    );
     ensure!(listed.iter().filter(|r| r.2 == "error").all(|r| r.3.as_deref() == Some("SG002")), "as SG002: {listed:?}");
 
     // Writes under the current version still work, including over a retired row.
     let fresh = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'FRESH', $2)").bind(ws).bind(&fresh).execute(&mut conn).await.described("set FRESH")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'FRESH', $2)")
+        .bind(ws)
+        .bind(&fresh)
+        .execute(&mut conn)
+        .await
+        .described("set FRESH")?;
     let replaced = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'OLD_2', $2)").bind(ws).bind(&replaced).execute(&mut conn).await.described("overwrite OLD_2")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'OLD_2', $2)")
+        .bind(ws)
+        .bind(&replaced)
+        .execute(&mut conn)
+        .await
+        .described("overwrite OLD_2")?;
     values.insert((Some(ws), "FRESH".into()), fresh);
     values.insert((Some(ws), "OLD_2".into()), replaced);
-    let v: Vec<(String, i32)> = sqlx::query_as("SELECT key, encryption_version FROM public.workspace_secrets WHERE key IN ('FRESH', 'OLD_2') ORDER BY key")
-        .fetch_all(&mut conn)
-        .await
-        .described("versions")?;
+    let v: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT key, encryption_version FROM public.workspace_secrets WHERE key IN ('FRESH', 'OLD_2') ORDER BY key",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .described("versions")?;
     ensure!(v.iter().all(|r| r.1 == 3), "writes should land on version 3: {v:?}");
 
     // reencrypt stops on the first retired row and moves nothing (the batch rolls back).
     let before = histogram(&mut conn).await?;
     let r = sqlx::query_scalar::<_, i64>("SELECT secretgate.reencrypt(100)").fetch_one(&mut conn).await;
-    expect_sg(r, Code::UnknownKeyVersion).map_err(|e| e.context("reencrypt over a retired row"))?.assert_no_leak(&needle_refs)?;
+    expect_sg(r, Code::UnknownKeyVersion)
+        .map_err(|e| e.context("reencrypt over a retired row"))?
+        .assert_no_leak(&needle_refs)?;
     ensure!(histogram(&mut conn).await? == before, "a failed reencrypt batch must change nothing");
     let run = run_cli(Some(&url), &["rotate", "--batch-size", "2"]).await?;
     ensure!(run.code == Some(1), "rotate over retired rows should exit 1:\n{run}");
-    ensure!(run.stdout.lines().filter(|l| l.contains("SG002")).count() >= 3, "rotate should list the retired rows with SG002:\n{run}");
+    ensure!(
+        run.stdout.lines().filter(|l| l.contains("SG002")).count() >= 3,
+        "rotate should list the retired rows with SG002:\n{run}"
+    );
 
     // Putting the key back restores every row; then the rotation completes.
     cluster.write_keyring(&rotated.to_json(), 0o600);
@@ -704,7 +879,13 @@ async fn retired_key_version_with_rows_still_on_it(cluster: Arc<Cluster>) -> Res
     ensure!(histogram(&mut conn).await? == vec![(3, 9)], "every row on version 3");
     for ((scope, key), value) in &values {
         let got: Option<String> = match scope {
-            Some(ws) => sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(ws).bind(key).fetch_one(&mut conn).await,
+            Some(ws) => {
+                sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+                    .bind(ws)
+                    .bind(key)
+                    .fetch_one(&mut conn)
+                    .await
+            }
             None => sqlx::query_scalar("SELECT secretgate.read_global_secret($1)").bind(key).fetch_one(&mut conn).await,
         }
         .described("read after restoring version 1")?;
@@ -713,7 +894,10 @@ async fn retired_key_version_with_rows_still_on_it(cluster: Arc<Cluster>) -> Res
     // Now version 1 really is unused and can go.
     cluster.write_keyring(&rotated.without(1).without(2).to_json(), 0o600);
     let states = verify_states(&mut conn).await?;
-    ensure!(states.len() == 1 && states[0].0 == "ok" && states[0].2 == 9, "after the rotation, versions 1 and 2 are not needed: {states:?}");
+    ensure!(
+        states.len() == 1 && states[0].0 == "ok" && states[0].2 == 9,
+        "after the rotation, versions 1 and 2 are not needed: {states:?}"
+    );
     restore_baseline_keyring(&cluster);
     Ok(())
 }
@@ -742,7 +926,10 @@ struct MidBatch {
 async fn durable_database(cluster: &Cluster, prefix: &str) -> Result<(String, PgConnection)> {
     let name = db_name(prefix);
     let (_, mut conn) = migrated_database(cluster, &name).await?;
-    sqlx::raw_sql(&format!("ALTER DATABASE \"{name}\" SET synchronous_commit = on")).execute(&mut conn).await.described("ALTER DATABASE")?;
+    sqlx::raw_sql(&format!("ALTER DATABASE \"{name}\" SET synchronous_commit = on"))
+        .execute(&mut conn)
+        .await
+        .described("ALTER DATABASE")?;
     conn.close().await?;
     let url = cluster.url(&name);
     let conn = PgConnection::connect(&url).await.context("reconnect")?;
@@ -757,12 +944,14 @@ async fn mid_batch(cluster: &Cluster, prefix: &str) -> Result<MidBatch> {
     let before = checksum(&mut conn).await?;
     rotate_keyring(cluster);
     // Earlier batches of the rotation, committed.
-    let moved_before: i64 = sqlx::query_scalar("SELECT secretgate.reencrypt(500)").fetch_one(&mut conn).await.described("first batch")?;
+    let moved_before: i64 =
+        sqlx::query_scalar("SELECT secretgate.reencrypt(500)").fetch_one(&mut conn).await.described("first batch")?;
     ensure!(moved_before == 500, "the first batch should move 500 rows, moved {moved_before}");
     let (holder, holder_pid) = hold_row_mid_batch(&url, &mut conn, 3).await?;
 
     let mut victim_conn = PgConnection::connect(&url).await.context("victim connection")?;
-    let victim_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut victim_conn).await.described("pid")?;
+    let victim_pid: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut victim_conn).await.described("pid")?;
     let victim = tokio::spawn(async move {
         let r = sqlx::query_scalar::<_, i64>("SELECT secretgate.reencrypt(1000000)").fetch_one(&mut victim_conn).await;
         drop(victim_conn);
@@ -784,7 +973,10 @@ async fn after_kill(mut m: MidBatch, what: &str) -> Result<()> {
     assert_intact(&mut m.conn, &m.salt, ROWS, &m.before, what).await?;
     let run = run_cli(Some(&m.url), &["rotate", "--batch-size", "700"]).await?;
     ensure!(run.code == Some(0), "{what}: rerunning rotate should complete:\n{run}");
-    ensure!(run.stdout.contains(&format!("summary: {ROWS} secret(s) checked, 0 failed")), "{what}: rotate should verify every row:\n{run}");
+    ensure!(
+        run.stdout.contains(&format!("summary: {ROWS} secret(s) checked, 0 failed")),
+        "{what}: rotate should verify every row:\n{run}"
+    );
     ensure!(histogram(&mut m.conn).await? == vec![(3, ROWS)], "{what}: every row on version 3 after the rerun");
     assert_intact(&mut m.conn, &m.salt, ROWS, &m.before, &format!("{what}, after the rerun")).await?;
     Ok(())
@@ -792,8 +984,11 @@ async fn after_kill(mut m: MidBatch, what: &str) -> Result<()> {
 
 async fn reencrypt_backend_terminated_mid_batch(cluster: Arc<Cluster>) -> Result<()> {
     let mut m = mid_batch(&cluster, "flt_term").await?;
-    let terminated: bool =
-        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(m.victim_pid).fetch_one(&mut m.conn).await.described("terminate")?;
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(m.victim_pid)
+        .fetch_one(&mut m.conn)
+        .await
+        .described("terminate")?;
     ensure!(terminated, "pg_terminate_backend should find the backend");
     let victim = m.victim.await.map_err(|e| anyhow!("victim task: {e}"))?;
     match &victim {
@@ -837,7 +1032,12 @@ async fn reencrypt_backend_sigkilled_mid_batch(cluster: Arc<Cluster>) -> Result<
         log.contains(&format!("server process (PID {}) was terminated by signal 9", m.victim_pid)),
         "the server log should record the crash of the killed backend"
     );
-    let m = MidBatch { conn, holder: connect_when_ready(&m.url, Duration::from_secs(5)).await?, victim: tokio::spawn(async { Ok(0) }), ..m };
+    let m = MidBatch {
+        conn,
+        holder: connect_when_ready(&m.url, Duration::from_secs(5)).await?,
+        victim: tokio::spawn(async { Ok(0) }),
+        ..m
+    };
     after_kill(m, "reencrypt SIGKILLed mid-batch").await?;
     restore_baseline_keyring(&cluster);
     Ok(())
@@ -860,8 +1060,7 @@ async fn server_restarted_mid_rotate(cluster: Arc<Cluster>) -> Result<()> {
         let (holder, holder_pid) = hold_row_mid_batch(&url, &mut conn, 3).await?;
         let running = spawn_cli(&url, &["rotate", "--batch-size", "300", "--lock-wait", "120"])?;
         let pid = backend_blocked_by(&mut conn, "secretgate-rotate", holder_pid).await?;
-        let on_v3_before: i64 =
-            histogram(&mut conn).await?.iter().find(|h| h.0 == 3).map_or(0, |h| h.1);
+        let on_v3_before: i64 = histogram(&mut conn).await?.iter().find(|h| h.0 == 3).map_or(0, |h| h.1);
         // The holder stays connected (and the batch blocked) until the restart ends it.
         drop(conn);
         cluster.restart(mode).with_context(|| format!("pg_ctl restart -m {mode}"))?;

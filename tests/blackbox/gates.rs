@@ -26,9 +26,17 @@ fn main() {
         trial("agent_setting_cannot_write_platform_secrets", &cluster, agent_setting_cannot_write_platform_secrets),
         trial("agent_role_member_is_agent_whatever_it_sets", &cluster, agent_role_member_is_agent_whatever_it_sets),
         trial("agent_write_to_unknown_workspace_is_sg106", &cluster, agent_write_to_unknown_workspace_is_sg106),
-        trial("refusal_raised_inside_set_secret_keeps_its_code", &cluster, refusal_raised_inside_set_secret_keeps_its_code),
+        trial(
+            "refusal_raised_inside_set_secret_keeps_its_code",
+            &cluster,
+            refusal_raised_inside_set_secret_keeps_its_code,
+        ),
         trial("agent_may_write_ordinary_workspaces", &cluster, agent_may_write_ordinary_workspaces),
-        trial("operator_unset_and_superuser_may_write_platform", &cluster, operator_unset_and_superuser_may_write_platform),
+        trial(
+            "operator_unset_and_superuser_may_write_platform",
+            &cluster,
+            operator_unset_and_superuser_may_write_platform,
+        ),
         trial("caller_setting_rejects_invalid_values", &cluster, caller_setting_rejects_invalid_values),
         trial("forbidden_key_model_provider_is_sg105", &cluster, forbidden_key_model_provider_is_sg105),
         trial("forbidden_key_changes_reach_every_session", &cluster, forbidden_key_changes_reach_every_session),
@@ -36,23 +44,42 @@ fn main() {
         trial("platform_online_without_model_is_sg102", &cluster, platform_online_without_model_is_sg102),
         trial("platform_online_with_unusable_model_is_sg102", &cluster, platform_online_with_unusable_model_is_sg102),
         trial("online_platform_keeps_its_model", &cluster, online_platform_keeps_its_model),
-        trial("platform_created_online_with_model_in_one_transaction", &cluster, platform_created_online_with_model_in_one_transaction),
-        trial("kind_changed_to_platform_while_online_is_sg102", &cluster, kind_changed_to_platform_while_online_is_sg102),
-        trial("register_workspace_failure_commits_and_notifies", &cluster, register_workspace_failure_commits_and_notifies),
+        trial(
+            "platform_created_online_with_model_in_one_transaction",
+            &cluster,
+            platform_created_online_with_model_in_one_transaction,
+        ),
+        trial(
+            "kind_changed_to_platform_while_online_is_sg102",
+            &cluster,
+            kind_changed_to_platform_while_online_is_sg102,
+        ),
+        trial(
+            "register_workspace_failure_commits_and_notifies",
+            &cluster,
+            register_workspace_failure_commits_and_notifies,
+        ),
         trial("register_workspace_success_and_unknown_id", &cluster, register_workspace_success_and_unknown_id),
         trial("has_model_secret_states", &cluster, has_model_secret_states),
         trial("ensure_concierge_provider_outcomes", &cluster, ensure_concierge_provider_outcomes),
         trial("ensure_concierge_provider_fails_closed", &cluster, ensure_concierge_provider_fails_closed),
         trial("ensure_concierge_model_outcomes", &cluster, ensure_concierge_model_outcomes),
         trial("refusals_are_audited_once_without_values", &cluster, refusals_are_audited_once_without_values),
-        trial("agent_deleting_workspaces_cascades_through_the_gate", &cluster, agent_deleting_workspaces_cascades_through_the_gate),
-        trial("agent_cannot_launder_a_write_through_a_kind_change", &cluster, agent_cannot_launder_a_write_through_a_kind_change),
+        trial(
+            "agent_deleting_workspaces_cascades_through_the_gate",
+            &cluster,
+            agent_deleting_workspaces_cascades_through_the_gate,
+        ),
+        trial(
+            "agent_cannot_launder_a_write_through_a_kind_change",
+            &cluster,
+            agent_cannot_launder_a_write_through_a_kind_change,
+        ),
         trial("remembered_row_places_never_outlive_the_row", &cluster, remembered_row_places_never_outlive_the_row),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
 }
-
 
 // ---------------------------------------------------------------------------
 // Callers
@@ -144,25 +171,34 @@ async fn run_op(conn: &mut PgConnection, kr: &Keyring, op: Op<'_>) -> Result<(),
                 .await?;
         }
         Op::SetSecret(ws, key, value) => {
-            sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(ws).bind(key).bind(value).execute(conn).await?;
+            sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+                .bind(ws)
+                .bind(key)
+                .bind(value)
+                .execute(conn)
+                .await?;
         }
         Op::InsertGlobal(key, value) => {
             let (version, blob) = seal(Scope::Global, key, value);
-            sqlx::query("INSERT INTO public.global_secrets (key, encrypted_value, encryption_version) VALUES ($1, $2, $3)")
-                .bind(key)
-                .bind(blob)
-                .bind(version)
-                .execute(conn)
-                .await?;
+            sqlx::query(
+                "INSERT INTO public.global_secrets (key, encrypted_value, encryption_version) VALUES ($1, $2, $3)",
+            )
+            .bind(key)
+            .bind(blob)
+            .bind(version)
+            .execute(conn)
+            .await?;
         }
         Op::UpdateGlobal(key, value) => {
             let (version, blob) = seal(Scope::Global, key, value);
-            sqlx::query("UPDATE public.global_secrets SET encrypted_value = $2, encryption_version = $3 WHERE key = $1")
-                .bind(key)
-                .bind(blob)
-                .bind(version)
-                .execute(conn)
-                .await?;
+            sqlx::query(
+                "UPDATE public.global_secrets SET encrypted_value = $2, encryption_version = $3 WHERE key = $1",
+            )
+            .bind(key)
+            .bind(blob)
+            .bind(version)
+            .execute(conn)
+            .await?;
         }
         Op::DeleteGlobal(key) => {
             sqlx::query("DELETE FROM public.global_secrets WHERE key = $1").bind(key).execute(conn).await?;
@@ -195,7 +231,12 @@ enum At {
 /// `BEGIN; [SET LOCAL secretgate.caller]; ops…; COMMIT`. COMMIT is always
 /// sent: after a failed statement it only rolls back, and when a gate wrongly
 /// lets a write through, the write persists for the "nothing changed" check.
-async fn run_tx(conn: &mut PgConnection, kr: &Keyring, caller: Caller, ops: &[Op<'_>]) -> Result<(), (At, sqlx::Error)> {
+async fn run_tx(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    caller: Caller,
+    ops: &[Op<'_>],
+) -> Result<(), (At, sqlx::Error)> {
     sqlx::raw_sql("BEGIN").execute(&mut *conn).await.map_err(|e| (At::Statement, e))?;
     let set;
     let mut all = Vec::with_capacity(ops.len() + 1);
@@ -240,11 +281,12 @@ impl State {
             .fetch_all(&mut conn)
             .await
             .described("read workspaces")?;
-        let secrets: Vec<(Uuid, String, i32, Vec<u8>)> =
-            sqlx::query_as("SELECT workspace_id, key, encryption_version, encrypted_value FROM public.workspace_secrets")
-                .fetch_all(&mut conn)
-                .await
-                .described("read workspace_secrets")?;
+        let secrets: Vec<(Uuid, String, i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT workspace_id, key, encryption_version, encrypted_value FROM public.workspace_secrets",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .described("read workspace_secrets")?;
         let globals: Vec<(String, i32, Vec<u8>)> =
             sqlx::query_as("SELECT key, encryption_version, encrypted_value FROM public.global_secrets")
                 .fetch_all(&mut conn)
@@ -321,7 +363,9 @@ impl Db {
     async fn allowed(&mut self, caller: Caller, ops: &[Op<'_>]) -> Result<()> {
         match run_tx(&mut self.conn, &self.kr, caller, ops).await {
             Ok(()) => Ok(()),
-            Err((at, e)) => bail!("as {caller:?}, [{}] should be allowed; failed at {at:?}: {}", label(ops), describe(&e)),
+            Err((at, e)) => {
+                bail!("as {caller:?}, [{}] should be allowed; failed at {at:?}: {}", label(ops), describe(&e))
+            }
         }
     }
 
@@ -347,14 +391,22 @@ impl Db {
             }
         };
         if let Some(ws) = ws {
-            ensure!(e.field("workspace_id").as_deref() == Some(ws.to_string().as_str()), "{what}: DETAIL should name workspace {ws}: {e}");
+            ensure!(
+                e.field("workspace_id").as_deref() == Some(ws.to_string().as_str()),
+                "{what}: DETAIL should name workspace {ws}: {e}"
+            );
         }
         if let Some(key) = key {
             ensure!(e.field("key").as_deref() == Some(key), "{what}: DETAIL should name key {key}: {e}");
         }
         ensure!(e.field("reason").is_some_and(|r| !r.is_empty()), "{what}: DETAIL should carry a reason: {e}");
         let after = self.state().await?;
-        ensure!(before == after, "{what}: refused with {}, yet the tables changed: {}", code.sqlstate(), before.diff(&after));
+        ensure!(
+            before == after,
+            "{what}: refused with {}, yet the tables changed: {}",
+            code.sqlstate(),
+            before.diff(&after)
+        );
         Ok(e)
     }
 
@@ -372,7 +424,10 @@ impl Db {
     /// brought to `status` in the same transaction.
     async fn platform(&mut self, status: &str, model: Option<&str>) -> Result<Uuid> {
         let id = Uuid::new_v4();
-        let mut ops = vec![Op::Ws("INSERT INTO public.workspaces (id, kind, status) VALUES ($1, 'platform', 'provisioning')", id)];
+        let mut ops = vec![Op::Ws(
+            "INSERT INTO public.workspaces (id, kind, status) VALUES ($1, 'platform', 'provisioning')",
+            id,
+        )];
         if let Some(m) = model {
             ops.push(Op::SetSecret(id, "MODEL", m));
         }
@@ -398,7 +453,10 @@ impl Db {
 
     async fn plant(&mut self, ws: Uuid, key: &str, set: &str) -> Result<()> {
         let sql = format!("UPDATE public.workspace_secrets SET {set} WHERE workspace_id = $1 AND key = $2");
-        sqlx::raw_sql("BEGIN; SET LOCAL session_replication_role = replica").execute(&mut self.conn).await.described("BEGIN")?;
+        sqlx::raw_sql("BEGIN; SET LOCAL session_replication_role = replica")
+            .execute(&mut self.conn)
+            .await
+            .described("BEGIN")?;
         let r = sqlx::query(&sql).bind(ws).bind(key).execute(&mut self.conn).await;
         sqlx::raw_sql("COMMIT").execute(&mut self.conn).await.described("COMMIT")?;
         let n = r.described("planting a bad row")?.rows_affected();
@@ -481,7 +539,12 @@ async fn expect_one_audit(
 ) -> Result<Value> {
     let lines = new_audit_lines(cluster, db, mark).await?;
     let what = fields.iter().find(|(k, _)| *k == "event").map(|(_, v)| v.to_string()).unwrap_or_default();
-    ensure!(lines.len() == 1, "expected exactly one new audit line for {what}, got {}: {:?}", lines.len(), lines.iter().map(|l| &l.1).collect::<Vec<_>>());
+    ensure!(
+        lines.len() == 1,
+        "expected exactly one new audit line for {what}, got {}: {:?}",
+        lines.len(),
+        lines.iter().map(|l| &l.1).collect::<Vec<_>>()
+    );
     let (raw, line) = &lines[0];
     for (k, want) in fields {
         ensure!(line.get(*k) == Some(want), "audit line {what}: {k} should be {want}, line: {line}");
@@ -532,7 +595,13 @@ async fn agent_setting_cannot_write_platform_secrets(cluster: Arc<Cluster>) -> R
         ("BB_TOKEN", vec![Op::Ws2(move_sql, p, o)]),
         ("BB_OTHER", vec![Op::Ws2(move_in, o, p)]),
         // A rename writes the new key name (the refusal names it).
-        ("BB_RENAMED", vec![Op::Ws("UPDATE public.workspace_secrets SET key = 'BB_RENAMED' WHERE workspace_id = $1 AND key = 'BB_TOKEN'", p)]),
+        (
+            "BB_RENAMED",
+            vec![Op::Ws(
+                "UPDATE public.workspace_secrets SET key = 'BB_RENAMED' WHERE workspace_id = $1 AND key = 'BB_TOKEN'",
+                p,
+            )],
+        ),
         // A later allowed statement does not rescue the transaction.
         ("BB_NEW", vec![Op::SetSecret(o, "BB_FINE", &v), Op::Insert(p, "BB_NEW", &v)]),
     ];
@@ -541,12 +610,36 @@ async fn agent_setting_cannot_write_platform_secrets(cluster: Arc<Cluster>) -> R
         e.assert_no_leak(&[&v, &model, &other_model])?;
     }
     // The upper-case spelling of the setting is the same enum value.
-    db.refused(Some("AGENT"), &[Op::SetSecret(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some("BB_NEW")).await?;
+    db.refused(
+        Some("AGENT"),
+        &[Op::SetSecret(p, "BB_NEW", &v)],
+        At::Statement,
+        Code::ConciergeSelfWriteBlocked,
+        Some(p),
+        Some("BB_NEW"),
+    )
+    .await?;
 
     // Online: deleting MODEL as an agent is a self-write first (not SG102 at commit).
     db.allowed(OPERATOR, &[Op::Ws("UPDATE public.workspaces SET status = 'online' WHERE id = $1", p)]).await?;
-    db.refused(AGENT, &[Op::Delete(p, "MODEL")], At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some("MODEL")).await?;
-    db.refused(AGENT, &[Op::Insert(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some("BB_NEW")).await?;
+    db.refused(
+        AGENT,
+        &[Op::Delete(p, "MODEL")],
+        At::Statement,
+        Code::ConciergeSelfWriteBlocked,
+        Some(p),
+        Some("MODEL"),
+    )
+    .await?;
+    db.refused(
+        AGENT,
+        &[Op::Insert(p, "BB_NEW", &v)],
+        At::Statement,
+        Code::ConciergeSelfWriteBlocked,
+        Some(p),
+        Some("BB_NEW"),
+    )
+    .await?;
     Ok(())
 }
 
@@ -575,7 +668,9 @@ async fn agent_role_member_is_agent_whatever_it_sets(cluster: Arc<Cluster>) -> R
         kr: cluster.initial_keys().keyring(),
     };
     for setting in [OPERATOR, UNSET, Some("workspace"), AGENT] {
-        for ops in [vec![Op::Insert(p, "BB_NEW", &v)], vec![Op::SetSecret(p, "BB_NEW", &v)], vec![Op::Delete(p, "BB_TOKEN")]] {
+        for ops in
+            [vec![Op::Insert(p, "BB_NEW", &v)], vec![Op::SetSecret(p, "BB_NEW", &v)], vec![Op::Delete(p, "BB_TOKEN")]]
+        {
             let key = if matches!(ops[0], Op::Delete(..)) { "BB_TOKEN" } else { "BB_NEW" };
             as_member
                 .refused(setting, &ops, At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some(key))
@@ -590,9 +685,16 @@ async fn agent_role_member_is_agent_whatever_it_sets(cluster: Arc<Cluster>) -> R
 
     // A superuser session that SET ROLEs to the member is an agent too.
     let set_role = format!("SET LOCAL ROLE {member}");
-    db.refused(OPERATOR, &[Op::Sql(&set_role), Op::SetSecret(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some("BB_NEW"))
-        .await
-        .context("superuser after SET ROLE to a secretgate_agent member")?;
+    db.refused(
+        OPERATOR,
+        &[Op::Sql(&set_role), Op::SetSecret(p, "BB_NEW", &v)],
+        At::Statement,
+        Code::ConciergeSelfWriteBlocked,
+        Some(p),
+        Some("BB_NEW"),
+    )
+    .await
+    .context("superuser after SET ROLE to a secretgate_agent member")?;
 
     // A role outside secretgate_agent is an agent only when the setting says so.
     let mut as_outsider = Db {
@@ -601,7 +703,16 @@ async fn agent_role_member_is_agent_whatever_it_sets(cluster: Arc<Cluster>) -> R
         conn: PgConnection::connect(&cluster.url_as(&outsider, &db.name)).await.context("connect as the outsider")?,
         kr: cluster.initial_keys().keyring(),
     };
-    as_outsider.refused(AGENT, &[Op::Insert(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some("BB_NEW")).await?;
+    as_outsider
+        .refused(
+            AGENT,
+            &[Op::Insert(p, "BB_NEW", &v)],
+            At::Statement,
+            Code::ConciergeSelfWriteBlocked,
+            Some(p),
+            Some("BB_NEW"),
+        )
+        .await?;
     as_outsider.allowed(UNSET, &[Op::Insert(p, "BB_OUT1", &v)]).await.context("non-member, setting unset")?;
     as_outsider.allowed(OPERATOR, &[Op::SetSecret(p, "BB_OUT2", &v)]).await.context("non-member, setting operator")?;
     as_outsider.conn.close().await?;
@@ -631,8 +742,17 @@ async fn refusal_raised_inside_set_secret_keeps_its_code(cluster: Arc<Cluster>) 
     let (url, mut admin) = migrated_database(&cluster, &db_name("g_inside")).await?;
     let ws = Uuid::new_v4();
     let (old, new) = (cluster.fresh_secret(), cluster.fresh_secret());
-    sqlx::query("INSERT INTO public.workspaces (id, kind) VALUES ($1, 'external')").bind(ws).execute(&mut admin).await.described("ws")?;
-    sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)").bind(ws).bind(&old).execute(&mut admin).await.described("seed")?;
+    sqlx::query("INSERT INTO public.workspaces (id, kind) VALUES ($1, 'external')")
+        .bind(ws)
+        .execute(&mut admin)
+        .await
+        .described("ws")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)")
+        .bind(ws)
+        .bind(&old)
+        .execute(&mut admin)
+        .await
+        .described("seed")?;
 
     // An operator holds the secret's row.
     let mut operator = PgConnection::connect(&url).await.context("operator")?;
@@ -648,7 +768,12 @@ async fn refusal_raised_inside_set_secret_keeps_its_code(cluster: Arc<Cluster>) 
         let mut conn = PgConnection::connect(&agent_url).await?;
         let mut tx = conn.begin().await?;
         sqlx::query("SET LOCAL secretgate.caller = 'agent'").execute(&mut *tx).await?;
-        sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)").bind(ws).bind(&value).execute(&mut *tx).await.map(|_| ())
+        sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)")
+            .bind(ws)
+            .bind(&value)
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -665,7 +790,11 @@ async fn refusal_raised_inside_set_secret_keeps_its_code(cluster: Arc<Cluster>) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Meanwhile the workspace becomes a platform one.
-    sqlx::query("UPDATE public.workspaces SET kind = 'platform' WHERE id = $1").bind(ws).execute(&mut *held).await.described("kind")?;
+    sqlx::query("UPDATE public.workspaces SET kind = 'platform' WHERE id = $1")
+        .bind(ws)
+        .execute(&mut *held)
+        .await
+        .described("kind")?;
     held.commit().await.described("commit")?;
     let result = agent.await.context("the agent's task")?;
     expect_sg(result, Code::ConciergeSelfWriteBlocked)?.assert_no_leak(&[&new, &old])?;
@@ -694,7 +823,10 @@ async fn agent_may_write_ordinary_workspaces(cluster: Arc<Cluster>) -> Result<()
         // Global secrets are not a platform workspace's.
         let g = format!("BB_G_{}", kind.to_uppercase());
         db.allowed(AGENT, &[Op::SetGlobal(&g, &a)]).await?;
-        ensure!(db.read_global(&g).await?.as_deref() == Some(a.as_str()), "agent set_global_secret should store the value");
+        ensure!(
+            db.read_global(&g).await?.as_deref() == Some(a.as_str()),
+            "agent set_global_secret should store the value"
+        );
     }
     Ok(())
 }
@@ -716,11 +848,18 @@ async fn operator_unset_and_superuser_may_write_platform(cluster: Arc<Cluster>) 
         ensure!(!db.state().await?.has(p, &ka), "{caller:?}: DELETE should remove the row");
     }
     let m2 = model_value(&cluster);
-    db.allowed(UNSET, &[Op::SetSecret(p, "MODEL", &m2)]).await.context("the operator replaces MODEL with another usable one")?;
+    db.allowed(UNSET, &[Op::SetSecret(p, "MODEL", &m2)])
+        .await
+        .context("the operator replaces MODEL with another usable one")?;
     db.expect_value(p, "MODEL", &m2, "MODEL replaced").await?;
     // Outside a transaction block too.
     let v = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'BB_AUTO', $2)").bind(p).bind(&v).execute(&mut db.conn).await.described("autocommit set_secret")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'BB_AUTO', $2)")
+        .bind(p)
+        .bind(&v)
+        .execute(&mut db.conn)
+        .await
+        .described("autocommit set_secret")?;
     db.expect_value(p, "BB_AUTO", &v, "autocommit set_secret").await?;
     Ok(())
 }
@@ -731,7 +870,8 @@ async fn caller_setting_rejects_invalid_values(cluster: Arc<Cluster>) -> Result<
         let sql = format!("SET secretgate.caller = '{bad}'");
         expect_sqlstate(sqlx::raw_sql(&sql).execute(&mut db.conn).await, "22023").with_context(|| sql.clone())?;
         let r = run_tx(&mut db.conn, &db.kr, None, &[Op::Sql(&format!("SET LOCAL secretgate.caller = '{bad}'"))]).await;
-        expect_sqlstate(r.map_err(|(_, e)| e), "22023").with_context(|| format!("SET LOCAL secretgate.caller = '{bad}'"))?;
+        expect_sqlstate(r.map_err(|(_, e)| e), "22023")
+            .with_context(|| format!("SET LOCAL secretgate.caller = '{bad}'"))?;
         let r = sqlx::query("SELECT set_config('secretgate.caller', $1, true)").bind(bad).execute(&mut db.conn).await;
         expect_sqlstate(r, "22023").with_context(|| format!("set_config('secretgate.caller', '{bad}')"))?;
     }
@@ -771,18 +911,43 @@ async fn forbidden_key_model_provider_is_sg105(cluster: Arc<Cluster>) -> Result<
 
     // Legacy rows planted with the gates detached: updating them is refused, deleting is allowed.
     sqlx::query("SELECT secretgate.detach_gates()").execute(&mut db.conn).await.described("detach_gates")?;
-    let planted = db.allowed(UNSET, &[Op::Insert(o, K, "claude-code"), Op::Insert(p, K, "minimax"), Op::InsertGlobal(K, "minimax")]).await;
-    sqlx::query("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .execute(&mut db.conn)
-        .await
-        .described("attach_gates")?;
+    let planted = db
+        .allowed(UNSET, &[Op::Insert(o, K, "claude-code"), Op::Insert(p, K, "minimax"), Op::InsertGlobal(K, "minimax")])
+        .await;
+    sqlx::query(
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .execute(&mut db.conn)
+    .await
+    .described("attach_gates")?;
     planted.context("planting MODEL_PROVIDER rows with the gates detached")?;
-    db.refused(OPERATOR, &[Op::Update(o, K, "anthropic:claude-opus-4-7")], At::Statement, Code::ForbiddenSecretKey, Some(o), Some(K)).await?;
-    db.refused(OPERATOR, &[Op::UpdateGlobal(K, "anthropic:claude-opus-4-7")], At::Statement, Code::ForbiddenSecretKey, None, Some(K)).await?;
-    db.allowed(OPERATOR, &[Op::Delete(o, K), Op::Delete(p, K)]).await.context("deleting a legacy MODEL_PROVIDER row")?;
+    db.refused(
+        OPERATOR,
+        &[Op::Update(o, K, "anthropic:claude-opus-4-7")],
+        At::Statement,
+        Code::ForbiddenSecretKey,
+        Some(o),
+        Some(K),
+    )
+    .await?;
+    db.refused(
+        OPERATOR,
+        &[Op::UpdateGlobal(K, "anthropic:claude-opus-4-7")],
+        At::Statement,
+        Code::ForbiddenSecretKey,
+        None,
+        Some(K),
+    )
+    .await?;
+    db.allowed(OPERATOR, &[Op::Delete(o, K), Op::Delete(p, K)])
+        .await
+        .context("deleting a legacy MODEL_PROVIDER row")?;
     db.allowed(UNSET, &[Op::DeleteGlobal(K)]).await.context("deleting a legacy global MODEL_PROVIDER row")?;
     let s = db.state().await?;
-    ensure!(!s.has(o, K) && !s.has(p, K) && !s.globals.contains_key(K), "the legacy MODEL_PROVIDER rows should be deleted");
+    ensure!(
+        !s.has(o, K) && !s.has(p, K) && !s.globals.contains_key(K),
+        "the legacy MODEL_PROVIDER rows should be deleted"
+    );
     Ok(())
 }
 
@@ -791,7 +956,12 @@ async fn forbidden_key_model_provider_is_sg105(cluster: Arc<Cluster>) -> Result<
 /// already used the list, from its next transaction; and in the DBA's own
 /// transaction at once.
 async fn write_old_token(conn: &mut PgConnection, ws: Uuid, value: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT secretgate.set_secret($1, 'OLD_TOKEN', $2)").bind(ws).bind(value).execute(conn).await.map(|_| ())
+    sqlx::query("SELECT secretgate.set_secret($1, 'OLD_TOKEN', $2)")
+        .bind(ws)
+        .bind(value)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 async fn forbidden_key_changes_reach_every_session(cluster: Arc<Cluster>) -> Result<()> {
@@ -803,16 +973,30 @@ async fn forbidden_key_changes_reach_every_session(cluster: Arc<Cluster>) -> Res
         .described("ws")?;
     let value = cluster.fresh_secret();
     write_old_token(&mut writer, ws, &value).await.described("allowed at first")?;
-    sqlx::query("INSERT INTO secretgate.forbidden_keys VALUES ('OLD_TOKEN', 'retired')").execute(&mut dba).await.described("forbid")?;
-    expect_sg(write_old_token(&mut writer, ws, &value).await, Code::ForbiddenSecretKey).context("forbidden in another session")?;
-    sqlx::query("UPDATE secretgate.forbidden_keys SET key = 'OLDER_TOKEN' WHERE key = 'OLD_TOKEN'").execute(&mut dba).await.described("rename")?;
+    sqlx::query("INSERT INTO secretgate.forbidden_keys VALUES ('OLD_TOKEN', 'retired')")
+        .execute(&mut dba)
+        .await
+        .described("forbid")?;
+    expect_sg(write_old_token(&mut writer, ws, &value).await, Code::ForbiddenSecretKey)
+        .context("forbidden in another session")?;
+    sqlx::query("UPDATE secretgate.forbidden_keys SET key = 'OLDER_TOKEN' WHERE key = 'OLD_TOKEN'")
+        .execute(&mut dba)
+        .await
+        .described("rename")?;
     write_old_token(&mut writer, ws, &value).await.described("allowed again after the DBA renamed the entry")?;
     // In the DBA's own transaction, its change applies to its next statement.
     let mut tx = dba.begin().await?;
     write_old_token(&mut tx, ws, &value).await.described("allowed before the change")?;
-    sqlx::query("DELETE FROM secretgate.forbidden_keys WHERE key = 'OLDER_TOKEN'").execute(&mut *tx).await.described("delete")?;
-    sqlx::query("INSERT INTO secretgate.forbidden_keys VALUES ('OLD_TOKEN', 'retired again')").execute(&mut *tx).await.described("re-add")?;
-    expect_sg(write_old_token(&mut tx, ws, &value).await, Code::ForbiddenSecretKey).context("forbidden in the same transaction")?;
+    sqlx::query("DELETE FROM secretgate.forbidden_keys WHERE key = 'OLDER_TOKEN'")
+        .execute(&mut *tx)
+        .await
+        .described("delete")?;
+    sqlx::query("INSERT INTO secretgate.forbidden_keys VALUES ('OLD_TOKEN', 'retired again')")
+        .execute(&mut *tx)
+        .await
+        .described("re-add")?;
+    expect_sg(write_old_token(&mut tx, ws, &value).await, Code::ForbiddenSecretKey)
+        .context("forbidden in the same transaction")?;
     drop(tx);
     // Rolled back: allowed again, in both sessions.
     write_old_token(&mut dba, ws, &value).await.described("allowed after the rollback")?;
@@ -825,7 +1009,11 @@ async fn model_equal_to_provider_name_is_sg107(cluster: Arc<Cluster>) -> Result<
     let o = db.workspace("workspace", "offline").await?;
     let p = db.platform("offline", None).await?;
     for name in ["minimax", "openai", "anthropic", "platform"] {
-        for ops in [vec![Op::SetSecret(o, "MODEL", name)], vec![Op::Insert(o, "MODEL", name)], vec![Op::SetSecret(p, "MODEL", name)]] {
+        for ops in [
+            vec![Op::SetSecret(o, "MODEL", name)],
+            vec![Op::Insert(o, "MODEL", name)],
+            vec![Op::SetSecret(p, "MODEL", name)],
+        ] {
             let ws = match ops[0] {
                 Op::SetSecret(w, ..) | Op::Insert(w, ..) => w,
                 _ => unreachable!(),
@@ -833,18 +1021,47 @@ async fn model_equal_to_provider_name_is_sg107(cluster: Arc<Cluster>) -> Result<
             let e = db.refused(OPERATOR, &ops, At::Statement, Code::InvalidModelId, Some(ws), Some("MODEL")).await?;
             ensure!(e.field("provider").as_deref() == Some(name), "SG107 DETAIL should name the provider {name}: {e}");
         }
-        db.refused(UNSET, &[Op::SetGlobal("MODEL", name)], At::Statement, Code::InvalidModelId, None, Some("MODEL")).await?;
-        db.refused(UNSET, &[Op::InsertGlobal("MODEL", name)], At::Statement, Code::InvalidModelId, None, Some("MODEL")).await?;
+        db.refused(UNSET, &[Op::SetGlobal("MODEL", name)], At::Statement, Code::InvalidModelId, None, Some("MODEL"))
+            .await?;
+        db.refused(UNSET, &[Op::InsertGlobal("MODEL", name)], At::Statement, Code::InvalidModelId, None, Some("MODEL"))
+            .await?;
     }
     // Updating an existing MODEL to a slug.
     let good = model_value(&cluster);
     db.set(o, "MODEL", &good).await?;
-    db.refused(OPERATOR, &[Op::Update(o, "MODEL", "minimax")], At::Statement, Code::InvalidModelId, Some(o), Some("MODEL")).await?;
-    db.refused(AGENT, &[Op::SetSecret(o, "MODEL", "openai")], At::Statement, Code::InvalidModelId, Some(o), Some("MODEL")).await?;
+    db.refused(
+        OPERATOR,
+        &[Op::Update(o, "MODEL", "minimax")],
+        At::Statement,
+        Code::InvalidModelId,
+        Some(o),
+        Some("MODEL"),
+    )
+    .await?;
+    db.refused(
+        AGENT,
+        &[Op::SetSecret(o, "MODEL", "openai")],
+        At::Statement,
+        Code::InvalidModelId,
+        Some(o),
+        Some("MODEL"),
+    )
+    .await?;
     db.expect_value(o, "MODEL", &good, "MODEL after refused updates").await?;
     // The registry decides: a provider added by a DBA is a slug too.
-    sqlx::query("INSERT INTO secretgate.providers (name) VALUES ('bb-custom')").execute(&mut db.conn).await.described("add provider")?;
-    db.refused(OPERATOR, &[Op::SetSecret(o, "MODEL", "bb-custom")], At::Statement, Code::InvalidModelId, Some(o), Some("MODEL")).await?;
+    sqlx::query("INSERT INTO secretgate.providers (name) VALUES ('bb-custom')")
+        .execute(&mut db.conn)
+        .await
+        .described("add provider")?;
+    db.refused(
+        OPERATOR,
+        &[Op::SetSecret(o, "MODEL", "bb-custom")],
+        At::Statement,
+        Code::InvalidModelId,
+        Some(o),
+        Some("MODEL"),
+    )
+    .await?;
     // Real model ids that merely start with a provider name are fine.
     for id in ["minimax:abab6.5s-chat", "MiniMax-M1", "gpt-5", "openai:gpt-4o", "platform:default"] {
         db.allowed(OPERATOR, &[Op::SetSecret(o, "MODEL", id)]).await?;
@@ -865,7 +1082,15 @@ async fn platform_online_without_model_is_sg102(cluster: Arc<Cluster>) -> Result
     for from in ["provisioning", "offline", "failed"] {
         let p = db.platform(from, None).await?;
         for caller in [OPERATOR, UNSET, AGENT] {
-            db.refused(caller, &[Op::Ws(ONLINE, p)], At::Commit, Code::PlatformAgentIdentityGate, Some(p), Some("MODEL")).await?;
+            db.refused(
+                caller,
+                &[Op::Ws(ONLINE, p)],
+                At::Commit,
+                Code::PlatformAgentIdentityGate,
+                Some(p),
+                Some("MODEL"),
+            )
+            .await?;
             ensure!(db.state().await?.status(p) == Some(from), "status should still be {from}");
         }
         // Outside a transaction block the statement's own commit refuses it.
@@ -889,7 +1114,8 @@ async fn platform_online_without_model_is_sg102(cluster: Arc<Cluster>) -> Result
     // A MODEL under another key name does not count.
     let p = db.platform("offline", None).await?;
     db.set(p, "BB_MODEL", &model_value(&cluster)).await?;
-    db.refused(OPERATOR, &[Op::Ws(ONLINE, p)], At::Commit, Code::PlatformAgentIdentityGate, Some(p), Some("MODEL")).await?;
+    db.refused(OPERATOR, &[Op::Ws(ONLINE, p)], At::Commit, Code::PlatformAgentIdentityGate, Some(p), Some("MODEL"))
+        .await?;
     // Ordinary workspaces need no MODEL.
     let o = db.workspace("workspace", "offline").await?;
     db.allowed(OPERATOR, &[Op::Ws(ONLINE, o)]).await?;
@@ -934,12 +1160,26 @@ async fn online_platform_keeps_its_model(cluster: Arc<Cluster>) -> Result<()> {
     }
     // Outside a transaction block.
     let before = db.state().await?;
-    expect_sg(sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'").bind(p).execute(&mut db.conn).await, Code::PlatformAgentIdentityGate)
-        .context("autocommit DELETE of MODEL")?;
+    expect_sg(
+        sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
+            .bind(p)
+            .execute(&mut db.conn)
+            .await,
+        Code::PlatformAgentIdentityGate,
+    )
+    .context("autocommit DELETE of MODEL")?;
     let after = db.state().await?;
     ensure!(before == after, "autocommit DELETE of MODEL refused, yet: {}", before.diff(&after));
     // TRUNCATE is refused at once.
-    db.refused(OPERATOR, &[Op::Sql("TRUNCATE public.workspace_secrets")], At::Statement, Code::PlatformAgentIdentityGate, None, None).await?;
+    db.refused(
+        OPERATOR,
+        &[Op::Sql("TRUNCATE public.workspace_secrets")],
+        At::Statement,
+        Code::PlatformAgentIdentityGate,
+        None,
+        None,
+    )
+    .await?;
     db.expect_value(p, "MODEL", &model, "MODEL after the refusals").await?;
 
     // Replacing MODEL with another usable one, or delete + insert in one transaction, is fine.
@@ -947,7 +1187,11 @@ async fn online_platform_keeps_its_model(cluster: Arc<Cluster>) -> Result<()> {
     db.allowed(OPERATOR, &[Op::Delete(p, "MODEL"), Op::Insert(p, "MODEL", &m2)]).await?;
     db.expect_value(p, "MODEL", &m2, "MODEL replaced in one transaction").await?;
     // Taken offline first, the MODEL may go.
-    db.allowed(OPERATOR, &[Op::Ws("UPDATE public.workspaces SET status = 'offline' WHERE id = $1", p), Op::Delete(p, "MODEL")]).await?;
+    db.allowed(
+        OPERATOR,
+        &[Op::Ws("UPDATE public.workspaces SET status = 'offline' WHERE id = $1", p), Op::Delete(p, "MODEL")],
+    )
+    .await?;
     ensure!(!db.state().await?.has(p, "MODEL"), "MODEL of an offline platform workspace should be deletable");
     // With no platform workspace online, TRUNCATE is allowed.
     db.allowed(OPERATOR, &[Op::Sql("TRUNCATE public.workspace_secrets")]).await?;
@@ -961,16 +1205,30 @@ async fn platform_created_online_with_model_in_one_transaction(cluster: Arc<Clus
     let insert_prov = "INSERT INTO public.workspaces (id, kind, status) VALUES ($1, 'platform', 'provisioning')";
     let (a, b, c, d) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (ma, mb, mc) = (model_value(&cluster), model_value(&cluster), model_value(&cluster));
-    db.allowed(OPERATOR, &[Op::Ws(insert_online, a), Op::SetSecret(a, "MODEL", &ma)]).await.context("insert online, then set_secret MODEL")?;
-    db.allowed(UNSET, &[Op::Ws(insert_online, b), Op::Insert(b, "MODEL", &mb)]).await.context("insert online, then INSERT MODEL")?;
-    db.allowed(OPERATOR, &[Op::Ws(insert_prov, c), Op::SetSecret(c, "MODEL", &mc), Op::Ws(ONLINE, c)]).await.context("provisioning, MODEL, online")?;
+    db.allowed(OPERATOR, &[Op::Ws(insert_online, a), Op::SetSecret(a, "MODEL", &ma)])
+        .await
+        .context("insert online, then set_secret MODEL")?;
+    db.allowed(UNSET, &[Op::Ws(insert_online, b), Op::Insert(b, "MODEL", &mb)])
+        .await
+        .context("insert online, then INSERT MODEL")?;
+    db.allowed(OPERATOR, &[Op::Ws(insert_prov, c), Op::SetSecret(c, "MODEL", &mc), Op::Ws(ONLINE, c)])
+        .await
+        .context("provisioning, MODEL, online")?;
     let s = db.state().await?;
     for (ws, m) in [(a, &ma), (b, &mb), (c, &mc)] {
         ensure!(s.status(ws) == Some("online"), "{ws} should be online");
         db.expect_value(ws, "MODEL", m, "MODEL created with its workspace").await?;
     }
     // Inserted online with an empty MODEL is still refused.
-    db.refused(OPERATOR, &[Op::Ws(insert_online, d), Op::SetSecret(d, "MODEL", "")], At::Commit, Code::PlatformAgentIdentityGate, Some(d), Some("MODEL")).await?;
+    db.refused(
+        OPERATOR,
+        &[Op::Ws(insert_online, d), Op::SetSecret(d, "MODEL", "")],
+        At::Commit,
+        Code::PlatformAgentIdentityGate,
+        Some(d),
+        Some("MODEL"),
+    )
+    .await?;
     Ok(())
 }
 
@@ -979,12 +1237,28 @@ async fn kind_changed_to_platform_while_online_is_sg102(cluster: Arc<Cluster>) -
     let to_platform = "UPDATE public.workspaces SET kind = 'platform' WHERE id = $1";
     for kind in ["workspace", "external"] {
         let w = db.workspace(kind, "online").await?;
-        db.refused(OPERATOR, &[Op::Ws(to_platform, w)], At::Commit, Code::PlatformAgentIdentityGate, Some(w), Some("MODEL")).await?;
+        db.refused(
+            OPERATOR,
+            &[Op::Ws(to_platform, w)],
+            At::Commit,
+            Code::PlatformAgentIdentityGate,
+            Some(w),
+            Some("MODEL"),
+        )
+        .await?;
         let s = db.state().await?;
         ensure!(s.workspaces.get(&w).map(|(k, _)| k.as_str()) == Some(kind), "kind should still be {kind}");
         // With an empty MODEL too.
         db.set(w, "MODEL", "").await?;
-        db.refused(OPERATOR, &[Op::Ws(to_platform, w)], At::Commit, Code::PlatformAgentIdentityGate, Some(w), Some("MODEL")).await?;
+        db.refused(
+            OPERATOR,
+            &[Op::Ws(to_platform, w)],
+            At::Commit,
+            Code::PlatformAgentIdentityGate,
+            Some(w),
+            Some("MODEL"),
+        )
+        .await?;
         // With a usable MODEL it may become the concierge.
         db.set(w, "MODEL", &model_value(&cluster)).await?;
         db.allowed(OPERATOR, &[Op::Ws(to_platform, w)]).await?;
@@ -1005,7 +1279,8 @@ async fn next_event(listener: &mut PgListener, within: Duration) -> Result<Optio
         Ok(n) => {
             let n = n.map_err(|e| anyhow!("listener: {e}"))?;
             ensure!(n.channel() == "secretgate_events", "notification on channel {:?}", n.channel());
-            let v: Value = serde_json::from_str(n.payload()).with_context(|| format!("payload is not JSON: {}", n.payload()))?;
+            let v: Value =
+                serde_json::from_str(n.payload()).with_context(|| format!("payload is not JSON: {}", n.payload()))?;
             Ok(Some(v))
         }
     }
@@ -1023,9 +1298,14 @@ async fn register_workspace_failure_commits_and_notifies(cluster: Arc<Cluster>) 
     let unknown = db.platform("offline", Some(&model_value(&cluster))).await?;
     db.unknown_version(unknown, "MODEL").await?;
 
-    for (n, (what, p)) in [("no MODEL", none), ("empty MODEL", empty), ("corrupt MODEL", corrupt), ("MODEL under an unknown key version", unknown)]
-        .into_iter()
-        .enumerate()
+    for (n, (what, p)) in [
+        ("no MODEL", none),
+        ("empty MODEL", empty),
+        ("corrupt MODEL", corrupt),
+        ("MODEL under an unknown key version", unknown),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let before = db.state().await?;
         let mark = audit_lines(&cluster, &db.name)?.len();
@@ -1043,9 +1323,19 @@ async fn register_workspace_failure_commits_and_notifies(cluster: Arc<Cluster>) 
             "{what}: register_workspace should return ('failed', 'PLATFORM_AGENT_IDENTITY_GATE'), got {row:?}"
         );
         let after = db.state().await?;
-        ensure!(after.status(p) == Some("failed"), "{what}: status should be committed as 'failed', is {:?}", after.status(p));
-        ensure!(before.secrets == after.secrets && before.globals == after.globals, "{what}: secrets changed: {}", before.diff(&after));
-        let event = next_event(&mut listener, Duration::from_secs(5)).await?.ok_or_else(|| anyhow!("{what}: no secretgate_events notification"))?;
+        ensure!(
+            after.status(p) == Some("failed"),
+            "{what}: status should be committed as 'failed', is {:?}",
+            after.status(p)
+        );
+        ensure!(
+            before.secrets == after.secrets && before.globals == after.globals,
+            "{what}: secrets changed: {}",
+            before.diff(&after)
+        );
+        let event = next_event(&mut listener, Duration::from_secs(5))
+            .await?
+            .ok_or_else(|| anyhow!("{what}: no secretgate_events notification"))?;
         ensure!(
             event.get("event") == Some(&json!("WORKSPACE_PROVISION_FAILED"))
                 && event.get("code") == Some(&json!("PLATFORM_AGENT_IDENTITY_GATE"))
@@ -1069,15 +1359,22 @@ async fn register_workspace_failure_commits_and_notifies(cluster: Arc<Cluster>) 
         .await
         .context(what)?;
         // Failed stays failed: the row cannot then be set online by hand either.
-        db.refused(OPERATOR, &[Op::Ws(ONLINE, p)], At::Commit, Code::PlatformAgentIdentityGate, Some(p), Some("MODEL")).await?;
+        db.refused(OPERATOR, &[Op::Ws(ONLINE, p)], At::Commit, Code::PlatformAgentIdentityGate, Some(p), Some("MODEL"))
+            .await?;
     }
     // A rolled-back registration sends nothing (NOTIFY is transactional) and changes nothing.
     let p = db.platform("provisioning", None).await?;
     sqlx::raw_sql("BEGIN").execute(&mut db.conn).await?;
     let _ = register(&mut db.conn, p).await.described("register in a rolled-back transaction")?;
     sqlx::raw_sql("ROLLBACK").execute(&mut db.conn).await?;
-    ensure!(db.state().await?.status(p) == Some("provisioning"), "a rolled-back registration must not change the status");
-    ensure!(next_event(&mut listener, Duration::from_millis(500)).await?.is_none(), "a rolled-back registration must not notify");
+    ensure!(
+        db.state().await?.status(p) == Some("provisioning"),
+        "a rolled-back registration must not change the status"
+    );
+    ensure!(
+        next_event(&mut listener, Duration::from_millis(500)).await?.is_none(),
+        "a rolled-back registration must not notify"
+    );
     Ok(())
 }
 
@@ -1089,18 +1386,30 @@ async fn register_workspace_success_and_unknown_id(cluster: Arc<Cluster>) -> Res
     let p = db.platform("provisioning", Some(&model)).await?;
     let w = db.workspace("workspace", "provisioning").await?;
     let x = db.workspace("external", "failed").await?;
-    for (what, ws) in [("platform with MODEL", p), ("platform again (re-registration)", p), ("ordinary", w), ("external", x)] {
+    for (what, ws) in
+        [("platform with MODEL", p), ("platform again (re-registration)", p), ("ordinary", w), ("external", x)]
+    {
         let row = register(&mut db.conn, ws).await.described(what)?;
-        ensure!(row == ("online".to_string(), None), "{what}: register_workspace should return ('online', NULL), got {row:?}");
+        ensure!(
+            row == ("online".to_string(), None),
+            "{what}: register_workspace should return ('online', NULL), got {row:?}"
+        );
         ensure!(db.state().await?.status(ws) == Some("online"), "{what}: status should be online");
     }
     db.expect_value(p, "MODEL", &model, "MODEL after registration").await?;
-    ensure!(next_event(&mut listener, Duration::from_millis(500)).await?.is_none(), "a successful registration must not announce a failure");
+    ensure!(
+        next_event(&mut listener, Duration::from_millis(500)).await?.is_none(),
+        "a successful registration must not announce a failure"
+    );
 
     let nobody = Uuid::new_v4();
     let before = db.state().await?;
-    let e = expect_sg(register(&mut db.conn, nobody).await, Code::WorkspaceKindUnknown).context("register_workspace of an unknown id")?;
-    ensure!(e.field("workspace_id").as_deref() == Some(nobody.to_string().as_str()), "SG106 DETAIL should name the id: {e}");
+    let e = expect_sg(register(&mut db.conn, nobody).await, Code::WorkspaceKindUnknown)
+        .context("register_workspace of an unknown id")?;
+    ensure!(
+        e.field("workspace_id").as_deref() == Some(nobody.to_string().as_str()),
+        "SG106 DETAIL should name the id: {e}"
+    );
     let after = db.state().await?;
     ensure!(before == after, "register_workspace of an unknown id changed: {}", before.diff(&after));
     Ok(())
@@ -1125,13 +1434,24 @@ async fn has_model_secret_states(cluster: Arc<Cluster>) -> Result<()> {
     let ordinary = db.workspace("workspace", "offline").await?;
     db.set(ordinary, "MODEL", "gpt-5").await?;
 
-    for (what, ws, want) in [("usable", usable, true), ("no row", none, false), ("empty", empty, false), ("ordinary with MODEL", ordinary, true), ("unknown workspace", Uuid::new_v4(), false)] {
+    for (what, ws, want) in [
+        ("usable", usable, true),
+        ("no row", none, false),
+        ("empty", empty, false),
+        ("ordinary with MODEL", ordinary, true),
+        ("unknown workspace", Uuid::new_v4(), false),
+    ] {
         let got = has_model(&mut db.conn, ws).await.described(what)?;
         ensure!(got == want, "has_model_secret ({what}) should be {want}, got {got}");
     }
-    let e = expect_sg(has_model(&mut db.conn, corrupt).await, Code::DecryptFailed).context("has_model_secret of a corrupt MODEL")?;
-    ensure!(e.field("workspace_id").as_deref() == Some(corrupt.to_string().as_str()), "SG001 should name the workspace: {e}");
-    expect_sg(has_model(&mut db.conn, unknown).await, Code::UnknownKeyVersion).context("has_model_secret of a MODEL under version 99")?;
+    let e = expect_sg(has_model(&mut db.conn, corrupt).await, Code::DecryptFailed)
+        .context("has_model_secret of a corrupt MODEL")?;
+    ensure!(
+        e.field("workspace_id").as_deref() == Some(corrupt.to_string().as_str()),
+        "SG001 should name the workspace: {e}"
+    );
+    expect_sg(has_model(&mut db.conn, unknown).await, Code::UnknownKeyVersion)
+        .context("has_model_secret of a MODEL under version 99")?;
     Ok(())
 }
 
@@ -1167,12 +1487,21 @@ async fn ensure_concierge_provider_outcomes(cluster: Arc<Cluster>) -> Result<()>
         let got = ensure_provider(&mut db.conn, ws).await.described(what)?;
         ensure!(got == want, "ensure_concierge_provider ({what}) should return {want:?}, got {got:?}");
         let after = db.state().await?;
-        ensure!(before == after, "ensure_concierge_provider ({what}) returned {got:?} but wrote: {}", before.diff(&after));
+        ensure!(
+            before == after,
+            "ensure_concierge_provider ({what}) returned {got:?} but wrote: {}",
+            before.diff(&after)
+        );
     }
     db.expect_value(respected, "LLM_PROVIDER", &pinned, "a respected LLM_PROVIDER").await?;
 
     // Seeded: exactly one new row, LLM_PROVIDER = platform.
-    for (what, ws) in [("MODEL unset", unset), ("MODEL empty", empty), ("platform-routed MODEL", platform_routed), ("unroutable MODEL", unroutable)] {
+    for (what, ws) in [
+        ("MODEL unset", unset),
+        ("MODEL empty", empty),
+        ("platform-routed MODEL", platform_routed),
+        ("unroutable MODEL", unroutable),
+    ] {
         let before = db.state().await?;
         let got = ensure_provider(&mut db.conn, ws).await.described(what)?;
         ensure!(got == "seeded", "ensure_concierge_provider ({what}) should return 'seeded', got {got:?}");
@@ -1180,7 +1509,11 @@ async fn ensure_concierge_provider_outcomes(cluster: Arc<Cluster>) -> Result<()>
         let mut expected = before.secrets.keys().cloned().collect::<Vec<_>>();
         expected.push((ws, "LLM_PROVIDER".to_string()));
         expected.sort();
-        ensure!(after.secrets.keys().cloned().collect::<Vec<_>>() == expected, "{what}: seeding should add exactly LLM_PROVIDER: {}", before.diff(&after));
+        ensure!(
+            after.secrets.keys().cloned().collect::<Vec<_>>() == expected,
+            "{what}: seeding should add exactly LLM_PROVIDER: {}",
+            before.diff(&after)
+        );
         db.expect_value(ws, "LLM_PROVIDER", "platform", what).await?;
         let again = ensure_provider(&mut db.conn, ws).await.described(what)?;
         ensure!(again == "respected", "{what}: a second call should return 'respected', got {again:?}");
@@ -1190,7 +1523,8 @@ async fn ensure_concierge_provider_outcomes(cluster: Arc<Cluster>) -> Result<()>
     let p = db.platform("provisioning", None).await?;
     let before = db.state().await?;
     let r = run_tx(&mut db.conn, &db.kr, AGENT, &[Op::Ws("SELECT secretgate.ensure_concierge_provider($1)", p)]).await;
-    expect_sg(r.map_err(|(_, e)| e), Code::ConciergeSelfWriteBlocked).context("ensure_concierge_provider as an agent")?;
+    expect_sg(r.map_err(|(_, e)| e), Code::ConciergeSelfWriteBlocked)
+        .context("ensure_concierge_provider as an agent")?;
     let after = db.state().await?;
     ensure!(before == after, "ensure_concierge_provider as an agent changed: {}", before.diff(&after));
 
@@ -1229,7 +1563,10 @@ async fn ensure_concierge_provider_fails_closed(cluster: Arc<Cluster>) -> Result
         while !warned(&cluster, &db.name, &ws.to_string()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        ensure!(warned(&cluster, &db.name, &ws.to_string()), "ensure_concierge_provider ({what}): no WARNING naming the workspace in the server log");
+        ensure!(
+            warned(&cluster, &db.name, &ws.to_string()),
+            "ensure_concierge_provider ({what}): no WARNING naming the workspace in the server log"
+        );
     }
     Ok(())
 }
@@ -1272,7 +1609,8 @@ async fn ensure_concierge_model_outcomes(cluster: Arc<Cluster>) -> Result<()> {
     // The default itself passes the MODEL gate: a provider slug is refused, nothing written.
     let p = db.platform("provisioning", None).await?;
     let before = db.state().await?;
-    expect_sg(ensure_model(&mut db.conn, p, "minimax").await, Code::InvalidModelId).context("ensure_concierge_model with default 'minimax'")?;
+    expect_sg(ensure_model(&mut db.conn, p, "minimax").await, Code::InvalidModelId)
+        .context("ensure_concierge_model with default 'minimax'")?;
     let after = db.state().await?;
     ensure!(before == after, "refused ensure_concierge_model changed: {}", before.diff(&after));
     Ok(())
@@ -1293,34 +1631,93 @@ async fn refusals_are_audited_once_without_values(cluster: Arc<Cluster>) -> Resu
     let v = cluster.fresh_secret();
     let name = db.name.clone();
     let agent_caller = json!({"agent": true, "setting": "agent", "agent_role_member": false, "role": "postgres"});
-    let operator_caller = json!({"agent": false, "setting": "operator", "agent_role_member": false, "role": "postgres"});
+    let operator_caller =
+        json!({"agent": false, "setting": "operator", "agent_role_member": false, "role": "postgres"});
     let ws = |id: Uuid| json!(id.to_string());
     let nobody = Uuid::new_v4();
 
     let cases: Vec<AuditCase> = vec![
-        (AGENT, vec![Op::SetSecret(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked,
-         vec![("event", json!("secret.set.refused")), ("workspace_id", ws(p)), ("key", json!("BB_NEW"))], &agent_caller),
-        (AGENT, vec![Op::Insert(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked,
-         vec![("event", json!("secret.set.refused")), ("workspace_id", ws(p)), ("key", json!("BB_NEW"))], &agent_caller),
-        (AGENT, vec![Op::Delete(p, "MODEL")], At::Statement, Code::ConciergeSelfWriteBlocked,
-         vec![("event", json!("secret.delete.refused")), ("workspace_id", ws(p)), ("key", json!("MODEL"))], &agent_caller),
-        (AGENT, vec![Op::SetSecret(nobody, "BB_NEW", &v)], At::Statement, Code::WorkspaceKindUnknown,
-         vec![("event", json!("secret.set.refused")), ("workspace_id", ws(nobody)), ("key", json!("BB_NEW"))], &agent_caller),
-        (OPERATOR, vec![Op::SetSecret(o, "MODEL_PROVIDER", &v)], At::Statement, Code::ForbiddenSecretKey,
-         vec![("event", json!("secret.set.refused")), ("workspace_id", ws(o)), ("key", json!("MODEL_PROVIDER"))], &operator_caller),
-        (OPERATOR, vec![Op::Insert(o, "MODEL", "minimax")], At::Statement, Code::InvalidModelId,
-         vec![("event", json!("secret.set.refused")), ("workspace_id", ws(o)), ("key", json!("MODEL"))], &operator_caller),
-        (OPERATOR, vec![Op::Ws(ONLINE, bare)], At::Commit, Code::PlatformAgentIdentityGate,
-         vec![("event", json!("workspace.online.refused")), ("workspace_id", ws(bare)), ("key", json!("MODEL"))], &operator_caller),
-        (OPERATOR, vec![Op::SetSecret(p, "MODEL", "")], At::Commit, Code::PlatformAgentIdentityGate,
-         vec![("event", json!("workspace.online.refused")), ("workspace_id", ws(p)), ("key", json!("MODEL"))], &operator_caller),
-        (OPERATOR, vec![Op::Sql("TRUNCATE public.workspace_secrets")], At::Statement, Code::PlatformAgentIdentityGate,
-         vec![("event", json!("secret.truncate.refused"))], &operator_caller),
+        (
+            AGENT,
+            vec![Op::SetSecret(p, "BB_NEW", &v)],
+            At::Statement,
+            Code::ConciergeSelfWriteBlocked,
+            vec![("event", json!("secret.set.refused")), ("workspace_id", ws(p)), ("key", json!("BB_NEW"))],
+            &agent_caller,
+        ),
+        (
+            AGENT,
+            vec![Op::Insert(p, "BB_NEW", &v)],
+            At::Statement,
+            Code::ConciergeSelfWriteBlocked,
+            vec![("event", json!("secret.set.refused")), ("workspace_id", ws(p)), ("key", json!("BB_NEW"))],
+            &agent_caller,
+        ),
+        (
+            AGENT,
+            vec![Op::Delete(p, "MODEL")],
+            At::Statement,
+            Code::ConciergeSelfWriteBlocked,
+            vec![("event", json!("secret.delete.refused")), ("workspace_id", ws(p)), ("key", json!("MODEL"))],
+            &agent_caller,
+        ),
+        (
+            AGENT,
+            vec![Op::SetSecret(nobody, "BB_NEW", &v)],
+            At::Statement,
+            Code::WorkspaceKindUnknown,
+            vec![("event", json!("secret.set.refused")), ("workspace_id", ws(nobody)), ("key", json!("BB_NEW"))],
+            &agent_caller,
+        ),
+        (
+            OPERATOR,
+            vec![Op::SetSecret(o, "MODEL_PROVIDER", &v)],
+            At::Statement,
+            Code::ForbiddenSecretKey,
+            vec![("event", json!("secret.set.refused")), ("workspace_id", ws(o)), ("key", json!("MODEL_PROVIDER"))],
+            &operator_caller,
+        ),
+        (
+            OPERATOR,
+            vec![Op::Insert(o, "MODEL", "minimax")],
+            At::Statement,
+            Code::InvalidModelId,
+            vec![("event", json!("secret.set.refused")), ("workspace_id", ws(o)), ("key", json!("MODEL"))],
+            &operator_caller,
+        ),
+        (
+            OPERATOR,
+            vec![Op::Ws(ONLINE, bare)],
+            At::Commit,
+            Code::PlatformAgentIdentityGate,
+            vec![("event", json!("workspace.online.refused")), ("workspace_id", ws(bare)), ("key", json!("MODEL"))],
+            &operator_caller,
+        ),
+        (
+            OPERATOR,
+            vec![Op::SetSecret(p, "MODEL", "")],
+            At::Commit,
+            Code::PlatformAgentIdentityGate,
+            vec![("event", json!("workspace.online.refused")), ("workspace_id", ws(p)), ("key", json!("MODEL"))],
+            &operator_caller,
+        ),
+        (
+            OPERATOR,
+            vec![Op::Sql("TRUNCATE public.workspace_secrets")],
+            At::Statement,
+            Code::PlatformAgentIdentityGate,
+            vec![("event", json!("secret.truncate.refused"))],
+            &operator_caller,
+        ),
     ];
     let mut refusals = 0;
     for (caller, ops, at, code, mut fields, who) in cases {
         let mark = audit_lines(&cluster, &name)?.len();
-        let ws_id = fields.iter().find(|(k, _)| *k == "workspace_id").and_then(|(_, v)| v.as_str()).and_then(|s| s.parse().ok());
+        let ws_id = fields
+            .iter()
+            .find(|(k, _)| *k == "workspace_id")
+            .and_then(|(_, v)| v.as_str())
+            .and_then(|s| s.parse().ok());
         let key = fields.iter().find(|(k, _)| *k == "key").and_then(|(_, v)| v.as_str()).map(str::to_string);
         db.refused(caller, &ops, at, code, ws_id, key.as_deref()).await?;
         refusals += 1;
@@ -1329,7 +1726,10 @@ async fn refusals_are_audited_once_without_values(cluster: Arc<Cluster>) -> Resu
         let line = expect_one_audit(&cluster, &name, mark, &fields, who.clone(), &[&v, &model])
             .await
             .with_context(|| format!("audit of [{}]", label(&ops)))?;
-        ensure!(line.get("reason").and_then(Value::as_str).is_some_and(|r| !r.is_empty()), "audit line lacks a reason: {line}");
+        ensure!(
+            line.get("reason").and_then(Value::as_str).is_some_and(|r| !r.is_empty()),
+            "audit line lacks a reason: {line}"
+        );
     }
     // The member of secretgate_agent is named as such.
     let member = format!("bb_audit_agent_{}", random_hex(4));
@@ -1344,14 +1744,28 @@ async fn refusals_are_audited_once_without_values(cluster: Arc<Cluster>) -> Resu
         conn: PgConnection::connect(&cluster.url_as(&member, &name)).await?,
         kr: cluster.initial_keys().keyring(),
     };
-    as_member.refused(OPERATOR, &[Op::SetSecret(p, "BB_NEW", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(p), Some("BB_NEW")).await?;
+    as_member
+        .refused(
+            OPERATOR,
+            &[Op::SetSecret(p, "BB_NEW", &v)],
+            At::Statement,
+            Code::ConciergeSelfWriteBlocked,
+            Some(p),
+            Some("BB_NEW"),
+        )
+        .await?;
     refusals += 1;
     as_member.conn.close().await?;
     expect_one_audit(
         &cluster,
         &name,
         mark,
-        &[("event", json!("secret.set.refused")), ("code", json!("CONCIERGE_SELF_WRITE_BLOCKED")), ("workspace_id", ws(p)), ("key", json!("BB_NEW"))],
+        &[
+            ("event", json!("secret.set.refused")),
+            ("code", json!("CONCIERGE_SELF_WRITE_BLOCKED")),
+            ("workspace_id", ws(p)),
+            ("key", json!("BB_NEW")),
+        ],
         json!({"agent": true, "setting": "operator", "agent_role_member": true, "role": member}),
         &[&v],
     )
@@ -1392,7 +1806,9 @@ async fn agent_deleting_workspaces_cascades_through_the_gate(cluster: Arc<Cluste
     ensure!(before == after, "agent DELETE of a platform workspace: {}", before.diff(&after));
 
     // Ordinary workspaces are not a platform target: not blocked, with or without secrets.
-    db.allowed(AGENT, &[Op::Ws(delete_ws, bare)]).await.context("agent DELETE of an ordinary workspace without secrets")?;
+    db.allowed(AGENT, &[Op::Ws(delete_ws, bare)])
+        .await
+        .context("agent DELETE of an ordinary workspace without secrets")?;
     if let Err(e) = db.allowed(AGENT, &[Op::Ws(delete_ws, o)]).await {
         problems.push(format!("agent DELETE of an ordinary workspace with secrets: {e:#}"));
     }
@@ -1445,23 +1861,37 @@ async fn remembered_row_places_never_outlive_the_row(cluster: Arc<Cluster>) -> R
     let mut db = db(&cluster, "g_places").await?;
     let mut admin = PgConnection::connect(&db.url).await.context("admin connection")?;
     let v = cluster.fresh_secret();
-    let ctid = |id: Uuid| {
-        sqlx::query_scalar::<_, String>("SELECT ctid::text FROM public.workspaces WHERE id = $1").bind(id)
-    };
+    let ctid =
+        |id: Uuid| sqlx::query_scalar::<_, String>("SELECT ctid::text FROM public.workspaces WHERE id = $1").bind(id);
 
     // 1. Promoted by another session after the agent's last write to it.
     let w = db.workspace("workspace", "provisioning").await?;
     db.allowed(AGENT, &[Op::Insert(w, "BB_FIRST", &v)]).await?;
-    sqlx::query("UPDATE public.workspaces SET kind = 'platform' WHERE id = $1").bind(w).execute(&mut admin).await.described("promote")?;
-    db.refused(AGENT, &[Op::Insert(w, "BB_AFTER", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(w), Some("BB_AFTER"))
+    sqlx::query("UPDATE public.workspaces SET kind = 'platform' WHERE id = $1")
+        .bind(w)
+        .execute(&mut admin)
         .await
-        .context("promoted after the agent's first write")?;
+        .described("promote")?;
+    db.refused(
+        AGENT,
+        &[Op::Insert(w, "BB_AFTER", &v)],
+        At::Statement,
+        Code::ConciergeSelfWriteBlocked,
+        Some(w),
+        Some("BB_AFTER"),
+    )
+    .await
+    .context("promoted after the agent's first write")?;
 
     // 2. Deleted, its slot freed by VACUUM and taken by a platform workspace.
     let gone = db.workspace("workspace", "online").await?;
     db.allowed(AGENT, &[Op::Insert(gone, "BB_FIRST", &v)]).await?;
     let slot = ctid(gone).fetch_one(&mut admin).await.described("ctid")?;
-    sqlx::query("DELETE FROM public.workspaces WHERE id = $1").bind(gone).execute(&mut admin).await.described("delete")?;
+    sqlx::query("DELETE FROM public.workspaces WHERE id = $1")
+        .bind(gone)
+        .execute(&mut admin)
+        .await
+        .described("delete")?;
     sqlx::query("VACUUM public.workspaces").execute(&mut admin).await.described("vacuum")?;
     let taker = Uuid::new_v4();
     sqlx::query("INSERT INTO public.workspaces (id, kind, status) VALUES ($1, 'platform', 'provisioning')")
@@ -1471,33 +1901,60 @@ async fn remembered_row_places_never_outlive_the_row(cluster: Arc<Cluster>) -> R
         .described("insert the taker")?;
     let taken = ctid(taker).fetch_one(&mut admin).await.described("ctid")?;
     ensure!(taken == slot, "setup: the new workspace should reuse the freed slot {slot}, it is at {taken}");
-    db.refused(AGENT, &[Op::Insert(gone, "BB_AFTER", &v)], At::Statement, Code::WorkspaceKindUnknown, Some(gone), Some("BB_AFTER"))
-        .await
-        .context("a deleted workspace whose slot another row took")?;
-    db.refused(AGENT, &[Op::Insert(taker, "BB_AFTER", &v)], At::Statement, Code::ConciergeSelfWriteBlocked, Some(taker), Some("BB_AFTER"))
-        .await
-        .context("the platform workspace in the reused slot")?;
+    db.refused(
+        AGENT,
+        &[Op::Insert(gone, "BB_AFTER", &v)],
+        At::Statement,
+        Code::WorkspaceKindUnknown,
+        Some(gone),
+        Some("BB_AFTER"),
+    )
+    .await
+    .context("a deleted workspace whose slot another row took")?;
+    db.refused(
+        AGENT,
+        &[Op::Insert(taker, "BB_AFTER", &v)],
+        At::Statement,
+        Code::ConciergeSelfWriteBlocked,
+        Some(taker),
+        Some("BB_AFTER"),
+    )
+    .await
+    .context("the platform workspace in the reused slot")?;
 
     // 3. The remembered block no longer exists: VACUUM truncated the table.
-    sqlx::query("INSERT INTO public.workspaces (kind, status) SELECT 'workspace', 'online' FROM generate_series(1, 3000)")
-        .execute(&mut admin)
-        .await
-        .described("fill")?;
+    sqlx::query(
+        "INSERT INTO public.workspaces (kind, status) SELECT 'workspace', 'online' FROM generate_series(1, 3000)",
+    )
+    .execute(&mut admin)
+    .await
+    .described("fill")?;
     let last: Uuid = sqlx::query_scalar("SELECT id FROM public.workspaces ORDER BY ctid DESC LIMIT 1")
         .fetch_one(&mut admin)
         .await
         .described("last row")?;
     db.allowed(AGENT, &[Op::Insert(last, "BB_FIRST", &v)]).await?;
-    sqlx::query("DELETE FROM public.workspaces WHERE (ctid::text::point)[0] >= 2").execute(&mut admin).await.described("delete the tail")?;
+    sqlx::query("DELETE FROM public.workspaces WHERE (ctid::text::point)[0] >= 2")
+        .execute(&mut admin)
+        .await
+        .described("delete the tail")?;
     sqlx::query("VACUUM public.workspaces").execute(&mut admin).await.described("vacuum")?;
-    let blocks: i64 = sqlx::query_scalar("SELECT pg_relation_size('public.workspaces') / current_setting('block_size')::int")
-        .fetch_one(&mut admin)
-        .await
-        .described("size")?;
+    let blocks: i64 =
+        sqlx::query_scalar("SELECT pg_relation_size('public.workspaces') / current_setting('block_size')::int")
+            .fetch_one(&mut admin)
+            .await
+            .described("size")?;
     ensure!(blocks <= 2, "setup: VACUUM should have truncated the table to 2 blocks, it has {blocks}");
-    db.refused(AGENT, &[Op::Insert(last, "BB_AFTER", &v)], At::Statement, Code::WorkspaceKindUnknown, Some(last), Some("BB_AFTER"))
-        .await
-        .context("a workspace whose block VACUUM truncated away")?;
+    db.refused(
+        AGENT,
+        &[Op::Insert(last, "BB_AFTER", &v)],
+        At::Statement,
+        Code::WorkspaceKindUnknown,
+        Some(last),
+        Some("BB_AFTER"),
+    )
+    .await
+    .context("a workspace whose block VACUUM truncated away")?;
     let kept: Uuid = sqlx::query_scalar("SELECT id FROM public.workspaces WHERE kind = 'workspace' LIMIT 1")
         .fetch_one(&mut admin)
         .await

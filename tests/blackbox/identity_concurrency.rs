@@ -62,7 +62,9 @@ impl End {
     fn of(result: std::result::Result<(), sqlx::Error>, at_commit: bool) -> End {
         match result {
             Ok(()) => End::Committed,
-            Err(e) => End::Failed { sqlstate: sqlstate(&e).unwrap_or_else(|| format!("non-database error: {e}")), at_commit },
+            Err(e) => {
+                End::Failed { sqlstate: sqlstate(&e).unwrap_or_else(|| format!("non-database error: {e}")), at_commit }
+            }
         }
     }
 
@@ -85,7 +87,10 @@ struct Session {
 async fn session(url: &str) -> Result<Session> {
     let mut conn = PgConnection::connect(url).await.context("connect")?;
     // Deadlocks are expected under the stricter levels: detect them fast.
-    sqlx::raw_sql("SET deadlock_timeout = '20ms'; SET lock_timeout = '20s'").execute(&mut conn).await.described("settings")?;
+    sqlx::raw_sql("SET deadlock_timeout = '20ms'; SET lock_timeout = '20s'")
+        .execute(&mut conn)
+        .await
+        .described("settings")?;
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await.described("pid")?;
     Ok(Session { conn, pid })
 }
@@ -137,15 +142,28 @@ struct Racers {
 }
 
 /// One race on a fresh workspace; returns how A and B ended.
-async fn round(r: &mut Racers, isolation: &str, order: Order, b_statement_first: bool, model: &str) -> Result<(Uuid, End, End)> {
+async fn round(
+    r: &mut Racers,
+    isolation: &str,
+    order: Order,
+    b_statement_first: bool,
+    model: &str,
+) -> Result<(Uuid, End, End)> {
     let Racers { control, monitor, a, b } = r;
     let ws: Uuid = {
         sqlx::raw_sql("BEGIN").execute(&mut *control).await.described("BEGIN")?;
-        let ws: Uuid = sqlx::query_scalar("INSERT INTO public.workspaces (kind, status) VALUES ('platform', 'offline') RETURNING id")
-            .fetch_one(&mut *control)
+        let ws: Uuid = sqlx::query_scalar(
+            "INSERT INTO public.workspaces (kind, status) VALUES ('platform', 'offline') RETURNING id",
+        )
+        .fetch_one(&mut *control)
+        .await
+        .described("insert workspace")?;
+        sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)")
+            .bind(ws)
+            .bind(model)
+            .execute(&mut *control)
             .await
-            .described("insert workspace")?;
-        sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)").bind(ws).bind(model).execute(&mut *control).await.described("set MODEL")?;
+            .described("set MODEL")?;
         sqlx::raw_sql("COMMIT").execute(&mut *control).await.described("COMMIT")?;
         ws
     };
@@ -195,21 +213,35 @@ fn clone_err(e: &sqlx::Error) -> sqlx::Error {
 
 /// What committed for `ws`: (status, MODEL row present, MODEL usable).
 async fn committed_state(control: &mut PgConnection, ws: Uuid) -> Result<(String, bool, bool)> {
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM public.workspaces WHERE id = $1").bind(ws).fetch_one(&mut *control).await.described("status")?;
-    let present: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL')")
+    let status: String = sqlx::query_scalar("SELECT status FROM public.workspaces WHERE id = $1")
         .bind(ws)
         .fetch_one(&mut *control)
         .await
-        .described("MODEL row")?;
-    let usable: bool = sqlx::query_scalar("SELECT secretgate.has_model_secret($1)").bind(ws).fetch_one(&mut *control).await.described("has_model_secret")?;
+        .described("status")?;
+    let present: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL')",
+    )
+    .bind(ws)
+    .fetch_one(&mut *control)
+    .await
+    .described("MODEL row")?;
+    let usable: bool = sqlx::query_scalar("SELECT secretgate.has_model_secret($1)")
+        .bind(ws)
+        .fetch_one(&mut *control)
+        .await
+        .described("has_model_secret")?;
     Ok((status, present, usable))
 }
 
 async fn race(cluster: Arc<Cluster>, isolation: &'static str) -> Result<()> {
     let name = db_name("race");
     let (url, control) = migrated_database(&cluster, &name).await?;
-    let mut r = Racers { control, monitor: PgConnection::connect(&url).await?, a: session(&url).await?, b: session(&url).await? };
+    let mut r = Racers {
+        control,
+        monitor: PgConnection::connect(&url).await?,
+        a: session(&url).await?,
+        b: session(&url).await?,
+    };
     let model = format!("anthropic:claude-race-{}", random_hex(6));
     cluster.remember_secret(&model);
 
@@ -223,12 +255,14 @@ async fn race(cluster: Arc<Cluster>, isolation: &'static str) -> Result<()> {
     for i in 0..n {
         for (j, order) in ORDERS.into_iter().enumerate() {
             let b_first = (i + j) % 2 == 1;
-            let (ws, end_a, end_b) = tokio::time::timeout(
-                Duration::from_secs(30),
-                round(&mut r, isolation, order, b_first, &model),
-            )
-            .await
-            .map_err(|_| anyhow!("{isolation} {order:?} iteration {i}: a round did not finish within 30s (stuck on a lock?)"))??;
+            let (ws, end_a, end_b) =
+                tokio::time::timeout(Duration::from_secs(30), round(&mut r, isolation, order, b_first, &model))
+                    .await
+                    .map_err(|_| {
+                        anyhow!(
+                            "{isolation} {order:?} iteration {i}: a round did not finish within 30s (stuck on a lock?)"
+                        )
+                    })??;
             for end in [&end_a, &end_b] {
                 if let End::Failed { sqlstate, .. } = end {
                     *by_sqlstate.entry(sqlstate.clone()).or_default() += 1;
@@ -238,7 +272,8 @@ async fn race(cluster: Arc<Cluster>, isolation: &'static str) -> Result<()> {
                 }
             }
             if end_a == End::Committed && end_b == End::Committed {
-                problems.push(format!("iteration {i} {order:?}: both the online UPDATE and the MODEL DELETE committed"));
+                problems
+                    .push(format!("iteration {i} {order:?}: both the online UPDATE and the MODEL DELETE committed"));
             }
             let (status, present, usable) = committed_state(&mut r.control, ws).await?;
             if status == "online" && !usable {
@@ -283,6 +318,9 @@ async fn race(cluster: Arc<Cluster>, isolation: &'static str) -> Result<()> {
         let shown = problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ");
         bail!("{} problem(s) under {isolation}:\n  {shown}\n{report}", problems.len());
     }
-    ensure!(by_sqlstate.values().sum::<usize>() >= n * ORDERS.len(), "every round should have refused at least one side");
+    ensure!(
+        by_sqlstate.values().sum::<usize>() >= n * ORDERS.len(),
+        "every round should have refused at least one side"
+    );
     Ok(())
 }

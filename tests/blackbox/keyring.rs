@@ -55,8 +55,17 @@ async fn fixture(cluster: &Cluster, prefix: &str) -> Result<Fixture> {
         .described("insert workspace")?;
     let value = cluster.fresh_secret();
     let global_value = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'BB_K', $2)").bind(ws).bind(&value).execute(&mut conn).await.described("set_secret")?;
-    sqlx::query("SELECT secretgate.set_global_secret('BB_G', $1)").bind(&global_value).execute(&mut conn).await.described("set_global_secret")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'BB_K', $2)")
+        .bind(ws)
+        .bind(&value)
+        .execute(&mut conn)
+        .await
+        .described("set_secret")?;
+    sqlx::query("SELECT secretgate.set_global_secret('BB_G', $1)")
+        .bind(&global_value)
+        .execute(&mut conn)
+        .await
+        .described("set_global_secret")?;
     let mut needles = vec![value.clone(), global_value.clone()];
     needles.extend(cluster.initial_keys().encodings());
     Ok(Fixture { conn, ws, value, global_value, needles })
@@ -68,7 +77,11 @@ impl Fixture {
     }
 
     async fn read(&mut self, key: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(self.ws).bind(key).fetch_one(&mut self.conn).await
+        sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+            .bind(self.ws)
+            .bind(key)
+            .fetch_one(&mut self.conn)
+            .await
     }
 
     /// Every operation that needs the keyring works and returns the stored values.
@@ -79,7 +92,10 @@ impl Fixture {
             .fetch_one(&mut self.conn)
             .await
             .described(&format!("{what}: read_global_secret"))?;
-        ensure!(got.as_deref() == Some(self.global_value.as_str()), "{what}: read_global_secret did not return the stored value");
+        ensure!(
+            got.as_deref() == Some(self.global_value.as_str()),
+            "{what}: read_global_secret did not return the stored value"
+        );
         let v: i32 = sqlx::query_scalar("SELECT secretgate.current_key_version()")
             .fetch_one(&mut self.conn)
             .await
@@ -96,7 +112,10 @@ impl Fixture {
             let e = r.map_err(|e| e.context(format!("{what}: {op}")))?;
             e.assert_no_leak(&needles).map_err(|e| e.context(format!("{what}: {op}")))?;
             if code == Code::KeyringUnavailable {
-                ensure!(e.field("reason").is_some_and(|r| !r.is_empty()), "{what}: {op}: DETAIL should carry a \"reason\": {e}");
+                ensure!(
+                    e.field("reason").is_some_and(|r| !r.is_empty()),
+                    "{what}: {op}: DETAIL should carry a \"reason\": {e}"
+                );
             }
             Ok(e)
         };
@@ -114,7 +133,10 @@ impl Fixture {
                 .await
                 .described(&format!("{what}: try_read_secret"))?;
         ensure!(
-            rows.len() == 1 && rows[0].0 == "error" && rows[0].1.is_none() && rows[0].2.as_deref() == Some(code.sqlstate()),
+            rows.len() == 1
+                && rows[0].0 == "error"
+                && rows[0].1.is_none()
+                && rows[0].2.as_deref() == Some(code.sqlstate()),
             "{what}: try_read_secret should return ('error', NULL, {:?}), got states/codes {:?}",
             code.sqlstate(),
             rows.iter().map(|r| (r.0.clone(), r.2.clone())).collect::<Vec<_>>()
@@ -134,15 +156,25 @@ impl Fixture {
         if code == Code::KeyringUnavailable {
             // Writing and the pure functions need the keyring too.
             let fresh = format!("{}-write", self.value);
-            let r = sqlx::query("SELECT secretgate.set_secret($1, 'BB_NEW', $2)").bind(self.ws).bind(&fresh).execute(&mut self.conn).await;
+            let r = sqlx::query("SELECT secretgate.set_secret($1, 'BB_NEW', $2)")
+                .bind(self.ws)
+                .bind(&fresh)
+                .execute(&mut self.conn)
+                .await;
             check(expect_sg(r, code), "set_secret")?;
-            let r = sqlx::query("SELECT secretgate.set_global_secret('BB_NEW', $1)").bind(&fresh).execute(&mut self.conn).await;
+            let r = sqlx::query("SELECT secretgate.set_global_secret('BB_NEW', $1)")
+                .bind(&fresh)
+                .execute(&mut self.conn)
+                .await;
             check(expect_sg(r, code), "set_global_secret")?;
             let r: Result<i32, sqlx::Error> =
                 sqlx::query_scalar("SELECT secretgate.current_key_version()").fetch_one(&mut self.conn).await;
             check(expect_sg(r, code), "current_key_version")?;
-            let r: Result<Vec<u8>, sqlx::Error> =
-                sqlx::query_scalar("SELECT secretgate.encrypt($1, $2, 'BB_K')").bind(&fresh).bind(self.ws).fetch_one(&mut self.conn).await;
+            let r: Result<Vec<u8>, sqlx::Error> = sqlx::query_scalar("SELECT secretgate.encrypt($1, $2, 'BB_K')")
+                .bind(&fresh)
+                .bind(self.ws)
+                .fetch_one(&mut self.conn)
+                .await;
             check(expect_sg(r, code), "encrypt")?;
             let r: Result<Option<String>, sqlx::Error> = sqlx::query_scalar(
                 "SELECT secretgate.decrypt(encrypted_value, encryption_version, workspace_id, key) FROM public.workspace_secrets WHERE key = 'BB_K'",
@@ -183,7 +215,12 @@ async fn rotation_is_picked_up_without_reload(cluster: Arc<Cluster>) -> Result<(
     ensure!(v == 3, "current_key_version() should be 3 once the file says so, without a reload; got {v}");
 
     let newer = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'BB_K3', $2)").bind(f.ws).bind(&newer).execute(&mut f.conn).await.described("set_secret under v3")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'BB_K3', $2)")
+        .bind(f.ws)
+        .bind(&newer)
+        .execute(&mut f.conn)
+        .await
+        .described("set_secret under v3")?;
     let (blob, version): (Vec<u8>, i32) =
         sqlx::query_as("SELECT encrypted_value, encryption_version FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'BB_K3'")
             .bind(f.ws)
@@ -199,15 +236,17 @@ async fn rotation_is_picked_up_without_reload(cluster: Arc<Cluster>) -> Result<(
     ensure!(old.as_deref() == Some(f.value.as_str()), "version-2 rows must stay readable after rotation");
 
     // A second session sees the rotated keyring too.
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as("SELECT state, error_code FROM secretgate.verify_secrets()")
-        .fetch_all(&mut f.conn)
-        .await
-        .described("verify_secrets")?;
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, error_code FROM secretgate.verify_secrets()")
+            .fetch_all(&mut f.conn)
+            .await
+            .described("verify_secrets")?;
     ensure!(rows.len() == 3 && rows.iter().all(|r| r.0 == "ok"), "verify_secrets after rotation: {rows:?}");
 
     // Back to the baseline: the version-3 row now names a version the keyring lacks.
     baseline(&cluster);
-    let e = expect_sg(f.read("BB_K3").await, Code::UnknownKeyVersion).map_err(|e| e.context("version-3 row after rolling back"))?;
+    let e = expect_sg(f.read("BB_K3").await, Code::UnknownKeyVersion)
+        .map_err(|e| e.context("version-3 row after rolling back"))?;
     e.assert_no_leak(&[newer.as_str()])?;
     f.assert_works("after rolling the keyring back").await
 }
@@ -221,13 +260,18 @@ async fn retired_key_version_gives_sg002(cluster: Arc<Cluster>) -> Result<()> {
     }
     // Version 2 retired while rows still use it.
     cluster.write_keyring(&rotated.without(2).to_json(), 0o600);
-    let e = expect_sg(f.read("BB_K").await, Code::UnknownKeyVersion).map_err(|e| e.context("read of a retired version"))?;
+    let e =
+        expect_sg(f.read("BB_K").await, Code::UnknownKeyVersion).map_err(|e| e.context("read of a retired version"))?;
     e.assert_no_leak(&f.needles())?;
-    ensure!(e.field("workspace_id").as_deref() == Some(f.ws.to_string().as_str()), "DETAIL should name the workspace: {e}");
-    let rows: Vec<(String, Option<String>)> = sqlx::query_as("SELECT state, error_code FROM secretgate.verify_secrets()")
-        .fetch_all(&mut f.conn)
-        .await
-        .described("verify_secrets")?;
+    ensure!(
+        e.field("workspace_id").as_deref() == Some(f.ws.to_string().as_str()),
+        "DETAIL should name the workspace: {e}"
+    );
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, error_code FROM secretgate.verify_secrets()")
+            .fetch_all(&mut f.conn)
+            .await
+            .described("verify_secrets")?;
     ensure!(
         rows.len() == 2 && rows.iter().all(|r| r.0 == "error" && r.1.as_deref() == Some("SG002")),
         "verify_secrets with version 2 retired: {rows:?}"
@@ -281,11 +325,23 @@ async fn malformed_keyrings_fail_closed(cluster: Arc<Cluster>) -> Result<()> {
         ("not JSON", format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{k1}\", \"2\": \"{k2}\"")),
         ("empty file", String::new()),
         ("no keys", "{\"current_version\": 2, \"keys\": {}}".to_string()),
-        ("current key of 31 bytes", format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{k1}\", \"2\": \"{short}\"}}}}")),
-        ("old key of 31 bytes", format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{short}\", \"2\": \"{k2}\"}}}}")),
+        (
+            "current key of 31 bytes",
+            format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{k1}\", \"2\": \"{short}\"}}}}"),
+        ),
+        (
+            "old key of 31 bytes",
+            format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{short}\", \"2\": \"{k2}\"}}}}"),
+        ),
         ("key not base64", format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{k1}\", \"2\": \"!!{k2}\"}}}}")),
-        ("current_version without a key", format!("{{\"current_version\": 5, \"keys\": {{\"1\": \"{k1}\", \"2\": \"{k2}\"}}}}")),
-        ("version not a number", format!("{{\"current_version\": 2, \"keys\": {{\"one\": \"{k1}\", \"2\": \"{k2}\"}}}}")),
+        (
+            "current_version without a key",
+            format!("{{\"current_version\": 5, \"keys\": {{\"1\": \"{k1}\", \"2\": \"{k2}\"}}}}"),
+        ),
+        (
+            "version not a number",
+            format!("{{\"current_version\": 2, \"keys\": {{\"one\": \"{k1}\", \"2\": \"{k2}\"}}}}"),
+        ),
     ];
     for (what, json) in &cases {
         cluster.write_keyring(json, 0o600);
@@ -338,7 +394,9 @@ async fn unset_or_relative_setting_fails_closed(cluster: Arc<Cluster>) -> Result
             outcome = Err(e);
             break;
         }
-        if let Err(e) = f.assert_fails(Code::KeyringUnavailable, &format!("secretgate.keyring_file = {setting:?}")).await {
+        if let Err(e) =
+            f.assert_fails(Code::KeyringUnavailable, &format!("secretgate.keyring_file = {setting:?}")).await
+        {
             outcome = Err(e);
             break;
         }

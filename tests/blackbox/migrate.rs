@@ -45,7 +45,11 @@ fn expect_code(run: &CliRun, code: i32, what: &str) -> Result<()> {
 }
 
 async fn exists(conn: &mut PgConnection, regclass: &str) -> Result<bool> {
-    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(regclass).fetch_one(conn).await.described("to_regclass")
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(regclass)
+        .fetch_one(conn)
+        .await
+        .described("to_regclass")
 }
 
 async fn extension_count(conn: &mut PgConnection) -> Result<i64> {
@@ -67,9 +71,9 @@ async fn advisory_locks(conn: &mut PgConnection) -> Result<i64> {
         "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
           WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.pid <> pg_backend_pid()",
     )
-        .fetch_one(conn)
-        .await
-        .described("pg_locks")
+    .fetch_one(conn)
+    .await
+    .described("pg_locks")
 }
 
 /// The three tables exist, the extension is installed and the gates are
@@ -128,7 +132,10 @@ async fn run_info_revert_cycle(cluster: Arc<Cluster>) -> Result<()> {
 
     let dry = cli(&url, &["migrate", "run", "--dry-run"]).await?;
     expect_code(&dry, 0, "run --dry-run")?;
-    ensure!(dry.stdout.contains("would apply") && dry.stdout.contains(VERSION), "dry run should list {VERSION}:\n{dry}");
+    ensure!(
+        dry.stdout.contains("would apply") && dry.stdout.contains(VERSION),
+        "dry run should list {VERSION}:\n{dry}"
+    );
     assert_not_migrated(&url).await.context("after --dry-run (info and dry runs must not write)")?;
 
     let run = cli(&url, &["migrate", "run"]).await?;
@@ -194,13 +201,20 @@ async fn held_lock_times_out_with_exit_2(cluster: Arc<Cluster>) -> Result<()> {
         run.stderr.contains("another migration runner still holds the migration lock"),
         "should say why it gave up:\n{run}"
     );
-    ensure!(took >= Duration::from_secs(2) && took < Duration::from_secs(30), "should give up after ~2s, took {took:?}");
+    ensure!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        "should give up after ~2s, took {took:?}"
+    );
     assert_not_migrated(&url).await.context("a runner that timed out must apply nothing")?;
 
     let revert = cli(&url, &["migrate", "revert", "--lock-timeout", "1"]).await?;
     expect_code(&revert, 2, "revert while another runner holds the lock")?;
 
-    sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK_KEY).execute(&mut holder).await.described("unlock")?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut holder)
+        .await
+        .described("unlock")?;
     let run = cli(&url, &["migrate", "run", "--lock-timeout", "5"]).await?;
     expect_code(&run, 0, "run once the lock is free")?;
     assert_migrated(&cluster, &url).await
@@ -235,7 +249,10 @@ async fn changed_checksum_is_refused(cluster: Arc<Cluster>) -> Result<()> {
 
     let run = cli(&url, &["migrate", "run"]).await?;
     expect_code(&run, 1, "run with a changed migration")?;
-    ensure!(run.stderr.contains("changed") && run.stderr.contains("checksum"), "should name the changed migration:\n{run}");
+    ensure!(
+        run.stderr.contains("changed") && run.stderr.contains("checksum"),
+        "should name the changed migration:\n{run}"
+    );
     ensure!(run.stderr.contains(VERSION), "should name version {VERSION}:\n{run}");
 
     let info = cli(&url, &["migrate", "info"]).await?;
@@ -294,7 +311,10 @@ async fn bad_urls_and_usage_exit_2(cluster: Arc<Cluster>) -> Result<()> {
 
     let cases = [
         ("refused port", format!("postgres://postgres:{password}@127.0.0.1:1/postgres")),
-        ("missing database", format!("postgres://postgres:{password}@127.0.0.1:{}/no_such_db_{}", cluster.port(), random_hex(3))),
+        (
+            "missing database",
+            format!("postgres://postgres:{password}@127.0.0.1:{}/no_such_db_{}", cluster.port(), random_hex(3)),
+        ),
         ("not a URL", format!("not a url {password}")),
         ("bad scheme", format!("mysql://postgres:{password}@127.0.0.1:{}/postgres", cluster.port())),
     ];

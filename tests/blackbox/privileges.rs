@@ -29,7 +29,11 @@ fn main() {
         trial("attach_gates_under_a_hostile_search_path_keeps_the_gates", &cluster, attach_under_hostile_search_path),
         trial("non_owner_cannot_disable_drop_or_replace_the_gates", &cluster, non_owner_cannot_switch_gates_off),
         trial("non_owner_cannot_write_secretgate_tables", &cluster, non_owner_cannot_write_secretgate_tables),
-        trial("trigger_privilege_cannot_add_triggers_to_attached_tables", &cluster, trigger_privilege_cannot_add_triggers),
+        trial(
+            "trigger_privilege_cannot_add_triggers_to_attached_tables",
+            &cluster,
+            trigger_privilege_cannot_add_triggers,
+        ),
         trial("agent_claiming_another_caller_is_still_refused", &cluster, agent_claiming_another_caller),
         trial("keyring_is_unreadable_for_non_superusers", &cluster, keyring_unreadable),
     ];
@@ -37,10 +41,8 @@ fn main() {
     finish(cluster, conclusion)
 }
 
-
 // ---------------------------------------------------------------------------
 // Helpers
-
 
 /// Runs the statements in one transaction and commits: the first error, from
 /// a statement or from the commit (deferred gates).
@@ -114,21 +116,28 @@ async fn platform_db(cluster: &Cluster, prefix: &str) -> Result<Platform> {
 
 /// What must still hold after refused attacks (checked as the superuser).
 async fn nothing_changed(p: &mut Platform) -> Result<()> {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as("SELECT workspace_id, key FROM public.workspace_secrets ORDER BY 1, 2")
-        .fetch_all(&mut p.admin)
-        .await
-        .described("secrets")?;
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT workspace_id, key FROM public.workspace_secrets ORDER BY 1, 2")
+            .fetch_all(&mut p.admin)
+            .await
+            .described("secrets")?;
     let mut want = vec![(p.platform, "MODEL".to_string()), (p.byok, "ANTHROPIC_API_KEY".to_string())];
     want.sort();
     ensure!(rows == want, "the stored secrets changed: {rows:?}");
-    let globals: i64 = sqlx::query_scalar("SELECT count(*) FROM public.global_secrets").fetch_one(&mut p.admin).await.described("globals")?;
+    let globals: i64 = sqlx::query_scalar("SELECT count(*) FROM public.global_secrets")
+        .fetch_one(&mut p.admin)
+        .await
+        .described("globals")?;
     ensure!(globals == 0, "a global secret was written");
     let online: i64 = sqlx::query_scalar("SELECT count(*) FROM public.workspaces WHERE status = 'online'")
         .fetch_one(&mut p.admin)
         .await
         .described("online")?;
     ensure!(online == 0, "{online} workspaces went online");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.workspaces").fetch_one(&mut p.admin).await.described("count")?;
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.workspaces")
+        .fetch_one(&mut p.admin)
+        .await
+        .described("count")?;
     ensure!(n == 4, "workspaces were added or removed ({n})");
     let model: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'MODEL')")
         .bind(p.platform)
@@ -140,7 +149,11 @@ async fn nothing_changed(p: &mut Platform) -> Result<()> {
 }
 
 /// Expects each attempt (a transaction) to fail with its code.
-async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)>, leaks: &[&str]) -> Result<()> {
+async fn expect_refusals(
+    conn: &mut PgConnection,
+    attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)>,
+    leaks: &[&str],
+) -> Result<()> {
     let mut wrong = Vec::new();
     for (what, stmts, code) in attempts {
         let r = in_tx(conn, &stmts).await;
@@ -283,7 +296,12 @@ async fn privileged_functions_refuse_a_plain_role(cluster: Arc<Cluster>) -> Resu
     let role = create_role(&mut p.admin, &p.db, "bb_plain", false).await?;
     let mut conn = connect_as(&cluster, &role, &p.db).await?;
     let value = cluster.fresh_secret();
-    let blob = cluster.initial_keys().keyring().encrypt(value.as_bytes(), Scope::Global, "BB_K").map_err(|e| anyhow::anyhow!("{e}"))?.1;
+    let blob = cluster
+        .initial_keys()
+        .keyring()
+        .encrypt(value.as_bytes(), Scope::Global, "BB_K")
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .1;
     let attempts = vec![
         ("encrypt".to_string(), vec![("SELECT secretgate.encrypt($1, NULL, 'BB_K')", vec![Arg::Text(value.clone())])], "42501"),
         ("decrypt".to_string(), vec![("SELECT secretgate.decrypt($1, 2, NULL, 'BB_K')", vec![Arg::Bytes(blob)])], "42501"),
@@ -368,7 +386,16 @@ fn attacker_objects(p: &Platform) -> String {
         p.bare, p.ordinary
     ));
     // The same decoys as temp tables (pg_temp is searched first for relations unless listed).
-    for table in ["workspaces", "workspace_secrets", "global_secrets", "providers", "model_routes", "forbidden_keys", "liveness", "attached_tables"] {
+    for table in [
+        "workspaces",
+        "workspace_secrets",
+        "global_secrets",
+        "providers",
+        "model_routes",
+        "forbidden_keys",
+        "liveness",
+        "attached_tables",
+    ] {
         sql.push_str(&format!("CREATE TEMP TABLE {table} AS SELECT * FROM attacker.{table};\n"));
     }
     sql
@@ -382,11 +409,12 @@ async fn lookalikes(cluster: Arc<Cluster>, search_path: &'static str) -> Result<
     sqlx::raw_sql(&attacker_objects(&p)).execute(&mut conn).await.described("the attacker's objects")?;
     sqlx::raw_sql(&format!("SET search_path = {search_path}")).execute(&mut conn).await.described("search_path")?;
     // The look-alikes are live for the attacker's own statements.
-    let hijacked: bool = sqlx::query_scalar("SELECT NOT ('a'::text = 'a'::text) AND NOT ($1::uuid IS NOT DISTINCT FROM $1::uuid)")
-        .bind(p.platform)
-        .fetch_one(&mut conn)
-        .await
-        .described("probe")?;
+    let hijacked: bool =
+        sqlx::query_scalar("SELECT NOT ('a'::text = 'a'::text) AND NOT ($1::uuid IS NOT DISTINCT FROM $1::uuid)")
+            .bind(p.platform)
+            .fetch_one(&mut conn)
+            .await
+            .described("probe")?;
     if search_path.contains("attacker, pg_catalog") {
         ensure!(hijacked, "the attacker's operators should shadow pg_catalog's with search_path {search_path}");
     }
@@ -394,7 +422,8 @@ async fn lookalikes(cluster: Arc<Cluster>, search_path: &'static str) -> Result<
     let v = cluster.fresh_secret();
     let kr = cluster.initial_keys().keyring();
     let seal = |ws: Uuid, key: &str, value: &str| -> Result<Vec<Arg>> {
-        let (version, blob) = kr.encrypt(value.as_bytes(), Scope::Workspace(ws), key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (version, blob) =
+            kr.encrypt(value.as_bytes(), Scope::Workspace(ws), key).map_err(|e| anyhow::anyhow!("{e}"))?;
         ensure!(version == 2, "the current key version is 2");
         Ok(vec![Arg::Id(ws), Arg::Text(key.to_string()), Arg::Bytes(blob)])
     };
@@ -457,14 +486,22 @@ async fn lookalikes(cluster: Arc<Cluster>, search_path: &'static str) -> Result<
     // Registration reports its failures instead of raising, and commits them.
     for (ws, want) in [(p.bare, "PLATFORM_AGENT_IDENTITY_GATE"), (p.byok, "BYOK_CREDENTIAL_INVALID")] {
         let mut tx = conn.begin().await.described("BEGIN")?;
-        let got: (String, Option<String>) = sqlx::query_as("SELECT status, code FROM secretgate.register_workspace($1)")
-            .bind(ws)
-            .fetch_one(&mut *tx)
-            .await
-            .described("register_workspace")?;
-        ensure!(got == ("failed".to_string(), Some(want.to_string())), "register_workspace under {search_path}: {got:?}, expected failed {want}");
+        let got: (String, Option<String>) =
+            sqlx::query_as("SELECT status, code FROM secretgate.register_workspace($1)")
+                .bind(ws)
+                .fetch_one(&mut *tx)
+                .await
+                .described("register_workspace")?;
+        ensure!(
+            got == ("failed".to_string(), Some(want.to_string())),
+            "register_workspace under {search_path}: {got:?}, expected failed {want}"
+        );
         tx.commit().await.described("commit of the failed registration")?;
-        sqlx::query("UPDATE public.workspaces SET status = 'offline' WHERE id = $1").bind(ws).execute(&mut p.admin).await.described("reset")?;
+        sqlx::query("UPDATE public.workspaces SET status = 'offline' WHERE id = $1")
+            .bind(ws)
+            .execute(&mut p.admin)
+            .await
+            .described("reset")?;
     }
     // Reads are not fooled either.
     let has: (bool, bool) = sqlx::query_as("SELECT secretgate.has_model_secret($1), secretgate.has_model_secret($2)")
@@ -474,20 +511,26 @@ async fn lookalikes(cluster: Arc<Cluster>, search_path: &'static str) -> Result<
         .await
         .described("has_model_secret")?;
     ensure!(has == (true, false), "has_model_secret under {search_path}: {has:?}");
-    let present: (bool, bool) =
-        sqlx::query_as("SELECT secretgate.byok_credential_present($1, 'anthropic'), secretgate.byok_credential_present($2, 'openai')")
-            .bind(p.byok)
-            .bind(p.ordinary)
+    let present: (bool, bool) = sqlx::query_as(
+        "SELECT secretgate.byok_credential_present($1, 'anthropic'), secretgate.byok_credential_present($2, 'openai')",
+    )
+    .bind(p.byok)
+    .bind(p.ordinary)
+    .fetch_one(&mut conn)
+    .await
+    .described("byok_credential_present")?;
+    ensure!(present == (true, false), "byok_credential_present under {search_path}: {present:?}");
+    let model: (String, Option<String>) =
+        sqlx::query_as("SELECT state, value FROM secretgate.try_read_secret($1, 'MODEL')")
+            .bind(p.platform)
             .fetch_one(&mut conn)
             .await
-            .described("byok_credential_present")?;
-    ensure!(present == (true, false), "byok_credential_present under {search_path}: {present:?}");
-    let model: (String, Option<String>) = sqlx::query_as("SELECT state, value FROM secretgate.try_read_secret($1, 'MODEL')")
-        .bind(p.platform)
-        .fetch_one(&mut conn)
-        .await
-        .described("try_read_secret")?;
-    ensure!(model.0 == "value" && model.1.as_deref() == Some(p.model.as_str()), "try_read_secret under {search_path}: {}", model.0);
+            .described("try_read_secret")?;
+    ensure!(
+        model.0 == "value" && model.1.as_deref() == Some(p.model.as_str()),
+        "try_read_secret under {search_path}: {}",
+        model.0
+    );
     let provider: String = sqlx::query_scalar("SELECT secretgate.ensure_concierge_provider($1)")
         .bind(p.platform)
         .fetch_one(&mut conn)
@@ -521,10 +564,11 @@ async fn attach_under_hostile_search_path(cluster: Arc<Cluster>) -> Result<()> {
     .await
     .described("trigger definitions")?;
     ensure!(bound.is_empty(), "triggers bound to the attacker's operators: {bound:?}");
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'secretgate%' AND NOT tgisinternal")
-        .fetch_one(&mut p.admin)
-        .await
-        .described("triggers")?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'secretgate%' AND NOT tgisinternal")
+            .fetch_one(&mut p.admin)
+            .await
+            .described("triggers")?;
     ensure!(n == 8, "expected the 8 gate triggers after re-attaching, found {n}");
     let attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)> = vec![
         (
@@ -550,9 +594,20 @@ async fn attach_under_hostile_search_path(cluster: Arc<Cluster>) -> Result<()> {
     in_tx(&mut p.admin, &[("UPDATE public.workspaces SET status = 'online' WHERE id = $1", vec![Arg::Id(p.platform)])])
         .await
         .described("a platform workspace with its MODEL goes online")?;
-    let r = in_tx(&mut p.admin, &[("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'", vec![Arg::Id(p.platform)])]).await;
+    let r = in_tx(
+        &mut p.admin,
+        &[(
+            "DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'",
+            vec![Arg::Id(p.platform)],
+        )],
+    )
+    .await;
     expect_sg(r, Code::PlatformAgentIdentityGate).context("deleting the MODEL of an online platform workspace")?;
-    sqlx::query("UPDATE public.workspaces SET status = 'offline' WHERE id = $1").bind(p.platform).execute(&mut p.admin).await.described("reset")?;
+    sqlx::query("UPDATE public.workspaces SET status = 'offline' WHERE id = $1")
+        .bind(p.platform)
+        .execute(&mut p.admin)
+        .await
+        .described("reset")?;
     nothing_changed(&mut p).await
 }
 
@@ -605,10 +660,12 @@ async fn non_owner_cannot_switch_gates_off(cluster: Arc<Cluster>) -> Result<()> 
     }
     ensure!(wrong.is_empty(), "not refused with 42501:\n{}", wrong.join("\n"));
     // The gates are all still in place and enabled.
-    let enabled: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'secretgate%' AND NOT tgisinternal AND tgenabled = 'O'")
-        .fetch_one(&mut p.admin)
-        .await
-        .described("triggers")?;
+    let enabled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'secretgate%' AND NOT tgisinternal AND tgenabled = 'O'",
+    )
+    .fetch_one(&mut p.admin)
+    .await
+    .described("triggers")?;
     ensure!(enabled == 8, "{enabled} of the 8 gate triggers are enabled");
     nothing_changed(&mut p).await
 }
@@ -645,7 +702,8 @@ async fn trigger_privilege_cannot_add_triggers(cluster: Arc<Cluster>) -> Result<
         ("public.global_secrets", "bb_evil.noop"),
     ] {
         for timing in ["BEFORE INSERT OR UPDATE", "AFTER INSERT"] {
-            let sql = format!("CREATE TRIGGER zz_redirect {timing} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()");
+            let sql =
+                format!("CREATE TRIGGER zz_redirect {timing} ON {table} FOR EACH ROW EXECUTE FUNCTION {function}()");
             if let Err(e) = expect_sqlstate(in_tx(&mut conn, &[(sql.as_str(), vec![])]).await, "42501") {
                 wrong.push(format!("{sql}: {e:#}"));
             }
@@ -658,14 +716,24 @@ async fn trigger_privilege_cannot_add_triggers(cluster: Arc<Cluster>) -> Result<
         &[("SELECT secretgate.set_secret($1, 'NOTES', 'v')", vec![Arg::Id(p.ordinary)]), ("SELECT 1", vec![])],
     )
     .await;
-    ensure!(r.is_ok(), "the agent's own write to an ordinary workspace should pass: {:?}", r.err().map(|e| describe(&e)));
+    ensure!(
+        r.is_ok(),
+        "the agent's own write to an ordinary workspace should pass: {:?}",
+        r.err().map(|e| describe(&e))
+    );
     execute_with(&mut p.admin, "DELETE FROM public.workspace_secrets WHERE workspace_id = $1", &[Arg::Id(p.ordinary)])
         .await
         .described("clean up")?;
     // TRIGGER elsewhere is untouched, and the owner adds triggers as before.
-    in_tx(&mut conn, &[("CREATE TRIGGER bb_fine BEFORE INSERT ON public.bb_other FOR EACH ROW EXECUTE FUNCTION bb_evil.noop()", vec![])])
-        .await
-        .described("a trigger on a table secretgate does not guard")?;
+    in_tx(
+        &mut conn,
+        &[(
+            "CREATE TRIGGER bb_fine BEFORE INSERT ON public.bb_other FOR EACH ROW EXECUTE FUNCTION bb_evil.noop()",
+            vec![],
+        )],
+    )
+    .await
+    .described("a trigger on a table secretgate does not guard")?;
     sqlx::raw_sql(
         "CREATE FUNCTION public.bb_touch() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
          CREATE TRIGGER bb_owner_trigger BEFORE UPDATE ON public.workspace_secrets FOR EACH ROW EXECUTE FUNCTION public.bb_touch();
@@ -751,7 +819,9 @@ async fn agent_claiming_another_caller(cluster: Arc<Cluster>) -> Result<()> {
     .described("the service role and its helpers")?;
     let v = cluster.fresh_secret();
     let write = || ("SELECT secretgate.set_secret($1, 'BB_SELF', $2)", vec![Arg::Id(p.platform), Arg::Text(v.clone())]);
-    let delete = || ("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'", vec![Arg::Id(p.platform)]);
+    let delete = || {
+        ("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'", vec![Arg::Id(p.platform)])
+    };
     let set_role = format!("SET LOCAL ROLE {service}");
     let set_role = set_role.as_str();
     let session_auth = format!("SET SESSION AUTHORIZATION {service}");
@@ -786,14 +856,20 @@ async fn agent_claiming_another_caller(cluster: Arc<Cluster>) -> Result<()> {
         vec![("SELECT public.bb_service_delete($1)", vec![Arg::Id(p.platform)])],
         "SG101",
     ));
-    attempts.push(("SET secretgate.caller to an unknown value".into(), vec![("SET LOCAL secretgate.caller = 'superuser'", vec![])], "22023"));
+    attempts.push((
+        "SET secretgate.caller to an unknown value".into(),
+        vec![("SET LOCAL secretgate.caller = 'superuser'", vec![])],
+        "22023",
+    ));
     attempts.push(("SET ROLE to the superuser".into(), vec![("SET LOCAL ROLE postgres", vec![])], "42501"));
     attempts.push(("SET SESSION AUTHORIZATION to the service".into(), vec![(session_auth.as_str(), vec![])], "42501"));
     let mut conn = connect_as(&cluster, &agent, &p.db).await?;
     expect_refusals(&mut conn, attempts, &[&v]).await?;
 
     // A session default set on the role itself changes nothing either.
-    execute_with(&mut conn, &format!("ALTER ROLE {agent} SET secretgate.caller = 'operator'"), &[]).await.described("ALTER ROLE ... SET")?;
+    execute_with(&mut conn, &format!("ALTER ROLE {agent} SET secretgate.caller = 'operator'"), &[])
+        .await
+        .described("ALTER ROLE ... SET")?;
     let mut conn = connect_as(&cluster, &agent, &p.db).await?;
     let setting: String = sqlx::query_scalar("SHOW secretgate.caller").fetch_one(&mut conn).await.described("SHOW")?;
     ensure!(setting == "operator", "the role default should be in force: {setting}");
@@ -819,7 +895,8 @@ async fn agent_claiming_another_caller(cluster: Arc<Cluster>) -> Result<()> {
 
 async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
     let (_url, mut admin) = migrated_database(&cluster, &db_name("p_keyring")).await?;
-    let db: String = sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut admin).await.described("db")?;
+    let db: String =
+        sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut admin).await.described("db")?;
     let path = cluster.keyring_path().to_str().context("keyring path")?.to_string();
     for (i, role_kind) in ["service", "agent"].iter().enumerate() {
         let role = create_role(&mut admin, &db, &format!("bb_{role_kind}"), i == 1).await?;
@@ -829,33 +906,54 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
         let attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)> = vec![
             ("SHOW".into(), vec![("SHOW secretgate.keyring_file", vec![])], "42501"),
             ("current_setting".into(), vec![("SELECT current_setting('secretgate.keyring_file')", vec![])], "42501"),
-            ("current_setting missing_ok".into(), vec![("SELECT current_setting('secretgate.keyring_file', true)", vec![])], "42501"),
+            (
+                "current_setting missing_ok".into(),
+                vec![("SELECT current_setting('secretgate.keyring_file', true)", vec![])],
+                "42501",
+            ),
             ("pg_file_settings".into(), vec![("SELECT * FROM pg_file_settings", vec![])], "42501"),
             ("pg_read_file".into(), vec![("SELECT pg_read_file($1)", path_arg())], "42501"),
             ("pg_read_binary_file".into(), vec![("SELECT pg_read_binary_file($1)", path_arg())], "42501"),
             ("pg_stat_file".into(), vec![("SELECT pg_stat_file($1)", path_arg())], "42501"),
             ("lo_import".into(), vec![("SELECT lo_import($1)", path_arg())], "42501"),
-            ("COPY FROM the file".into(), vec![("CREATE TEMP TABLE bb_k (line text)", vec![]), (copy.as_str(), vec![])], "42501"),
+            (
+                "COPY FROM the file".into(),
+                vec![("CREATE TEMP TABLE bb_k (line text)", vec![]), (copy.as_str(), vec![])],
+                "42501",
+            ),
             ("SET".into(), vec![("SET secretgate.keyring_file = '/tmp/bb-other.json'", vec![])], "55P02"),
-            ("set_config".into(), vec![("SELECT set_config('secretgate.keyring_file', '/tmp/bb-other.json', false)", vec![])], "55P02"),
+            (
+                "set_config".into(),
+                vec![("SELECT set_config('secretgate.keyring_file', '/tmp/bb-other.json', false)", vec![])],
+                "55P02",
+            ),
         ];
         expect_refusals(&mut conn, attempts, &[&path]).await.with_context(|| format!("as a {role_kind}"))?;
         // (ALTER SYSTEM cannot run in a transaction block.)
-        expect_sqlstate(execute_with(&mut conn, "ALTER SYSTEM SET secretgate.keyring_file = '/tmp/bb-other.json'", &[]).await, "42501")
-            .context("ALTER SYSTEM")?;
-        let shown: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_settings WHERE name = 'secretgate.keyring_file' OR setting = $1")
-            .bind(&path)
-            .fetch_one(&mut conn)
-            .await
-            .described("pg_settings")?;
+        expect_sqlstate(
+            execute_with(&mut conn, "ALTER SYSTEM SET secretgate.keyring_file = '/tmp/bb-other.json'", &[]).await,
+            "42501",
+        )
+        .context("ALTER SYSTEM")?;
+        let shown: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_settings WHERE name = 'secretgate.keyring_file' OR setting = $1",
+        )
+        .bind(&path)
+        .fetch_one(&mut conn)
+        .await
+        .described("pg_settings")?;
         ensure!(shown == 0, "pg_settings shows the keyring setting to a {role_kind}");
-        let all: Vec<String> = sqlx::query_scalar("SELECT name FROM pg_show_all_settings() WHERE name LIKE 'secretgate.%'")
-            .fetch_all(&mut conn)
-            .await
-            .described("SHOW ALL")?;
+        let all: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pg_show_all_settings() WHERE name LIKE 'secretgate.%'")
+                .fetch_all(&mut conn)
+                .await
+                .described("SHOW ALL")?;
         ensure!(all == vec!["secretgate.caller".to_string()], "SHOW ALL lists {all:?} to a {role_kind}");
         // The keyring still works for the role (it never needed to see it).
-        let v: i32 = sqlx::query_scalar("SELECT secretgate.current_key_version()").fetch_one(&mut conn).await.described("version")?;
+        let v: i32 = sqlx::query_scalar("SELECT secretgate.current_key_version()")
+            .fetch_one(&mut conn)
+            .await
+            .described("version")?;
         ensure!(v == 2, "current_key_version for a {role_kind}: {v}");
     }
     // The file itself: a regular file, 0600, owned by the server's user.
@@ -863,6 +961,11 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
     let data = std::fs::metadata(cluster.data_dir()).context("stat the data directory")?;
     ensure!(meta.is_file(), "the keyring is not a regular file");
     ensure!(meta.permissions().mode() & 0o777 == 0o600, "keyring mode {:o}", meta.permissions().mode() & 0o777);
-    ensure!(meta.uid() == data.uid(), "the keyring is owned by uid {}, the server runs as uid {}", meta.uid(), data.uid());
+    ensure!(
+        meta.uid() == data.uid(),
+        "the keyring is owned by uid {}, the server runs as uid {}",
+        meta.uid(),
+        data.uid()
+    );
     Ok(())
 }

@@ -153,7 +153,9 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
             Ok(())
         }
         "slowbody" => {
-            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\":[")?;
+            stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"data\":[",
+            )?;
             stream.flush()?;
             std::thread::sleep(Duration::from_secs(30));
             Ok(())
@@ -244,15 +246,24 @@ async fn liveness(conn: &mut PgConnection, ws: Option<Uuid>, key: &str) -> Resul
 }
 
 async fn liveness_rows(conn: &mut PgConnection, ws: Option<Uuid>, key: &str) -> Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM secretgate.liveness WHERE workspace_id IS NOT DISTINCT FROM $1 AND key = $2")
-        .bind(ws)
-        .bind(key)
-        .fetch_one(conn)
-        .await
-        .described(&format!("count secretgate.liveness for {key}"))
+    sqlx::query_scalar(
+        "SELECT count(*) FROM secretgate.liveness WHERE workspace_id IS NOT DISTINCT FROM $1 AND key = $2",
+    )
+    .bind(ws)
+    .bind(key)
+    .fetch_one(conn)
+    .await
+    .described(&format!("count secretgate.liveness for {key}"))
 }
 
-async fn expect_verdict(conn: &mut PgConnection, ws: Option<Uuid>, key: &str, verdict: &str, status: i32, what: &str) -> Result<()> {
+async fn expect_verdict(
+    conn: &mut PgConnection,
+    ws: Option<Uuid>,
+    key: &str,
+    verdict: &str,
+    status: i32,
+    what: &str,
+) -> Result<()> {
     match liveness(conn, ws, key).await? {
         Some((v, s)) if v == verdict && s == Some(status) => Ok(()),
         Some((v, s)) => bail!("{what}: recorded ({v:?}, {s:?}), expected ({verdict:?}, {status})"),
@@ -273,7 +284,10 @@ fn no_values_in(run: &CliRun, values: &[&str]) -> Result<()> {
         ensure!(!run.stderr.contains(v), "stderr contains credential value #{i}");
         // Nor a recognisable part of it (the random tail).
         if let Some((_, tail)) = v.rsplit_once('-') {
-            ensure!(!run.stdout.contains(tail) && !run.stderr.contains(tail), "output contains the tail of credential value #{i}");
+            ensure!(
+                !run.stdout.contains(tail) && !run.stderr.contains(tail),
+                "output contains the tail of credential value #{i}"
+            );
         }
     }
     Ok(())
@@ -296,7 +310,11 @@ fn cells(run: &CliRun, scope: &str, key: &str) -> Result<(String, String)> {
     let cells: Vec<&str> = line.split_whitespace().collect();
     ensure!(cells.len() >= 5, "table row for {scope} {key} has too few cells: {line:?}");
     // "no answer" is two words.
-    let http = if cells[4] == "no" && cells.get(5) == Some(&"answer") { "no answer".to_string() } else { cells[4].to_string() };
+    let http = if cells[4] == "no" && cells.get(5) == Some(&"answer") {
+        "no answer".to_string()
+    } else {
+        cells[4].to_string()
+    };
     Ok((cells[3].to_string(), http))
 }
 
@@ -317,7 +335,11 @@ async fn probe(url: &str, args: &[&str]) -> Result<(CliRun, Duration)> {
 /// The one request the mock received with `value`, checked for method, path and header form.
 fn one_request(mock: &Mock, value: &str, provider: &str, what: &str) -> Result<()> {
     let seen = mock.requests_with(value);
-    ensure!(seen.len() == 1, "{what}: the mock received {} requests with this credential, expected exactly one", seen.len());
+    ensure!(
+        seen.len() == 1,
+        "{what}: the mock received {} requests with this credential, expected exactly one",
+        seen.len()
+    );
     let s = &seen[0];
     ensure!(s.method == "GET", "{what}: method {:?}, expected GET", s.method);
     match provider {
@@ -325,12 +347,18 @@ fn one_request(mock: &Mock, value: &str, provider: &str, what: &str) -> Result<(
             ensure!(s.path == "/v1/models", "{what}: path {:?}, expected /v1/models", s.path);
             ensure!(s.header("x-api-key") == Some(value), "{what}: x-api-key should carry the raw value");
             ensure!(s.header("authorization").is_none(), "{what}: an anthropic probe must not send Authorization");
-            ensure!(s.header("anthropic-version").is_some(), "{what}: an anthropic probe should send anthropic-version");
+            ensure!(
+                s.header("anthropic-version").is_some(),
+                "{what}: an anthropic probe should send anthropic-version"
+            );
         }
         "openai" => {
             ensure!(s.path == "/models", "{what}: path {:?}, expected /models", s.path);
             let expected = format!("Bearer {value}");
-            ensure!(s.header("authorization") == Some(expected.as_str()), "{what}: Authorization should be `Bearer <value>`");
+            ensure!(
+                s.header("authorization") == Some(expected.as_str()),
+                "{what}: Authorization should be `Bearer <value>`"
+            );
             ensure!(s.header("x-api-key").is_none(), "{what}: an openai probe must not send x-api-key");
         }
         other => bail!("unknown provider {other}"),
@@ -372,17 +400,26 @@ async fn verdicts_and_headers(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<
     let values: Vec<&str> = made.iter().map(|(_, v)| v.as_str()).collect();
     no_values_in(&run, &values)?;
     let limit = Duration::from_secs(timeout * 2 + 5);
-    ensure!(took < limit, "probe took {took:?} with two never-finishing answers and --timeout {timeout}: expected < {limit:?}");
+    ensure!(
+        took < limit,
+        "probe took {took:?} with two never-finishing answers and --timeout {timeout}: expected < {limit:?}"
+    );
 
     for ((behaviour, provider, _, key, verdict, status, http), (ws, value)) in cases.iter().zip(&made) {
         let what = format!("{behaviour} ({provider})");
         expect_verdict(&mut conn, Some(*ws), key, verdict, *status, &what).await?;
         expect_cells(&run, &ws.to_string(), key, verdict, http)?;
-        ensure!(row(&run, &ws.to_string(), key)?.split_whitespace().nth(1) == Some(*provider), "{what}: provider column");
+        ensure!(
+            row(&run, &ws.to_string(), key)?.split_whitespace().nth(1) == Some(*provider),
+            "{what}: provider column"
+        );
         one_request(&mock, value, provider, &what)?;
     }
     ensure!(
-        run.stdout.lines().any(|l| l.starts_with("summary:") && l.contains("ok 1") && l.contains("dead 2") && l.contains("transient 4")),
+        run.stdout.lines().any(|l| l.starts_with("summary:")
+            && l.contains("ok 1")
+            && l.contains("dead 2")
+            && l.contains("transient 4")),
         "the summary line should count ok 1, dead 2, transient 4:\n{run}"
     );
     Ok(())
@@ -457,25 +494,41 @@ async fn global_fallback_and_selection(cluster: Arc<Cluster>, mock: Arc<Mock>) -
     let external_value = mock_value(&cluster, "200");
     let external = workspace_with(&mut conn, "external", OPENAI, &[("OPENAI_API_KEY", &external_value)]).await?;
     let platform_value = mock_value(&cluster, "200");
-    let platform_managed = workspace_with(&mut conn, "workspace", "platform:default", &[("OPENAI_API_KEY", &platform_value)]).await?;
+    let platform_managed =
+        workspace_with(&mut conn, "workspace", "platform:default", &[("OPENAI_API_KEY", &platform_value)]).await?;
     let unknown_value = mock_value(&cluster, "200");
-    let underivable = workspace_with(&mut conn, "workspace", "mystery-model-1", &[("OPENAI_API_KEY", &unknown_value)]).await?;
+    let underivable =
+        workspace_with(&mut conn, "workspace", "mystery-model-1", &[("OPENAI_API_KEY", &unknown_value)]).await?;
 
     let (run, _) = probe(&url, &["--timeout", "2"]).await?;
     ensure!(run.code == Some(0), "probe should exit 0:\n{run}");
-    let all = [&global, &own, &api_key, &oauth, &other_provider, &anthropic_key, &external_value, &platform_value, &unknown_value];
+    let all = [
+        &global,
+        &own,
+        &api_key,
+        &oauth,
+        &other_provider,
+        &anthropic_key,
+        &external_value,
+        &platform_value,
+        &unknown_value,
+    ];
     no_values_in(&run, &all.map(String::as_str))?;
 
     one_request(&mock, &global, "openai", "global OPENAI_API_KEY")?;
     expect_verdict(&mut conn, None, "OPENAI_API_KEY", "ok", 200, "global OPENAI_API_KEY").await?;
     expect_cells(&run, "global", "OPENAI_API_KEY", "ok", "200")?;
     for ws in [uses_global_1, uses_global_2] {
-        ensure!(!run.stdout.contains(&ws.to_string()), "a workspace without its own key is probed through the global row only");
+        ensure!(
+            !run.stdout.contains(&ws.to_string()),
+            "a workspace without its own key is probed through the global row only"
+        );
         expect_nothing_recorded(&mut conn, Some(ws), "OPENAI_API_KEY", "workspace relying on the global key").await?;
     }
 
     one_request(&mock, &own, "openai", "workspace key over the global one")?;
-    expect_verdict(&mut conn, Some(with_own), "OPENAI_API_KEY", "dead", 401, "workspace key over the global one").await?;
+    expect_verdict(&mut conn, Some(with_own), "OPENAI_API_KEY", "dead", 401, "workspace key over the global one")
+        .await?;
 
     one_request(&mock, &api_key, "anthropic", "ANTHROPIC_API_KEY")?;
     one_request(&mock, &oauth, "anthropic", "CLAUDE_CODE_OAUTH_TOKEN")?;
@@ -490,7 +543,13 @@ async fn global_fallback_and_selection(cluster: Arc<Cluster>, mock: Arc<Mock>) -
     never_sent(&mock, &platform_value, "platform-managed workspace")?;
     expect_nothing_recorded(&mut conn, Some(platform_managed), "OPENAI_API_KEY", "platform-managed workspace").await?;
     never_sent(&mock, &unknown_value, "workspace whose provider cannot be derived")?;
-    expect_nothing_recorded(&mut conn, Some(underivable), "OPENAI_API_KEY", "workspace whose provider cannot be derived").await?;
+    expect_nothing_recorded(
+        &mut conn,
+        Some(underivable),
+        "OPENAI_API_KEY",
+        "workspace whose provider cannot be derived",
+    )
+    .await?;
     Ok(())
 }
 
@@ -516,7 +575,10 @@ async fn workspace_flag(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
     let ext = workspace_with(&mut conn, "external", OPENAI, &[("OPENAI_API_KEY", &ext_value)]).await?;
     let (run, _) = probe(&url, &["--workspace", &ext.to_string()]).await?;
     ensure!(run.code == Some(0), "probe --workspace <external> should exit 0:\n{run}");
-    ensure!(run.stdout.contains("no BYOK credential"), "probe --workspace <external> should say there is nothing to probe:\n{run}");
+    ensure!(
+        run.stdout.contains("no BYOK credential"),
+        "probe --workspace <external> should say there is nothing to probe:\n{run}"
+    );
     never_sent(&mock, &ext_value, "external workspace under --workspace")?;
 
     // An unknown workspace is a usage error.
@@ -542,10 +604,12 @@ async fn corrupt_credential(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()
     .execute(&mut conn)
     .await
     .described("corrupt the credential")?;
-    sqlx::query("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .execute(&mut conn)
-        .await
-        .described("attach_gates")?;
+    sqlx::query(
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .execute(&mut conn)
+    .await
+    .described("attach_gates")?;
 
     let (run, _) = probe(&url, &["--timeout", "2"]).await?;
     ensure!(run.code == Some(1), "probe should exit 1 when a credential cannot be read:\n{run}");
@@ -555,7 +619,8 @@ async fn corrupt_credential(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()
     expect_nothing_recorded(&mut conn, Some(bad), "OPENAI_API_KEY", "undecryptable credential").await?;
     // The others are still probed and recorded.
     expect_cells(&run, &good.to_string(), "ANTHROPIC_API_KEY", "ok", "200")?;
-    expect_verdict(&mut conn, Some(good), "ANTHROPIC_API_KEY", "ok", 200, "readable credential next to a corrupt one").await?;
+    expect_verdict(&mut conn, Some(good), "ANTHROPIC_API_KEY", "ok", 200, "readable credential next to a corrupt one")
+        .await?;
     ensure!(
         run.stdout.lines().any(|l| l.starts_with("summary:") && l.contains("ok 1") && l.contains("error 1")),
         "the summary line should count ok 1, error 1:\n{run}"
@@ -579,7 +644,8 @@ async fn dead_blocks_online(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()
 
     let online = |ws: Uuid| sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1").bind(ws);
     let result = online(dead).execute(&mut conn).await;
-    let e = expect_sg(result, Code::ByokCredentialInvalid).context("a workspace whose only credential is dead goes online")?;
+    let e = expect_sg(result, Code::ByokCredentialInvalid)
+        .context("a workspace whose only credential is dead goes online")?;
     e.assert_no_leak(&[&dead_value])?;
     let status: String = sqlx::query_scalar("SELECT status FROM public.workspaces WHERE id = $1")
         .bind(dead)
@@ -617,8 +683,13 @@ async fn skipped(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
     let moonshot_value = mock_value(&cluster, "200");
     let no_url = byok(&mut conn, "kimi-k2", "MOONSHOT_API_KEY", &moonshot_value).await?;
     let good_value = mock_value(&cluster, "200");
-    let with_empty =
-        workspace_with(&mut conn, "workspace", ANTHROPIC, &[("ANTHROPIC_API_KEY", &good_value), ("CLAUDE_CODE_OAUTH_TOKEN", "")]).await?;
+    let with_empty = workspace_with(
+        &mut conn,
+        "workspace",
+        ANTHROPIC,
+        &[("ANTHROPIC_API_KEY", &good_value), ("CLAUDE_CODE_OAUTH_TOKEN", "")],
+    )
+    .await?;
 
     let (run, _) = probe(&url, &["--timeout", "2"]).await?;
     ensure!(run.code == Some(0), "skipped credentials are not failures:\n{run}");
@@ -628,7 +699,8 @@ async fn skipped(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
     never_sent(&mock, &moonshot_value, "provider without base_url")?;
     expect_cells(&run, &with_empty.to_string(), "CLAUDE_CODE_OAUTH_TOKEN", "skipped", "-")?;
     expect_nothing_recorded(&mut conn, Some(with_empty), "CLAUDE_CODE_OAUTH_TOKEN", "empty value").await?;
-    expect_verdict(&mut conn, Some(with_empty), "ANTHROPIC_API_KEY", "ok", 200, "usable key next to an empty one").await?;
+    expect_verdict(&mut conn, Some(with_empty), "ANTHROPIC_API_KEY", "ok", 200, "usable key next to an empty one")
+        .await?;
     ensure!(
         run.stdout.lines().any(|l| l.starts_with("summary:") && l.contains("ok 1") && l.contains("skipped 2")),
         "the summary line should count ok 1, skipped 2:\n{run}"
@@ -685,7 +757,13 @@ async fn replaced_during_probe(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result
     ensure!(run.code == Some(0), "a credential replaced during its probe is not a failure:\n{run}");
     no_values_in(&run, &[&old, &new])?;
     expect_cells(&run, &ws.to_string(), "OPENAI_API_KEY", "changed", "timeout")?;
-    expect_nothing_recorded(&mut conn, Some(ws), "OPENAI_API_KEY", "the old key's answer must not be recorded for the new key").await?;
+    expect_nothing_recorded(
+        &mut conn,
+        Some(ws),
+        "OPENAI_API_KEY",
+        "the old key's answer must not be recorded for the new key",
+    )
+    .await?;
     Ok(())
 }
 

@@ -103,7 +103,13 @@ fn install_notice_capture() {
 }
 
 fn notices() -> Vec<String> {
-    EVENTS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|e| e.contains("sqlx::postgres::notice")).cloned().collect()
+    EVENTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|e| e.contains("sqlx::postgres::notice"))
+        .cloned()
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -122,7 +128,10 @@ struct Seen {
 
 /// A Rust backtrace as pgrx appends it to a DETAIL: numbered frames.
 fn has_backtrace(text: &str) -> bool {
-    text.contains("\n   0: ") || text.contains("stack backtrace") || text.contains("rust_begin_unwind") || text.contains("pgrx_pg_sys::")
+    text.contains("\n   0: ")
+        || text.contains("stack backtrace")
+        || text.contains("rust_begin_unwind")
+        || text.contains("pgrx_pg_sys::")
 }
 
 impl Seen {
@@ -243,7 +252,8 @@ impl Needles {
 
     /// What leaks in `text` (descriptions only, never the needle).
     fn leaks(&self, text: &str) -> Vec<&'static str> {
-        let mut found: Vec<&'static str> = self.list.iter().filter(|(n, _)| text.contains(n.as_str())).map(|(_, w)| *w).collect();
+        let mut found: Vec<&'static str> =
+            self.list.iter().filter(|(n, _)| text.contains(n.as_str())).map(|(_, w)| *w).collect();
         if long_hex_run(text) {
             found.push("a long \\x hex string (a bytea of ciphertext size)");
         }
@@ -280,7 +290,13 @@ async fn workspace(conn: &mut PgConnection, kind: &str, model: Option<&str>) -> 
 }
 
 async fn set(conn: &mut PgConnection, ws: Uuid, key: &str, value: &str) -> Result<()> {
-    sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(ws).bind(key).bind(value).execute(conn).await.described("set_secret")?;
+    sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+        .bind(ws)
+        .bind(key)
+        .bind(value)
+        .execute(conn)
+        .await
+        .described("set_secret")?;
     Ok(())
 }
 
@@ -343,13 +359,19 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let api = fresh();
     set(&mut c, ws, "API_TOKEN", &api).await?;
     let global = fresh();
-    sqlx::query("SELECT secretgate.set_global_secret('GLOBAL_TOKEN', $1)").bind(&global).execute(&mut c).await.described("global")?;
+    sqlx::query("SELECT secretgate.set_global_secret('GLOBAL_TOKEN', $1)")
+        .bind(&global)
+        .execute(&mut c)
+        .await
+        .described("global")?;
     let plat = workspace(&mut c, "platform", None).await?;
     let model = fresh();
     set(&mut c, plat, "MODEL", &model).await?;
     let plat_token = fresh();
     set(&mut c, plat, "PLATFORM_TOKEN", &plat_token).await?;
-    exec(&mut c, &format!("UPDATE public.workspaces SET status = 'online' WHERE id = '{plat}'")).await.map_err(|e| anyhow!(describe(&e)))?;
+    exec(&mut c, &format!("UPDATE public.workspaces SET status = 'online' WHERE id = '{plat}'"))
+        .await
+        .map_err(|e| anyhow!(describe(&e)))?;
     let plat_empty = workspace(&mut c, "platform", None).await?;
     // BYOK workspaces: created with their credential in one transaction.
     let mut byok = Vec::new();
@@ -362,9 +384,21 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
         byok.push(id);
     }
     let (byok_missing, byok_dead, byok_transient) = (byok[0], byok[1], byok[2]);
-    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1").bind(byok_missing).execute(&mut c).await.described("delete cred")?;
-    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)").bind(byok_dead).execute(&mut c).await.described("dead")?;
-    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 503)").bind(byok_transient).execute(&mut c).await.described("transient")?;
+    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1")
+        .bind(byok_missing)
+        .execute(&mut c)
+        .await
+        .described("delete cred")?;
+    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)")
+        .bind(byok_dead)
+        .execute(&mut c)
+        .await
+        .described("dead")?;
+    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 503)")
+        .bind(byok_transient)
+        .execute(&mut c)
+        .await
+        .described("transient")?;
     // Undecryptable rows (gates detached while planting them).
     let bad = workspace(&mut c, "workspace", None).await?;
     let plat_bad = workspace(&mut c, "platform", None).await?;
@@ -382,7 +416,11 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
             .await
             .described("corrupt")?;
     }
-    sqlx::query("UPDATE public.workspace_secrets SET encryption_version = 9 WHERE workspace_id = $1 AND key = 'V9'").bind(bad).execute(&mut c).await.described("v9")?;
+    sqlx::query("UPDATE public.workspace_secrets SET encryption_version = 9 WHERE workspace_id = $1 AND key = 'V9'")
+        .bind(bad)
+        .execute(&mut c)
+        .await
+        .described("v9")?;
     // A legacy MODEL_PROVIDER row whose value is a provider name (for SG107 through rename).
     let legacy_ws = workspace(&mut c, "workspace", None).await?;
     sqlx::query("INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, 'MODEL_PROVIDER', secretgate.encrypt('minimax', $1, 'MODEL_PROVIDER'), 2)")
@@ -390,9 +428,12 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
         .execute(&mut c)
         .await
         .described("legacy row")?;
-    exec(&mut c, "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .await
-        .map_err(|e| anyhow!(describe(&e)))?;
+    exec(
+        &mut c,
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .await
+    .map_err(|e| anyhow!(describe(&e)))?;
     ciphertexts(&mut c, &mut blobs).await?;
     // Roles: one that may not read the secrets table, one that may.
     exec(
@@ -418,7 +459,8 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     seen.expect("rename_secret_key(NULL)", "22004", r);
     let r = sqlx::query("SELECT secretgate.reencrypt(0)").execute(&mut c).await;
     seen.expect("reencrypt(0)", "22023", r);
-    let r = sqlx::query("SELECT secretgate.byok_credential_present($1, 'nosuchprovider')").bind(ws).execute(&mut c).await;
+    let r =
+        sqlx::query("SELECT secretgate.byok_credential_present($1, 'nosuchprovider')").bind(ws).execute(&mut c).await;
     seen.expect("byok_credential_present(unknown provider)", "22023", r);
     let r = exec(&mut c, "SET secretgate.caller = 'nobody'").await;
     seen.expect("SET secretgate.caller = invalid", "22023", r);
@@ -473,7 +515,11 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     // --- Gates: SG101, SG105, SG106, SG107, SG102, SG103, SG104.
     let agent_value = fresh();
     exec(&mut c, "BEGIN; SET LOCAL secretgate.caller = 'agent'").await.map_err(|e| anyhow!(describe(&e)))?;
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'PLATFORM_TOKEN', $2)").bind(plat).bind(&agent_value).execute(&mut c).await;
+    let r = sqlx::query("SELECT secretgate.set_secret($1, 'PLATFORM_TOKEN', $2)")
+        .bind(plat)
+        .bind(&agent_value)
+        .execute(&mut c)
+        .await;
     seen.expect("agent set_secret on a platform workspace", "SG101", r);
     exec(&mut c, "ROLLBACK").await.ok();
     exec(&mut c, "BEGIN; SET LOCAL secretgate.caller = 'agent'").await.map_err(|e| anyhow!(describe(&e)))?;
@@ -486,11 +532,15 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     seen.expect("agent direct INSERT of a ciphertext into a platform workspace (trigger)", "SG101", r);
     exec(&mut c, "ROLLBACK").await.ok();
     exec(&mut c, "BEGIN; SET LOCAL secretgate.caller = 'agent'").await.map_err(|e| anyhow!(describe(&e)))?;
-    let r = sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'").bind(plat).execute(&mut c).await;
+    let r = sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
+        .bind(plat)
+        .execute(&mut c)
+        .await;
     seen.expect("agent DELETE of a platform secret (trigger)", "SG101", r);
     exec(&mut c, "ROLLBACK").await.ok();
     exec(&mut c, "BEGIN; SET LOCAL secretgate.caller = 'agent'").await.map_err(|e| anyhow!(describe(&e)))?;
-    let r = sqlx::query("UPDATE public.workspaces SET kind = 'workspace' WHERE id = $1").bind(plat).execute(&mut c).await;
+    let r =
+        sqlx::query("UPDATE public.workspaces SET kind = 'workspace' WHERE id = $1").bind(plat).execute(&mut c).await;
     seen.expect("agent demotes a platform workspace (trigger)", "SG101", r);
     exec(&mut c, "ROLLBACK").await.ok();
     exec(&mut c, "BEGIN; SET LOCAL secretgate.caller = 'agent'").await.map_err(|e| anyhow!(describe(&e)))?;
@@ -499,11 +549,16 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     exec(&mut c, "ROLLBACK").await.ok();
     exec(&mut c, "BEGIN; SET LOCAL secretgate.caller = 'agent'").await.map_err(|e| anyhow!(describe(&e)))?;
     let v = fresh();
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)").bind(Uuid::new_v4()).bind(&v).execute(&mut c).await;
+    let r = sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)")
+        .bind(Uuid::new_v4())
+        .bind(&v)
+        .execute(&mut c)
+        .await;
     seen.expect("agent set_secret on an unknown workspace", "SG106", r);
     exec(&mut c, "ROLLBACK").await.ok();
     let v = fresh();
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'MODEL_PROVIDER', $2)").bind(ws).bind(&v).execute(&mut c).await;
+    let r =
+        sqlx::query("SELECT secretgate.set_secret($1, 'MODEL_PROVIDER', $2)").bind(ws).bind(&v).execute(&mut c).await;
     seen.expect("set_secret of a forbidden key", "SG105", r);
     let v = fresh();
     let r = sqlx::query("SELECT secretgate.set_global_secret('MODEL_PROVIDER', $1)").bind(&v).execute(&mut c).await;
@@ -518,23 +573,39 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     seen.expect("check_byok(unknown id)", "SG106", r);
     let r = sqlx::query("SELECT secretgate.ensure_concierge_provider($1)").bind(Uuid::new_v4()).execute(&mut c).await;
     seen.expect("ensure_concierge_provider(unknown id)", "SG106", r);
-    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1").bind(plat_empty).execute(&mut c).await;
+    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1")
+        .bind(plat_empty)
+        .execute(&mut c)
+        .await;
     seen.expect("platform set online without MODEL (commit)", "SG102", r);
     exec(&mut c, "BEGIN").await.map_err(|e| anyhow!(describe(&e)))?;
-    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'").bind(plat).execute(&mut c).await.described("delete MODEL")?;
+    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
+        .bind(plat)
+        .execute(&mut c)
+        .await
+        .described("delete MODEL")?;
     let r = exec(&mut c, "COMMIT").await;
     seen.expect("MODEL of an online platform deleted (commit)", "SG102", r);
     let r = exec(&mut c, "TRUNCATE public.workspace_secrets").await;
     seen.expect("TRUNCATE while a platform is online", "SG102", r);
     let r = sqlx::query("SELECT secretgate.check_byok($1)").bind(byok_missing).execute(&mut c).await;
     seen.expect("check_byok(no credential)", "SG103", r);
-    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1").bind(byok_missing).execute(&mut c).await;
+    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1")
+        .bind(byok_missing)
+        .execute(&mut c)
+        .await;
     seen.expect("BYOK workspace set online without credential (commit)", "SG103", r);
     let r = sqlx::query("SELECT secretgate.check_byok($1)").bind(byok_dead).execute(&mut c).await;
     seen.expect("check_byok(dead credential)", "SG104", r);
-    seen.ok("check_byok(transient verdict: WARNING)", sqlx::query("SELECT secretgate.check_byok($1)").bind(byok_transient).execute(&mut c).await);
+    seen.ok(
+        "check_byok(transient verdict: WARNING)",
+        sqlx::query("SELECT secretgate.check_byok($1)").bind(byok_transient).execute(&mut c).await,
+    );
     // An unroutable model: a NOTICE, naming the model column (not a secret).
-    let r = sqlx::query("UPDATE public.workspaces SET model = 'zzz-unroutable-model' WHERE id = $1").bind(ws).execute(&mut c).await;
+    let r = sqlx::query("UPDATE public.workspaces SET model = 'zzz-unroutable-model' WHERE id = $1")
+        .bind(ws)
+        .execute(&mut c)
+        .await;
     seen.ok("unroutable model (NOTICE)", r);
 
     // register_workspace failures commit and NOTIFY.
@@ -544,8 +615,10 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
         ("register_workspace(BYOK missing)", byok_missing),
         ("register_workspace(BYOK dead)", byok_dead),
     ] {
-        let row: Option<(String, Option<String>)> =
-            seen.ok(path, sqlx::query_as("SELECT * FROM secretgate.register_workspace($1)").bind(id).fetch_one(&mut c).await);
+        let row: Option<(String, Option<String>)> = seen.ok(
+            path,
+            sqlx::query_as("SELECT * FROM secretgate.register_workspace($1)").bind(id).fetch_one(&mut c).await,
+        );
         match row {
             Some((status, Some(code))) if status == "failed" => seen.text(path, code),
             other => seen.problems.push(format!("{path}: expected ('failed', code), got {:?}", other.map(|o| o.0))),
@@ -558,12 +631,21 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     set(&mut c, conc, "LLM_PROVIDER", &corrupt_provider).await?;
     ciphertexts(&mut c, &mut blobs).await?;
     exec(&mut c, "SELECT secretgate.detach_gates()").await.map_err(|e| anyhow!(describe(&e)))?;
-    sqlx::query("UPDATE public.workspace_secrets SET encryption_version = 7 WHERE workspace_id = $1").bind(conc).execute(&mut c).await.described("v7")?;
-    exec(&mut c, "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
+    sqlx::query("UPDATE public.workspace_secrets SET encryption_version = 7 WHERE workspace_id = $1")
+        .bind(conc)
+        .execute(&mut c)
         .await
-        .map_err(|e| anyhow!(describe(&e)))?;
-    let r: Option<String> =
-        seen.ok("ensure_concierge_provider(unreadable LLM_PROVIDER)", sqlx::query_scalar("SELECT secretgate.ensure_concierge_provider($1)").bind(conc).fetch_one(&mut c).await);
+        .described("v7")?;
+    exec(
+        &mut c,
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .await
+    .map_err(|e| anyhow!(describe(&e)))?;
+    let r: Option<String> = seen.ok(
+        "ensure_concierge_provider(unreadable LLM_PROVIDER)",
+        sqlx::query_scalar("SELECT secretgate.ensure_concierge_provider($1)").bind(conc).fetch_one(&mut c).await,
+    );
     if r.as_deref() != Some("fail_closed") {
         seen.problems.push(format!("ensure_concierge_provider should fail closed, said {r:?}"));
     }
@@ -575,7 +657,10 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     seen.expect("encrypt without EXECUTE", "42501", r);
     let r = sqlx::query("SELECT secretgate.reencrypt(10)").execute(&mut app).await;
     seen.expect("reencrypt without EXECUTE", "42501", r);
-    let r = sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)").bind(byok_dead).execute(&mut app).await;
+    let r = sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)")
+        .bind(byok_dead)
+        .execute(&mut app)
+        .await;
     seen.expect("record_liveness without EXECUTE", "42501", r);
     let r = sqlx::query("SELECT secretgate.rename_secret_key('A', 'B')").execute(&mut app).await;
     seen.expect("rename_secret_key without EXECUTE", "42501", r);
@@ -584,24 +669,34 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let r = sqlx::query("SELECT secretgate.read_secret($1, 'API_TOKEN')").bind(ws).execute(&mut noread).await;
     seen.expect("read_secret without SELECT on the table (SPI)", "42501", r);
     let v = fresh();
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)").bind(ws).bind(&v).execute(&mut noread).await;
+    let r =
+        sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)").bind(ws).bind(&v).execute(&mut noread).await;
     seen.expect("set_secret without privileges on the table (SPI)", "42501", r);
     noread.close().await.ok();
 
     // --- Postgres' own errors inside the extension's SPI statements.
     let v = fresh();
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)").bind(Uuid::new_v4()).bind(&v).execute(&mut c).await;
+    let r = sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)")
+        .bind(Uuid::new_v4())
+        .bind(&v)
+        .execute(&mut c)
+        .await;
     seen.expect("set_secret on a missing workspace: FK violation (SPI)", "23503", r);
-    exec(&mut c, "ALTER TABLE public.workspace_secrets ADD CONSTRAINT redact_key_upper CHECK (key = upper(key)) NOT VALID")
-        .await
-        .map_err(|e| anyhow!(describe(&e)))?;
+    exec(
+        &mut c,
+        "ALTER TABLE public.workspace_secrets ADD CONSTRAINT redact_key_upper CHECK (key = upper(key)) NOT VALID",
+    )
+    .await
+    .map_err(|e| anyhow!(describe(&e)))?;
     let v = fresh();
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'lower_key', $2)").bind(ws).bind(&v).execute(&mut c).await;
     seen.expect("set_secret violating a CHECK constraint (SPI)", "23514", r);
     // Control: the same violation by a direct INSERT is Postgres' own DETAIL
     // ("Failing row contains"), which shows the ciphertext: the detector must
     // see it. Kept out of the server log, which is checked as a whole.
-    exec(&mut c, "SET log_min_messages = panic; SET log_min_error_statement = panic").await.map_err(|e| anyhow!(describe(&e)))?;
+    exec(&mut c, "SET log_min_messages = panic; SET log_min_error_statement = panic")
+        .await
+        .map_err(|e| anyhow!(describe(&e)))?;
     let known = blobs.iter().next().cloned().unwrap_or_default();
     let r = sqlx::query("INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, 'lower_direct', $2, 2)")
         .bind(ws)
@@ -610,11 +705,17 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
         .await;
     seen.expect("control: direct INSERT violating a CHECK constraint (no extension involved)", "23514", r);
     exec(&mut c, "RESET log_min_messages; RESET log_min_error_statement").await.map_err(|e| anyhow!(describe(&e)))?;
-    exec(&mut c, "ALTER TABLE public.workspace_secrets DROP CONSTRAINT redact_key_upper").await.map_err(|e| anyhow!(describe(&e)))?;
+    exec(&mut c, "ALTER TABLE public.workspace_secrets DROP CONSTRAINT redact_key_upper")
+        .await
+        .map_err(|e| anyhow!(describe(&e)))?;
     // A lock held by another transaction, with lock_timeout: 55P03 inside SPI.
     let mut holder = PgConnection::connect(&url).await.context("holder")?;
     exec(&mut holder, "BEGIN").await.map_err(|e| anyhow!(describe(&e)))?;
-    sqlx::query("SELECT 1 FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'API_TOKEN' FOR UPDATE").bind(ws).execute(&mut holder).await.described("lock")?;
+    sqlx::query("SELECT 1 FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'API_TOKEN' FOR UPDATE")
+        .bind(ws)
+        .execute(&mut holder)
+        .await
+        .described("lock")?;
     exec(&mut c, "SET lock_timeout = '200ms'").await.map_err(|e| anyhow!(describe(&e)))?;
     let v = fresh();
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'API_TOKEN', $2)").bind(ws).bind(&v).execute(&mut c).await;
@@ -635,11 +736,18 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
         set(&mut m, mws, key, &v).await?;
     }
     let v = fresh();
-    sqlx::query("SELECT secretgate.set_global_secret('MAINT_G', $1)").bind(&v).execute(&mut m).await.described("global")?;
-    ciphertexts(&mut m, &mut blobs).await?;
-    exec(&mut m, "ALTER TABLE public.workspace_secrets ADD CONSTRAINT redact_key_upper CHECK (key = upper(key)) NOT VALID")
+    sqlx::query("SELECT secretgate.set_global_secret('MAINT_G', $1)")
+        .bind(&v)
+        .execute(&mut m)
         .await
-        .map_err(|e| anyhow!(describe(&e)))?;
+        .described("global")?;
+    ciphertexts(&mut m, &mut blobs).await?;
+    exec(
+        &mut m,
+        "ALTER TABLE public.workspace_secrets ADD CONSTRAINT redact_key_upper CHECK (key = upper(key)) NOT VALID",
+    )
+    .await
+    .map_err(|e| anyhow!(describe(&e)))?;
     let r = sqlx::query("SELECT secretgate.rename_secret_key('MAINT_A', 'maint_lower')").execute(&mut m).await;
     seen.expect("rename_secret_key violating a CHECK constraint (SPI)", "23514", r);
     exec(&mut m, "ALTER TABLE public.workspace_secrets ADD CONSTRAINT redact_old_versions CHECK (encryption_version < 3) NOT VALID")
@@ -649,9 +757,12 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let r = sqlx::query("SELECT secretgate.reencrypt(10)").execute(&mut m).await;
     seen.expect("reencrypt violating a CHECK constraint (SPI)", "23514", r);
     cluster.write_keyring(&cluster.initial_keys().to_json(), 0o600);
-    exec(&mut m, "ALTER TABLE public.workspace_secrets DROP CONSTRAINT redact_old_versions, DROP CONSTRAINT redact_key_upper")
-        .await
-        .map_err(|e| anyhow!(describe(&e)))?;
+    exec(
+        &mut m,
+        "ALTER TABLE public.workspace_secrets DROP CONSTRAINT redact_old_versions, DROP CONSTRAINT redact_key_upper",
+    )
+    .await
+    .map_err(|e| anyhow!(describe(&e)))?;
     exec(&mut m, "ALTER TABLE public.workspace_secrets ADD COLUMN created_by text NOT NULL DEFAULT 'dba'; ALTER TABLE public.workspace_secrets ALTER COLUMN created_by DROP DEFAULT")
         .await
         .map_err(|e| anyhow!(describe(&e)))?;
@@ -659,16 +770,27 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'MAINT_C', $2)").bind(mws).bind(&v).execute(&mut m).await;
     seen.expect("set_secret violating a NOT NULL column (SPI)", "23502", r);
     let pws = workspace(&mut m, "platform", None).await?;
-    let r = sqlx::query_scalar::<_, String>("SELECT secretgate.ensure_concierge_model($1, 'claude-opus-4-7')").bind(pws).fetch_one(&mut m).await;
+    let r = sqlx::query_scalar::<_, String>("SELECT secretgate.ensure_concierge_model($1, 'claude-opus-4-7')")
+        .bind(pws)
+        .fetch_one(&mut m)
+        .await;
     seen.expect("ensure_concierge_model seeding into a NOT NULL violation (SPI)", "23502", r);
     m.close().await.ok();
 
     // --- 55000: before attach_gates, and attaching other tables.
     let r = exec(&mut c, "CREATE TABLE public.other_ws (LIKE public.workspaces INCLUDING ALL)").await;
     seen.ok("create other tables", r);
-    let r = exec(&mut c, "SELECT secretgate.attach_gates('public.other_ws', 'public.workspace_secrets', 'public.global_secrets')").await;
+    let r = exec(
+        &mut c,
+        "SELECT secretgate.attach_gates('public.other_ws', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .await;
     seen.expect("attach_gates(other tables)", "55000", r);
-    let r = exec(&mut c, "SELECT secretgate.attach_gates('public.global_secrets', 'public.workspace_secrets', 'public.global_secrets')").await;
+    let r = exec(
+        &mut c,
+        "SELECT secretgate.attach_gates('public.global_secrets', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .await;
     seen.expect("attach_gates(table without a column)", "42703", r);
     let (_u, mut empty) = empty_database(&cluster, &db_name("redact_empty")).await?;
     exec(&mut empty, "CREATE EXTENSION secretgate").await.map_err(|e| anyhow!(describe(&e)))?;
@@ -681,10 +803,38 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let broken = [
         ("removed", None),
-        ("not JSON", Some(format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"{}\"", b64(&k.keys[&1]), b64(&k.keys[&2])))),
-        ("key not base64", Some(format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"!!{}\"}}}}", b64(&k.keys[&1]), b64(&k.keys[&2])))),
-        ("short key", Some(format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"{}\"}}}}", b64(&k.keys[&1]), b64(&k.keys[&2][..31])))),
-        ("key as hex", Some(format!("{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"{}\"}}}}", hex::encode(&k.keys[&1]), hex::encode(&k.keys[&2])))),
+        (
+            "not JSON",
+            Some(format!(
+                "{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"{}\"",
+                b64(&k.keys[&1]),
+                b64(&k.keys[&2])
+            )),
+        ),
+        (
+            "key not base64",
+            Some(format!(
+                "{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"!!{}\"}}}}",
+                b64(&k.keys[&1]),
+                b64(&k.keys[&2])
+            )),
+        ),
+        (
+            "short key",
+            Some(format!(
+                "{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"{}\"}}}}",
+                b64(&k.keys[&1]),
+                b64(&k.keys[&2][..31])
+            )),
+        ),
+        (
+            "key as hex",
+            Some(format!(
+                "{{\"current_version\": 2, \"keys\": {{\"1\": \"{}\", \"2\": \"{}\"}}}}",
+                hex::encode(&k.keys[&1]),
+                hex::encode(&k.keys[&2])
+            )),
+        ),
     ];
     for (what, contents) in &broken {
         match contents {
@@ -723,11 +873,15 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let r = sqlx::query("SELECT secretgate.has_model_secret($1)").bind(plat).execute(&mut c).await;
     // plat's MODEL is intact (the delete above rolled back).
     seen.expect("has_model_secret, no keyring", "SG003", r);
-    let r = sqlx::query("SELECT secretgate.byok_credential_present($1, 'anthropic')").bind(byok_dead).execute(&mut c).await;
+    let r =
+        sqlx::query("SELECT secretgate.byok_credential_present($1, 'anthropic')").bind(byok_dead).execute(&mut c).await;
     seen.expect("byok_credential_present, no keyring", "SG003", r);
     let r = sqlx::query("SELECT secretgate.check_byok($1)").bind(byok_dead).execute(&mut c).await;
     seen.expect("check_byok, no keyring", "SG003", r);
-    let r = sqlx::query("UPDATE public.workspaces SET model = 'claude-sonnet-4' WHERE id = $1").bind(byok_transient).execute(&mut c).await;
+    let r = sqlx::query("UPDATE public.workspaces SET model = 'claude-sonnet-4' WHERE id = $1")
+        .bind(byok_transient)
+        .execute(&mut c)
+        .await;
     seen.expect("BYOK gate at commit, no keyring", "SG003", r);
     let v = fresh();
     let r = sqlx::query("UPDATE public.workspace_secrets SET encrypted_value = secretgate.encrypt($2, workspace_id, key) WHERE workspace_id = $1")
@@ -738,7 +892,10 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     seen.expect("direct UPDATE through encrypt(), no keyring", "SG003", r);
     let r: Option<String> = seen.ok(
         "ensure_concierge_model, no keyring (WARNING)",
-        sqlx::query_scalar("SELECT secretgate.ensure_concierge_model($1, 'claude-opus-4-7')").bind(plat).fetch_one(&mut c).await,
+        sqlx::query_scalar("SELECT secretgate.ensure_concierge_model($1, 'claude-opus-4-7')")
+            .bind(plat)
+            .fetch_one(&mut c)
+            .await,
     );
     if r.as_deref() != Some("fail_closed") {
         seen.problems.push(format!("ensure_concierge_model without a keyring should fail closed, said {r:?}"));
@@ -750,8 +907,10 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     if row.as_ref().map(|r| r.0.as_str()) != Some("failed") {
         seen.problems.push("register_workspace without a keyring should report failed".into());
     }
-    let rows: Option<Vec<VerifyRow>> =
-        seen.ok("verify_secrets, no keyring", sqlx::query_as("SELECT * FROM secretgate.verify_secrets()").fetch_all(&mut c).await);
+    let rows: Option<Vec<VerifyRow>> = seen.ok(
+        "verify_secrets, no keyring",
+        sqlx::query_as("SELECT * FROM secretgate.verify_secrets()").fetch_all(&mut c).await,
+    );
     if let Some(rows) = rows {
         seen.text("verify_secrets rows, no keyring", format!("{rows:?}"));
     }
@@ -760,7 +919,8 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     let rotate = run_cli(Some(&url), &["rotate"]).await?;
     seen.text("secretgate rotate, no keyring", format!("{}{}", rotate.stdout, rotate.stderr));
     if verify.code != Some(1) || rotate.code != Some(1) {
-        seen.problems.push(format!("verify / rotate without a keyring should exit 1: {:?} / {:?}", verify.code, rotate.code));
+        seen.problems
+            .push(format!("verify / rotate without a keyring should exit 1: {:?} / {:?}", verify.code, rotate.code));
     }
     cluster.write_keyring(&k.to_json(), 0o600);
 
@@ -791,7 +951,8 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
             seen.problems.push(format!("psql: no ERROR {code} in the session output"));
         }
     }
-    for needle in ["WARNING:  01000:", "NOTICE:  00000:", "Asynchronous notification \"secretgate_events\"", "DEBUG:  "] {
+    for needle in ["WARNING:  01000:", "NOTICE:  00000:", "Asynchronous notification \"secretgate_events\"", "DEBUG:  "]
+    {
         if !out.contains(needle) {
             seen.problems.push(format!("psql: expected {needle:?} in the session output"));
         }
@@ -817,8 +978,13 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
 
     // --- Client-side notices (sqlx), the audit lines and the whole server log.
     let client_notices = notices();
-    if !client_notices.iter().any(|n| n.contains("not seeded (fail closed)")) || !client_notices.iter().any(|n| n.contains("transient")) {
-        seen.problems.push(format!("sqlx should have delivered the fail-closed and transient WARNINGs ({} notices)", client_notices.len()));
+    if !client_notices.iter().any(|n| n.contains("not seeded (fail closed)"))
+        || !client_notices.iter().any(|n| n.contains("transient"))
+    {
+        seen.problems.push(format!(
+            "sqlx should have delivered the fail-closed and transient WARNINGs ({} notices)",
+            client_notices.len()
+        ));
     }
     for n in EVENTS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         seen.text("client tracing event", n.clone());
@@ -843,7 +1009,10 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
     for (path, text) in &seen.texts {
         let found = needles.leaks(text);
         if path.starts_with("control:") {
-            ensure!(found.iter().any(|f| f.contains("ciphertext")), "the leak detector should find the ciphertext in the control path's DETAIL");
+            ensure!(
+                found.iter().any(|f| f.contains("ciphertext")),
+                "the leak detector should find the ciphertext in the control path's DETAIL"
+            );
         } else if !found.is_empty() {
             leaks.push(format!("{path}: {}", found.join(", ")));
         }
@@ -853,15 +1022,25 @@ async fn every_error_path_is_redacted(cluster: Arc<Cluster>) -> Result<()> {
         seen.problems.push(format!("a Rust backtrace reached the DETAIL of: {with_backtrace:?}"));
     }
     // Postgres' own DETAIL of an error inside a write of a ciphertext is withheld.
-    const WITHHELD: &str = "secretgate: Postgres' DETAIL is withheld, as it can show the row being written, ciphertext included";
+    const WITHHELD: &str =
+        "secretgate: Postgres' DETAIL is withheld, as it can show the row being written, ciphertext included";
     for (path, detail) in &seen.details {
         if path.contains("(SPI)") && path.contains("violat") && detail.as_deref() != Some(WITHHELD) {
             seen.problems.push(format!("{path}: Postgres' DETAIL should be withheld"));
         }
     }
-    eprintln!("[redaction] {} paths exercised, {} texts checked ({} bytes of server log)", seen.paths.len(), seen.texts.len(), log.len());
+    eprintln!(
+        "[redaction] {} paths exercised, {} texts checked ({} bytes of server log)",
+        seen.paths.len(),
+        seen.texts.len(),
+        log.len()
+    );
     for (path, want, got, bt) in &seen.paths {
-        eprintln!("[redaction]   {got:>7} {}{path}{}", if want == got { "" } else { "UNEXPECTED " }, if *bt { "  [Rust backtrace in DETAIL]" } else { "" });
+        eprintln!(
+            "[redaction]   {got:>7} {}{path}{}",
+            if want == got { "" } else { "UNEXPECTED " },
+            if *bt { "  [Rust backtrace in DETAIL]" } else { "" }
+        );
     }
     eprintln!("[redaction] paths whose DETAIL carries a Rust backtrace: {with_backtrace:?}");
     if !leaks.is_empty() {

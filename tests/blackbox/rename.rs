@@ -18,7 +18,11 @@ fn main() {
     let cluster = Arc::new(Cluster::start("rename"));
     let trials = vec![
         trial("legacy_rows_become_readable_model_rows", &cluster, legacy_rows_become_readable_model_rows),
-        trial("a_corrupt_legacy_row_fails_the_migration_with_nothing_changed", &cluster, a_corrupt_legacy_row_fails_the_migration),
+        trial(
+            "a_corrupt_legacy_row_fails_the_migration_with_nothing_changed",
+            &cluster,
+            a_corrupt_legacy_row_fails_the_migration,
+        ),
         trial("a_provider_slug_is_not_renamed_into_model", &cluster, a_provider_slug_is_not_renamed_into_model),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
@@ -37,7 +41,10 @@ async fn legacy_database(cluster: &Cluster, prefix: &str) -> Result<(String, PgC
 }
 
 async fn workspace(conn: &mut PgConnection) -> Result<Uuid> {
-    sqlx::query_scalar("INSERT INTO public.workspaces (kind) VALUES ('platform') RETURNING id").fetch_one(conn).await.described("ws")
+    sqlx::query_scalar("INSERT INTO public.workspaces (kind) VALUES ('platform') RETURNING id")
+        .fetch_one(conn)
+        .await
+        .described("ws")
 }
 
 /// Legacy rows can only exist from before the gates: plant them detached.
@@ -45,17 +52,23 @@ async fn plant(conn: &mut PgConnection, rows: &[(Option<Uuid>, &str, &str)]) -> 
     sqlx::query("SELECT secretgate.detach_gates()").execute(&mut *conn).await.described("detach")?;
     for (ws, key, value) in rows {
         let sql = match ws {
-            Some(_) => "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) \
-                        VALUES ($1, $2, secretgate.encrypt($3, $1, $2), secretgate.current_key_version())",
-            None => "INSERT INTO public.global_secrets (key, encrypted_value, encryption_version) \
-                     SELECT $2, secretgate.encrypt($3, $1, $2), secretgate.current_key_version()",
+            Some(_) => {
+                "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) \
+                        VALUES ($1, $2, secretgate.encrypt($3, $1, $2), secretgate.current_key_version())"
+            }
+            None => {
+                "INSERT INTO public.global_secrets (key, encrypted_value, encryption_version) \
+                     SELECT $2, secretgate.encrypt($3, $1, $2), secretgate.current_key_version()"
+            }
         };
         sqlx::query(sql).bind(ws).bind(key).bind(value).execute(&mut *conn).await.described("plant")?;
     }
-    sqlx::query("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .execute(&mut *conn)
-        .await
-        .described("attach")?;
+    sqlx::query(
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .execute(&mut *conn)
+    .await
+    .described("attach")?;
     Ok(())
 }
 
@@ -72,7 +85,12 @@ async fn snapshot(conn: &mut PgConnection) -> Result<BTreeMap<(Uuid, String), (i
 }
 
 async fn read(conn: &mut PgConnection, ws: Uuid, key: &str) -> Result<Option<String>> {
-    sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(ws).bind(key).fetch_one(conn).await.described("read")
+    sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+        .bind(ws)
+        .bind(key)
+        .fetch_one(conn)
+        .await
+        .described("read")
 }
 
 async fn legacy_rows_become_readable_model_rows(cluster: Arc<Cluster>) -> Result<()> {
@@ -87,16 +105,35 @@ async fn legacy_rows_become_readable_model_rows(cluster: Arc<Cluster>) -> Result
     for v in [&legacy_a, &legacy_b, &model_b, &global] {
         cluster.remember_secret(v);
     }
-    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)").bind(b).bind(&model_b).execute(&mut conn).await.described("b MODEL")?;
-    plant(&mut conn, &[(Some(a), "MODEL_PROVIDER", &legacy_a), (Some(b), "MODEL_PROVIDER", &legacy_b), (None, "MODEL_PROVIDER", &global)]).await?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)")
+        .bind(b)
+        .bind(&model_b)
+        .execute(&mut conn)
+        .await
+        .described("b MODEL")?;
+    plant(
+        &mut conn,
+        &[
+            (Some(a), "MODEL_PROVIDER", &legacy_a),
+            (Some(b), "MODEL_PROVIDER", &legacy_b),
+            (None, "MODEL_PROVIDER", &global),
+        ],
+    )
+    .await?;
 
     let run = run_cli(Some(&url), &["migrate", "run"]).await?;
     ensure!(run.code == Some(0), "the rename migration: {run}");
     ensure!(!run.stdout.contains(&legacy_a) && !run.stderr.contains(&legacy_a), "the tool printed a value");
 
-    ensure!(read(&mut conn, a, "MODEL").await?.as_deref() == Some(legacy_a.as_str()), "a's legacy value became its MODEL");
+    ensure!(
+        read(&mut conn, a, "MODEL").await?.as_deref() == Some(legacy_a.as_str()),
+        "a's legacy value became its MODEL"
+    );
     ensure!(read(&mut conn, b, "MODEL").await?.as_deref() == Some(model_b.as_str()), "b's existing MODEL wins");
-    let g: Option<String> = sqlx::query_scalar("SELECT secretgate.read_global_secret('MODEL')").fetch_one(&mut conn).await.described("g")?;
+    let g: Option<String> = sqlx::query_scalar("SELECT secretgate.read_global_secret('MODEL')")
+        .fetch_one(&mut conn)
+        .await
+        .described("g")?;
     ensure!(g.as_deref() == Some(global.as_str()), "the global legacy row is renamed too");
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM public.workspace_secrets WHERE key = 'MODEL_PROVIDER') \
@@ -135,10 +172,12 @@ async fn a_corrupt_legacy_row_fails_the_migration(cluster: Arc<Cluster>) -> Resu
     .execute(&mut conn)
     .await
     .described("corrupt")?;
-    sqlx::query("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .execute(&mut conn)
-        .await
-        .described("attach")?;
+    sqlx::query(
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .execute(&mut conn)
+    .await
+    .described("attach")?;
     let before = snapshot(&mut conn).await?;
 
     let run = run_cli(Some(&url), &["migrate", "run"]).await?;
@@ -164,7 +203,11 @@ async fn a_provider_slug_is_not_renamed_into_model(cluster: Arc<Cluster>) -> Res
     expect_sg(direct, Code::InvalidModelId)?;
     ensure!(snapshot(&mut conn).await? == before, "a refused rename changed rows");
     // The fix: give the workspace a real MODEL; it wins and the leftover goes.
-    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', 'minimax:MiniMax-M2')").bind(a).execute(&mut conn).await.described("fix")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', 'minimax:MiniMax-M2')")
+        .bind(a)
+        .execute(&mut conn)
+        .await
+        .described("fix")?;
     let run = run_cli(Some(&url), &["migrate", "run"]).await?;
     ensure!(run.code == Some(0), "after the fix: {run}");
     ensure!(read(&mut conn, a, "MODEL").await?.as_deref() == Some("minimax:MiniMax-M2"), "the real MODEL stays");

@@ -42,7 +42,16 @@ fn main() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("setting up the primary and its standby failed: {e:#}");
-            finish(cluster, libtest_mimic::Conclusion { num_filtered_out: 0, num_passed: 0, num_failed: 1, num_ignored: 0, num_measured: 0 })
+            finish(
+                cluster,
+                libtest_mimic::Conclusion {
+                    num_filtered_out: 0,
+                    num_passed: 0,
+                    num_failed: 1,
+                    num_ignored: 0,
+                    num_measured: 0,
+                },
+            )
         }
     };
     let fixture = Arc::new(fixture);
@@ -56,7 +65,9 @@ fn main() {
         t("standby_verify_secrets_lists_exactly_the_corrupt_row", |c, f| Box::pin(verify_lists_the_corrupt_row(c, f))),
         t("primary_write_is_visible_on_the_standby_after_replay", |c, f| Box::pin(write_visible_after_replay(c, f))),
         t("standby_writes_fail_with_25006", |c, f| Box::pin(writes_fail_read_only(c, f))),
-        t("standby_read_only_helpers_work_under_repeatable_read", |c, f| Box::pin(read_helpers_under_repeatable_read(c, f))),
+        t("standby_read_only_helpers_work_under_repeatable_read", |c, f| {
+            Box::pin(read_helpers_under_repeatable_read(c, f))
+        }),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
 
@@ -67,7 +78,11 @@ fn main() {
     }
     if failed {
         standby.stop();
-        eprintln!("standby kept for inspection: {} (server log: {})", standby.dir().display(), standby.log_path().display());
+        eprintln!(
+            "standby kept for inspection: {} (server log: {})",
+            standby.dir().display(),
+            standby.log_path().display()
+        );
         let failed_once = libtest_mimic::Conclusion { num_failed: conclusion.num_failed.max(1), ..conclusion };
         finish(cluster, failed_once)
     }
@@ -206,16 +221,30 @@ async fn three_states(cluster: Arc<Cluster>, f: Arc<Fixture>) -> Result<()> {
     let mut s = standby(&f).await?;
     let (ws, key, value) = &f.secrets[1];
     let got = try_read(&mut s, *ws, key).await?;
-    ensure!(got.0 == "value" && got.1.as_deref() == Some(value.as_str()) && got.2.is_none(), "a stored row: state {:?}, error {:?}", got.0, got.2);
+    ensure!(
+        got.0 == "value" && got.1.as_deref() == Some(value.as_str()) && got.2.is_none(),
+        "a stored row: state {:?}, error {:?}",
+        got.0,
+        got.2
+    );
 
     let got = try_read(&mut s, f.ws_a, "BB_NEVER_SET").await?;
     ensure!(got == ("unset".to_string(), None, None), "a missing key: state {:?}, error {:?}", got.0, got.2);
-    ensure!(read_secret(&mut s, f.ws_a, "BB_NEVER_SET").await.described("read_secret of a missing key")?.is_none(), "missing key reads as a value");
+    ensure!(
+        read_secret(&mut s, f.ws_a, "BB_NEVER_SET").await.described("read_secret of a missing key")?.is_none(),
+        "missing key reads as a value"
+    );
 
     let (cws, ckey) = &f.corrupt;
     let got = try_read(&mut s, *cws, ckey).await?;
-    ensure!(got == ("error".to_string(), None, Some("SG001".to_string())), "the corrupt row: state {:?}, error {:?} (must be error SG001)", got.0, got.2);
-    let e = expect_sg(read_secret(&mut s, *cws, ckey).await, Code::DecryptFailed).context("read_secret of the corrupt row on the standby")?;
+    ensure!(
+        got == ("error".to_string(), None, Some("SG001".to_string())),
+        "the corrupt row: state {:?}, error {:?} (must be error SG001)",
+        got.0,
+        got.2
+    );
+    let e = expect_sg(read_secret(&mut s, *cws, ckey).await, Code::DecryptFailed)
+        .context("read_secret of the corrupt row on the standby")?;
     ensure!(e.field("workspace_id").as_deref() == Some(cws.to_string().as_str()), "SG001 names the workspace: {e}");
     e.assert_no_leak(&cluster.secrets().iter().map(String::as_str).collect::<Vec<_>>())?;
     Ok(())
@@ -230,7 +259,10 @@ async fn verify_lists_the_corrupt_row(_cluster: Arc<Cluster>, f: Arc<Fixture>) -
             .described("verify_secrets on the standby")?;
     let errors: Vec<_> = rows.iter().filter(|r| r.2 != "ok").cloned().collect();
     let want = vec![(Some(f.corrupt.0), f.corrupt.1.clone(), "error".to_string(), Some("SG001".to_string()))];
-    ensure!(errors == want, "verify_secrets on the standby should list exactly the corrupt row as SG001, got {errors:?}");
+    ensure!(
+        errors == want,
+        "verify_secrets on the standby should list exactly the corrupt row as SG001, got {errors:?}"
+    );
     for (ws, key, _) in &f.secrets {
         ensure!(rows.iter().any(|r| r.0 == Some(*ws) && &r.1 == key && r.2 == "ok"), "{key} of {ws} missing or not ok");
     }
@@ -244,19 +276,36 @@ async fn write_visible_after_replay(cluster: Arc<Cluster>, f: Arc<Fixture>) -> R
     let (mut p, mut s) = (primary(&cluster, &f).await?, standby(&f).await?);
     let key = format!("BB_LATER_{}", random_hex(3).to_uppercase());
     let (value, global) = (cluster.fresh_secret(), cluster.fresh_secret());
-    ensure!(read_secret(&mut s, f.ws_a, &key).await.described("before")?.is_none(), "the key exists before it was written");
-    sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(f.ws_a).bind(&key).bind(&value).execute(&mut p).await.described("set_secret")?;
-    sqlx::query("SELECT secretgate.set_global_secret($1, $2)").bind(&key).bind(&global).execute(&mut p).await.described("set_global_secret")?;
+    ensure!(
+        read_secret(&mut s, f.ws_a, &key).await.described("before")?.is_none(),
+        "the key exists before it was written"
+    );
+    sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+        .bind(f.ws_a)
+        .bind(&key)
+        .bind(&value)
+        .execute(&mut p)
+        .await
+        .described("set_secret")?;
+    sqlx::query("SELECT secretgate.set_global_secret($1, $2)")
+        .bind(&key)
+        .bind(&global)
+        .execute(&mut p)
+        .await
+        .described("set_global_secret")?;
     wait_for_replay(&mut p, &mut s, REPLAY_LIMIT).await?;
     let got = read_secret(&mut s, f.ws_a, &key).await.described("read_secret after replay")?;
     ensure!(got.as_deref() == Some(value.as_str()), "the replayed workspace secret does not read back on the standby");
     let got = read_global(&mut s, &key).await.described("read_global_secret after replay")?;
     ensure!(got.as_deref() == Some(global.as_str()), "the replayed global secret does not read back on the standby");
     let got = try_read(&mut s, f.ws_a, &key).await?;
-    ensure!(got.0 == "value" && got.1.as_deref() == Some(value.as_str()), "try_read_secret after replay: state {:?}", got.0);
+    ensure!(
+        got.0 == "value" && got.1.as_deref() == Some(value.as_str()),
+        "try_read_secret after replay: state {:?}",
+        got.0
+    );
     Ok(())
 }
-
 
 async fn writes_fail_read_only(cluster: Arc<Cluster>, f: Arc<Fixture>) -> Result<()> {
     let mut s = standby(&f).await?;
@@ -270,18 +319,38 @@ async fn writes_fail_read_only(cluster: Arc<Cluster>, f: Arc<Fixture>) -> Result
         "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, 'BB_STANDBY', $2, {version})"
     );
     let attempts: Vec<(&str, &str, Vec<Arg>)> = vec![
-        ("set_secret", "SELECT secretgate.set_secret($1, 'BB_STANDBY', $2)", vec![Arg::Id(f.ws_a), Arg::Text(value.clone())]),
+        (
+            "set_secret",
+            "SELECT secretgate.set_secret($1, 'BB_STANDBY', $2)",
+            vec![Arg::Id(f.ws_a), Arg::Text(value.clone())],
+        ),
         ("set_global_secret", "SELECT secretgate.set_global_secret('BB_STANDBY', $1)", vec![Arg::Text(value.clone())]),
         ("plain INSERT into workspace_secrets", &insert, vec![Arg::Id(f.ws_a), Arg::Bytes(blob)]),
-        ("DELETE from workspace_secrets", "DELETE FROM public.workspace_secrets WHERE workspace_id = $1", vec![Arg::Id(f.ws_b)]),
+        (
+            "DELETE from workspace_secrets",
+            "DELETE FROM public.workspace_secrets WHERE workspace_id = $1",
+            vec![Arg::Id(f.ws_b)],
+        ),
         ("UPDATE workspaces", "UPDATE public.workspaces SET status = 'online' WHERE id = $1", vec![Arg::Id(f.ws_a)]),
         ("register_workspace", "SELECT * FROM secretgate.register_workspace($1)", vec![Arg::Id(f.ws_a)]),
-        ("register_workspace of a platform workspace without MODEL", "SELECT * FROM secretgate.register_workspace($1)", vec![Arg::Id(f.bare_platform)]),
+        (
+            "register_workspace of a platform workspace without MODEL",
+            "SELECT * FROM secretgate.register_workspace($1)",
+            vec![Arg::Id(f.bare_platform)],
+        ),
         ("record_liveness", "SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)", vec![Arg::Id(f.ws_a)]),
         ("reencrypt", "SELECT secretgate.reencrypt(100)", vec![]),
         ("rename_secret_key", "SELECT secretgate.rename_secret_key('BB_TOKEN', 'BB_RENAMED')", vec![]),
-        ("ensure_concierge_model (seeding)", "SELECT secretgate.ensure_concierge_model($1, 'anthropic:claude-opus-4-7')", vec![Arg::Id(f.bare_platform)]),
-        ("ensure_concierge_provider (seeding)", "SELECT secretgate.ensure_concierge_provider($1)", vec![Arg::Id(f.bare_platform)]),
+        (
+            "ensure_concierge_model (seeding)",
+            "SELECT secretgate.ensure_concierge_model($1, 'anthropic:claude-opus-4-7')",
+            vec![Arg::Id(f.bare_platform)],
+        ),
+        (
+            "ensure_concierge_provider (seeding)",
+            "SELECT secretgate.ensure_concierge_provider($1)",
+            vec![Arg::Id(f.bare_platform)],
+        ),
         ("detach_gates", "SELECT secretgate.detach_gates()", vec![]),
     ];
     let mut wrong = Vec::new();
@@ -301,10 +370,11 @@ async fn writes_fail_read_only(cluster: Arc<Cluster>, f: Arc<Fixture>) -> Result
     }
     // Nothing reached the primary either.
     let mut p = primary(&cluster, &f).await?;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.workspace_secrets WHERE key IN ('BB_STANDBY', 'BB_RENAMED')")
-        .fetch_one(&mut p)
-        .await
-        .described("count")?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.workspace_secrets WHERE key IN ('BB_STANDBY', 'BB_RENAMED')")
+            .fetch_one(&mut p)
+            .await
+            .described("count")?;
     ensure!(n == 0, "a standby write reached the primary");
     Ok(())
 }
@@ -316,7 +386,10 @@ async fn read_helpers_under_repeatable_read(_cluster: Arc<Cluster>, f: Arc<Fixtu
     // (A hot standby refuses SERIALIZABLE itself, 0A000.)
     for isolation in ["READ COMMITTED", "REPEATABLE READ"] {
         let mut tx = s.begin().await.described("BEGIN")?;
-        sqlx::query(&format!("SET TRANSACTION ISOLATION LEVEL {isolation}")).execute(&mut *tx).await.described("isolation")?;
+        sqlx::query(&format!("SET TRANSACTION ISOLATION LEVEL {isolation}"))
+            .execute(&mut *tx)
+            .await
+            .described("isolation")?;
         let has: bool = sqlx::query_scalar("SELECT secretgate.has_model_secret($1)")
             .bind(f.platform)
             .fetch_one(&mut *tx)
@@ -329,11 +402,12 @@ async fn read_helpers_under_repeatable_read(_cluster: Arc<Cluster>, f: Arc<Fixtu
             .await
             .described(&format!("has_model_secret (no MODEL) under {isolation} on the standby"))?;
         ensure!(!has, "has_model_secret under {isolation}: no MODEL");
-        let outcome: String = sqlx::query_scalar("SELECT secretgate.ensure_concierge_model($1, 'anthropic:claude-opus-4-7')")
-            .bind(f.platform)
-            .fetch_one(&mut *tx)
-            .await
-            .described("ensure_concierge_model of a platform with a MODEL")?;
+        let outcome: String =
+            sqlx::query_scalar("SELECT secretgate.ensure_concierge_model($1, 'anthropic:claude-opus-4-7')")
+                .bind(f.platform)
+                .fetch_one(&mut *tx)
+                .await
+                .described("ensure_concierge_model of a platform with a MODEL")?;
         ensure!(outcome == "respected", "ensure_concierge_model with a MODEL: {outcome}");
         let present: bool = sqlx::query_scalar("SELECT secretgate.byok_credential_present($1, 'anthropic')")
             .bind(f.ws_a)

@@ -26,7 +26,11 @@ fn main() {
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("rotate"));
     let trials = vec![
-        trial("verify_lists_undecryptable_rows_without_values", &cluster, verify_lists_undecryptable_rows_without_values),
+        trial(
+            "verify_lists_undecryptable_rows_without_values",
+            &cluster,
+            verify_lists_undecryptable_rows_without_values,
+        ),
         trial("no_extension_is_a_usage_error", &cluster, no_extension_is_a_usage_error),
         trial("rotate_interrupted_and_resumed_loses_nothing", &cluster, rotate_interrupted_and_resumed_loses_nothing),
         trial("concurrent_writers_are_not_blocked", &cluster, concurrent_writers_are_not_blocked),
@@ -40,11 +44,14 @@ fn main() {
 // ---------------------------------------------------------------------------
 // Helpers
 
-
-
 fn rows_wanted() -> Result<i64> {
     match std::env::var("SECRETGATE_ROTATE_ROWS") {
-        Ok(v) => v.trim().parse::<i64>().ok().filter(|n| *n >= 1000).ok_or_else(|| anyhow!("SECRETGATE_ROTATE_ROWS must be a number >= 1000, got {v:?}")),
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 1000)
+            .ok_or_else(|| anyhow!("SECRETGATE_ROTATE_ROWS must be a number >= 1000, got {v:?}")),
         Err(_) => Ok(100_000),
     }
 }
@@ -78,7 +85,10 @@ async fn populate(cluster: &Cluster, conn: &mut PgConnection, salt: &str, total:
     let mut v1 = cluster.initial_keys().clone();
     v1.current_version = 1;
     // [from, to) of each scope, under the keyring given.
-    let parts = [(0, workspace_rows / 10, 0, global_rows / 10, v1), (workspace_rows / 10, workspace_rows, global_rows / 10, global_rows, cluster.initial_keys().clone())];
+    let parts = [
+        (0, workspace_rows / 10, 0, global_rows / 10, v1),
+        (workspace_rows / 10, workspace_rows, global_rows / 10, global_rows, cluster.initial_keys().clone()),
+    ];
     for (ws_from, ws_to, g_from, g_to, keys) in parts {
         cluster.write_keyring(&keys.to_json(), 0o600);
         sqlx::query(
@@ -110,9 +120,6 @@ async fn populate(cluster: &Cluster, conn: &mut PgConnection, salt: &str, total:
     Ok(Population { workspace_rows, global_rows })
 }
 
-
-
-
 async fn count_on_version(conn: &mut PgConnection, version: i32) -> Result<i64> {
     sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM public.workspace_secrets WHERE encryption_version = $1)
@@ -123,7 +130,6 @@ async fn count_on_version(conn: &mut PgConnection, version: i32) -> Result<i64> 
     .await
     .described("count rows on a version")
 }
-
 
 /// The plaintexts of a few rows (derived, computed by the server), to check
 /// that no output of the tool contains them.
@@ -160,10 +166,12 @@ async fn corrupt(conn: &mut PgConnection, table: &str, row: &str, bind_ws: Optio
 }
 
 async fn reattach(conn: &mut PgConnection) -> Result<()> {
-    sqlx::query("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .execute(&mut *conn)
-        .await
-        .described("attach_gates")?;
+    sqlx::query(
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .execute(&mut *conn)
+    .await
+    .described("attach_gates")?;
     Ok(())
 }
 
@@ -202,7 +210,12 @@ async fn verify_lists_undecryptable_rows_without_values(cluster: Arc<Cluster>) -
         .await
         .described("a workspace")?;
     let value = cluster.fresh_secret();
-    sqlx::query("SELECT secretgate.set_secret($1, 'BB_SECRET', $2)").bind(ws).bind(&value).execute(&mut conn).await.described("set_secret")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'BB_SECRET', $2)")
+        .bind(ws)
+        .bind(&value)
+        .execute(&mut conn)
+        .await
+        .described("set_secret")?;
     let total = pop.total() + 1;
     let mut values = sample_plaintexts(&mut conn, &salt).await?;
     values.push(value.clone());
@@ -218,10 +231,12 @@ async fn verify_lists_undecryptable_rows_without_values(cluster: Arc<Cluster>) -
     corrupt(&mut conn, "public.workspace_secrets", "workspace_id = $1 AND key = $2", Some(ws), "BB_SECRET").await?;
     corrupt(&mut conn, "public.global_secrets", "key = $1", None, "G_0").await?;
     sqlx::query("SELECT secretgate.detach_gates()").execute(&mut conn).await.described("detach_gates")?;
-    let k3_ws: Uuid = sqlx::query_scalar("UPDATE public.workspace_secrets SET encryption_version = 9 WHERE key = 'K_3' RETURNING workspace_id")
-        .fetch_one(&mut conn)
-        .await
-        .described("unknown version")?;
+    let k3_ws: Uuid = sqlx::query_scalar(
+        "UPDATE public.workspace_secrets SET encryption_version = 9 WHERE key = 'K_3' RETURNING workspace_id",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .described("unknown version")?;
     reattach(&mut conn).await?;
 
     let run = run_cli(Some(&url), &["verify"]).await?;
@@ -230,7 +245,10 @@ async fn verify_lists_undecryptable_rows_without_values(cluster: Arc<Cluster>) -
     let line_with = |needles: &[&str]| run.stdout.lines().any(|l| needles.iter().all(|n| l.contains(n)));
     let ws_text = ws.to_string();
     let k3_text = k3_ws.to_string();
-    ensure!(line_with(&[&ws_text, "BB_SECRET", "SG001"]), "verify should list workspace {ws} key BB_SECRET with SG001:\n{run}");
+    ensure!(
+        line_with(&[&ws_text, "BB_SECRET", "SG001"]),
+        "verify should list workspace {ws} key BB_SECRET with SG001:\n{run}"
+    );
     ensure!(line_with(&["global", "G_0", "SG001"]), "verify should list global key G_0 with SG001:\n{run}");
     ensure!(line_with(&[&k3_text, "K_3", "SG002"]), "verify should list key K_3 with SG002:\n{run}");
     ensure!(
@@ -264,7 +282,12 @@ async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> 
     let t = Instant::now();
     let pop = populate(&cluster, &mut conn, &salt, wanted).await?;
     let total = pop.total();
-    eprintln!("[rotate] inserted {total} secrets ({} workspace, {} global) in {:.1}s", pop.workspace_rows, pop.global_rows, t.elapsed().as_secs_f64());
+    eprintln!(
+        "[rotate] inserted {total} secrets ({} workspace, {} global) in {:.1}s",
+        pop.workspace_rows,
+        pop.global_rows,
+        t.elapsed().as_secs_f64()
+    );
     let values = sample_plaintexts(&mut conn, &salt).await?;
     let hist = histogram(&mut conn).await?;
     ensure!(hist.len() == 2 && hist[0].0 == 1 && hist[1].0 == 2, "rows should start on versions 1 and 2: {hist:?}");
@@ -299,11 +322,17 @@ async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> 
     // whole) before its backend notices the client is gone.
     let orphan_wait = Instant::now();
     wait_for_no_rotate_backend(&mut conn).await?;
-    eprintln!("[rotate] the killed run's backend finished its last batch {:.2}s after the kill", orphan_wait.elapsed().as_secs_f64());
+    eprintln!(
+        "[rotate] the killed run's backend finished its last batch {:.2}s after the kill",
+        orphan_wait.elapsed().as_secs_f64()
+    );
     assert_no_values(&killed, &values, "killed rotate")?;
 
     let hist = histogram(&mut conn).await?;
-    ensure!(hist.iter().all(|(v, _)| [1, 2, 3].contains(v)), "after the kill, every row is on an old or the current version: {hist:?}");
+    ensure!(
+        hist.iter().all(|(v, _)| [1, 2, 3].contains(v)),
+        "after the kill, every row is on an old or the current version: {hist:?}"
+    );
     let on_v3 = hist.iter().find(|(v, _)| *v == 3).map_or(0, |h| h.1);
     ensure!(
         on_v3 >= moved_at_kill && on_v3 < total,
@@ -313,7 +342,10 @@ async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> 
     ensure!(mismatches(&mut conn, &salt, &[]).await? == 0, "after the kill, every row still holds its plaintext");
     eprintln!("[rotate] every plaintext compared with its derivation (decrypt) in {:.1}s", t.elapsed().as_secs_f64());
     let states = verify_states(&mut conn).await?;
-    ensure!(states.len() == 1 && states[0].0 == "ok" && states[0].2 == total, "after the kill, every row decrypts: {states:?}");
+    ensure!(
+        states.len() == 1 && states[0].0 == "ok" && states[0].2 == total,
+        "after the kill, every row decrypts: {states:?}"
+    );
     eprintln!(
         "[rotate] killed after {:.1}s with {on_v3} of {total} rows on version 3 (histogram {hist:?})",
         first_secs.as_secs_f64()
@@ -334,7 +366,10 @@ async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> 
         run.stdout.contains("key versions still in use: [3]; any other version in the keyring is no longer referenced"),
         "rotate should name version 3 as the only one in use:\n{run}"
     );
-    ensure!(run.stdout.contains(&format!("summary: {total} secret(s) checked, 0 failed")), "rotate should end with a clean verification:\n{run}");
+    ensure!(
+        run.stdout.contains(&format!("summary: {total} secret(s) checked, 0 failed")),
+        "rotate should end with a clean verification:\n{run}"
+    );
 
     let hist = histogram(&mut conn).await?;
     ensure!(hist == vec![(3, total)], "every row should be on version 3: {hist:?}");
@@ -366,12 +401,13 @@ async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> 
         matches!(keys.keyring().decrypt(&blob, 3, Scope::Workspace(ws), &key), Ok(ref v) if *v == expected),
         "the core cannot open a rotated workspace row with key version 3"
     );
-    let (key, blob, expected): (String, Vec<u8>, String) =
-        sqlx::query_as("SELECT key, encrypted_value, md5($1 || 'g' || substr(key, 3)) FROM public.global_secrets ORDER BY key LIMIT 1")
-            .bind(&salt)
-            .fetch_one(&mut conn)
-            .await
-            .described("one global row")?;
+    let (key, blob, expected): (String, Vec<u8>, String) = sqlx::query_as(
+        "SELECT key, encrypted_value, md5($1 || 'g' || substr(key, 3)) FROM public.global_secrets ORDER BY key LIMIT 1",
+    )
+    .bind(&salt)
+    .fetch_one(&mut conn)
+    .await
+    .described("one global row")?;
     ensure!(
         matches!(keys.keyring().decrypt(&blob, 3, Scope::Global, &key), Ok(ref v) if *v == expected),
         "the core cannot open a rotated global row with key version 3"
@@ -379,7 +415,10 @@ async fn rotate_interrupted_and_resumed_loses_nothing(cluster: Arc<Cluster>) -> 
 
     // A third run has nothing to do.
     let third = run_cli(Some(&url), &["rotate"]).await?;
-    ensure!(third.code == Some(0) && third.stdout.contains("nothing to re-encrypt"), "a third rotate has nothing to do:\n{third}");
+    ensure!(
+        third.code == Some(0) && third.stdout.contains("nothing to re-encrypt"),
+        "a third rotate has nothing to do:\n{third}"
+    );
 
     let moved_first = on_v3;
     let moved_second = total - on_v3;
@@ -414,10 +453,11 @@ async fn concurrent_writers_are_not_blocked(cluster: Arc<Cluster>) -> Result<()>
     let salt = random_hex(8);
     let pop = populate(&cluster, &mut conn, &salt, wanted).await?;
     let total = pop.total();
-    let targets: Vec<(Uuid, String)> = sqlx::query_as("SELECT workspace_id, key FROM public.workspace_secrets ORDER BY workspace_id, key")
-        .fetch_all(&mut conn)
-        .await
-        .described("list the workspace rows")?;
+    let targets: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT workspace_id, key FROM public.workspace_secrets ORDER BY workspace_id, key")
+            .fetch_all(&mut conn)
+            .await
+            .described("list the workspace rows")?;
     let _keys = rotate_keyring(&cluster);
 
     let mut writer = PgConnection::connect(&url).await.context("writer connection")?;
@@ -446,7 +486,12 @@ async fn concurrent_writers_are_not_blocked(cluster: Arc<Cluster>) -> Result<()>
             for &i in &picks {
                 let (ws, key) = &targets[i];
                 let value = cluster.fresh_secret();
-                sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(ws).bind(key).bind(&value).execute(&mut *tx).await?;
+                sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+                    .bind(ws)
+                    .bind(key)
+                    .bind(&value)
+                    .execute(&mut *tx)
+                    .await?;
                 written.insert((*ws, key.clone()), value);
                 statements += 1;
             }
@@ -473,7 +518,11 @@ async fn concurrent_writers_are_not_blocked(cluster: Arc<Cluster>) -> Result<()>
     let elapsed = started.elapsed();
     ensure!(failures.is_empty(), "a concurrent writer failed during the rotation: {failures:?}");
     ensure!(run.code == Some(0), "rotate with a concurrent writer should exit 0:\n{run}");
-    ensure!(statements >= 10, "the writer should have written during the rotation (only {statements} statements in {:.1}s)", elapsed.as_secs_f64());
+    ensure!(
+        statements >= 10,
+        "the writer should have written during the rotation (only {statements} statements in {:.1}s)",
+        elapsed.as_secs_f64()
+    );
     ensure!(slowest < Duration::from_secs(2), "a writer transaction took {slowest:?}");
     eprintln!(
         "[rotate] concurrent writer: {statements} set_secret calls in {iteration} transactions over {:.1}s, slowest transaction {:.0} ms, none failed",
@@ -487,8 +536,12 @@ async fn concurrent_writers_are_not_blocked(cluster: Arc<Cluster>) -> Result<()>
     ensure!(mismatches(&mut conn, &salt, &changed).await? == 0, "rows the writer did not touch keep their plaintext");
     let mut wrong = 0;
     for ((ws, key), value) in &written {
-        let got: Option<String> =
-            sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)").bind(ws).bind(key).fetch_one(&mut conn).await.described("read back")?;
+        let got: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, $2)")
+            .bind(ws)
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await
+            .described("read back")?;
         if got.as_deref() != Some(value.as_str()) {
             wrong += 1;
         }
@@ -517,10 +570,16 @@ async fn locked_rows_are_waited_for_then_reported(cluster: Arc<Cluster>) -> Resu
     let t = Instant::now();
     let run = run_cli(Some(&url), &["rotate", "--batch-size", "100", "--lock-wait", "1"]).await?;
     ensure!(run.code == Some(1), "rotate should give up on rows locked past --lock-wait (exit 1):\n{run}");
-    ensure!(run.stderr.contains("3 secret(s) on older key versions stayed locked"), "rotate should say 3 rows stayed locked:\n{run}");
+    ensure!(
+        run.stderr.contains("3 secret(s) on older key versions stayed locked"),
+        "rotate should say 3 rows stayed locked:\n{run}"
+    );
     ensure!(t.elapsed() < Duration::from_secs(20), "giving up took {:?}", t.elapsed());
     let hist = histogram(&mut conn).await?;
-    ensure!(hist.iter().find(|h| h.0 == 3).map(|h| h.1) == Some(total - 3), "all but the 3 locked rows moved: {hist:?}");
+    ensure!(
+        hist.iter().find(|h| h.0 == 3).map(|h| h.1) == Some(total - 3),
+        "all but the 3 locked rows moved: {hist:?}"
+    );
 
     // Released while a second run waits: it finishes.
     let running = spawn_cli(&url, &["rotate", "--batch-size", "100", "--lock-wait", "30"])?;
@@ -528,7 +587,10 @@ async fn locked_rows_are_waited_for_then_reported(cluster: Arc<Cluster>) -> Resu
     sqlx::query("COMMIT").execute(&mut holder).await.described("COMMIT")?;
     let run = running.wait(Duration::from_secs(60)).await?;
     ensure!(run.code == Some(0), "rotate should finish once the rows are released:\n{run}");
-    ensure!(run.stderr.contains("locked by other transactions; retrying"), "rotate should say it waits for locked rows:\n{run}");
+    ensure!(
+        run.stderr.contains("locked by other transactions; retrying"),
+        "rotate should say it waits for locked rows:\n{run}"
+    );
     let hist = histogram(&mut conn).await?;
     ensure!(hist == vec![(3, total)], "every row should be on version 3: {hist:?}");
     ensure!(mismatches(&mut conn, &salt, &[]).await? == 0, "every row keeps its plaintext");
@@ -559,10 +621,11 @@ async fn undecryptable_row_stops_rotation_cleanly(cluster: Arc<Cluster>) -> Resu
     );
     let hist = histogram(&mut conn).await?;
     ensure!(hist.iter().all(|(v, _)| [1, 2, 3].contains(v)), "rows are on an old or the current version: {hist:?}");
-    let bad_version: i32 = sqlx::query_scalar("SELECT encryption_version FROM public.workspace_secrets WHERE key = 'K_500'")
-        .fetch_one(&mut conn)
-        .await
-        .described("K_500 version")?;
+    let bad_version: i32 =
+        sqlx::query_scalar("SELECT encryption_version FROM public.workspace_secrets WHERE key = 'K_500'")
+            .fetch_one(&mut conn)
+            .await
+            .described("K_500 version")?;
     ensure!(bad_version == 2, "the undecryptable row keeps its version, got {bad_version}");
     let skip = vec![(bad_ws, "K_500".to_string())];
     ensure!(mismatches(&mut conn, &salt, &skip).await? == 0, "every other row still holds its plaintext");

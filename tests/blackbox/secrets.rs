@@ -98,12 +98,14 @@ fn same_value(got: Option<&str>, want: &str, what: &str) -> Result<()> {
 }
 
 async fn stored_row(conn: &mut PgConnection, ws: Uuid, key: &str) -> Result<(Vec<u8>, i32)> {
-    sqlx::query_as("SELECT encrypted_value, encryption_version FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2")
-        .bind(ws)
-        .bind(key)
-        .fetch_one(conn)
-        .await
-        .described(&format!("stored row {key}"))
+    sqlx::query_as(
+        "SELECT encrypted_value, encryption_version FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2",
+    )
+    .bind(ws)
+    .bind(key)
+    .fetch_one(conn)
+    .await
+    .described(&format!("stored row {key}"))
 }
 
 async fn current_version(conn: &mut PgConnection) -> Result<i32> {
@@ -117,7 +119,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// The DETAIL names the row: workspace_id (when given) and key.
 fn names_row(e: &DbError, ws: Option<Uuid>, key: &str) -> Result<()> {
     if let Some(ws) = ws {
-        ensure!(e.field("workspace_id").as_deref() == Some(ws.to_string().as_str()), "DETAIL should carry workspace_id: {e}");
+        ensure!(
+            e.field("workspace_id").as_deref() == Some(ws.to_string().as_str()),
+            "DETAIL should carry workspace_id: {e}"
+        );
     }
     ensure!(e.field("key").as_deref() == Some(key), "DETAIL should carry key {key:?}: {e}");
     Ok(())
@@ -135,7 +140,9 @@ async fn set_and_read_round_trip(cluster: Arc<Cluster>) -> Result<()> {
     let plain = cluster.fresh_secret();
     let unicode = format!("{}-ünïcødé-🔑", cluster.fresh_secret());
     let long = format!("{}{}", cluster.fresh_secret(), "x".repeat(10_000));
-    for (key, value) in [("BB_PLAIN", plain.as_str()), ("BB_UNICODE", unicode.as_str()), ("BB_EMPTY", ""), ("BB_LONG", long.as_str())] {
+    for (key, value) in
+        [("BB_PLAIN", plain.as_str()), ("BB_UNICODE", unicode.as_str()), ("BB_EMPTY", ""), ("BB_LONG", long.as_str())]
+    {
         set_secret(&mut conn, ws, key, value).await?;
         let got = read_secret(&mut conn, ws, key).await.described(&format!("read_secret({key})"))?;
         same_value(got.as_deref(), value, &format!("read_secret({key})"))?;
@@ -152,7 +159,9 @@ async fn set_and_read_round_trip(cluster: Arc<Cluster>) -> Result<()> {
         match keyring.decrypt(&blob, version, Scope::Workspace(ws), key) {
             Ok(v) if v == value => {}
             Ok(_) => bail!("{key}: the core decrypts the stored row to a different value"),
-            Err(e) => bail!("{key}: the core cannot decrypt the stored row ({e}): not the contract's format or associated data"),
+            Err(e) => bail!(
+                "{key}: the core cannot decrypt the stored row ({e}): not the contract's format or associated data"
+            ),
         }
     }
     Ok(())
@@ -197,14 +206,22 @@ async fn unset_and_try_read_states(cluster: Arc<Cluster>) -> Result<()> {
 
     let missing = read_secret(&mut conn, ws, "BB_MISSING").await.described("read_secret of a missing key")?;
     ensure!(missing.is_none(), "read_secret of a key with no row should be NULL");
-    let nobody = read_secret(&mut conn, Uuid::new_v4(), "BB_SET").await.described("read_secret of an unknown workspace")?;
+    let nobody =
+        read_secret(&mut conn, Uuid::new_v4(), "BB_SET").await.described("read_secret of an unknown workspace")?;
     ensure!(nobody.is_none(), "read_secret for a workspace with no rows should be NULL");
 
     let (state, v, code) = try_read(&mut conn, ws, "BB_MISSING").await?;
-    ensure!(state == "unset" && v.is_none() && code.is_none(), "try_read_secret of a missing key: expected ('unset', NULL, NULL), got ({state:?}, {}, {code:?})", if v.is_some() { "<value>" } else { "NULL" });
+    ensure!(
+        state == "unset" && v.is_none() && code.is_none(),
+        "try_read_secret of a missing key: expected ('unset', NULL, NULL), got ({state:?}, {}, {code:?})",
+        if v.is_some() { "<value>" } else { "NULL" }
+    );
 
     let (state, v, code) = try_read(&mut conn, ws, "BB_SET").await?;
-    ensure!(state == "value" && code.is_none(), "try_read_secret of a stored key: expected state 'value' and no error code, got ({state:?}, {code:?})");
+    ensure!(
+        state == "value" && code.is_none(),
+        "try_read_secret of a stored key: expected state 'value' and no error code, got ({state:?}, {code:?})"
+    );
     same_value(v.as_deref(), &value, "try_read_secret value")?;
     Ok(())
 }
@@ -282,7 +299,13 @@ async fn encrypt_decrypt_match_the_core(cluster: Arc<Cluster>) -> Result<()> {
     // An application encrypting on its own side, under the old version 1 too.
     for version in [1, 2] {
         let blob = keyring
-            .encrypt_with_nonce(version, random_bytes(12).try_into().unwrap(), value.as_bytes(), Scope::Workspace(ws), "BB_APP")
+            .encrypt_with_nonce(
+                version,
+                random_bytes(12).try_into().unwrap(),
+                value.as_bytes(),
+                Scope::Workspace(ws),
+                "BB_APP",
+            )
             .map_err(|e| anyhow::anyhow!("core encrypt: {e}"))?;
         let back: Option<String> = sqlx::query_scalar("SELECT secretgate.decrypt($1, $2, $3, 'BB_APP')")
             .bind(&blob)
@@ -330,13 +353,14 @@ async fn decrypt_refuses_wrong_row_and_corruption(cluster: Arc<Cluster>) -> Resu
         ("unknown version 9", blob.clone(), 9, Some(ws), "BB_KEY", Code::UnknownKeyVersion),
     ];
     for (what, bytes, version, scope, key, code) in cases {
-        let result: Result<Option<String>, sqlx::Error> = sqlx::query_scalar("SELECT secretgate.decrypt($1, $2, $3, $4)")
-            .bind(&bytes)
-            .bind(version)
-            .bind(scope)
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await;
+        let result: Result<Option<String>, sqlx::Error> =
+            sqlx::query_scalar("SELECT secretgate.decrypt($1, $2, $3, $4)")
+                .bind(&bytes)
+                .bind(version)
+                .bind(scope)
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await;
         let e = expect_sg(result, code).map_err(|e| e.context(format!("decrypt with {what}")))?;
         e.assert_no_leak(&needles).map_err(|e| e.context(format!("decrypt with {what}")))?;
     }
@@ -377,7 +401,11 @@ async fn tampered_rows_fail_closed(cluster: Arc<Cluster>) -> Result<()> {
         .await
         .described("tamper global")?;
     // A global ciphertext copied into a workspace row.
-    sqlx::query("SELECT secretgate.set_global_secret('BB_G_OK', $1)").bind(&global_value).execute(&mut conn).await.described("set global")?;
+    sqlx::query("SELECT secretgate.set_global_secret('BB_G_OK', $1)")
+        .bind(&global_value)
+        .execute(&mut conn)
+        .await
+        .described("set global")?;
     sqlx::query(
         "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) \
          SELECT $1, key, encrypted_value, encryption_version FROM public.global_secrets WHERE key = 'BB_G_OK'",
@@ -450,7 +478,10 @@ async fn verify_secrets_reports_every_row(cluster: Arc<Cluster>) -> Result<()> {
             .described("verify_secrets")?;
     let got: BTreeMap<(Option<Uuid>, String), (String, Option<String>)> =
         rows.iter().map(|(w, k, s, c)| ((*w, k.clone()), (s.clone(), c.clone()))).collect();
-    ensure!(rows.len() == 5 && got.len() == 5, "verify_secrets should return one row per stored secret (5), got {rows:?}");
+    ensure!(
+        rows.len() == 5 && got.len() == 5,
+        "verify_secrets should return one row per stored secret (5), got {rows:?}"
+    );
     let want = [
         ((Some(a), "BB_OK"), ("ok", None)),
         ((Some(a), "BB_BAD"), ("error", Some("SG001"))),
@@ -493,8 +524,11 @@ async fn functions_before_attach_raise_55000(cluster: Arc<Cluster>) -> Result<()
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'BB_K', $2)").bind(ws).bind(&value).execute(&mut conn).await;
     expect_sqlstate(r, "55000").map_err(|e| e.context("set_secret before attach_gates"))?.assert_no_leak(&[&value])?;
     let r = sqlx::query("SELECT secretgate.set_global_secret('BB_K', $1)").bind(&value).execute(&mut conn).await;
-    expect_sqlstate(r, "55000").map_err(|e| e.context("set_global_secret before attach_gates"))?.assert_no_leak(&[&value])?;
-    expect_sqlstate(read_secret(&mut conn, ws, "BB_K").await, "55000").map_err(|e| e.context("read_secret before attach_gates"))?;
+    expect_sqlstate(r, "55000")
+        .map_err(|e| e.context("set_global_secret before attach_gates"))?
+        .assert_no_leak(&[&value])?;
+    expect_sqlstate(read_secret(&mut conn, ws, "BB_K").await, "55000")
+        .map_err(|e| e.context("read_secret before attach_gates"))?;
     expect_sqlstate(read_global(&mut conn, "BB_K").await, "55000")
         .map_err(|e| e.context("read_global_secret before attach_gates"))?;
 
@@ -505,17 +539,21 @@ async fn functions_before_attach_raise_55000(cluster: Arc<Cluster>) -> Result<()
             .fetch_all(&mut conn)
             .await;
     match r {
-        Err(e) => ensure!(sqlstate(&e).as_deref() == Some("55000"), "try_read_secret before attach_gates: {}", describe(&e)),
+        Err(e) => {
+            ensure!(sqlstate(&e).as_deref() == Some("55000"), "try_read_secret before attach_gates: {}", describe(&e))
+        }
         Ok(rows) => ensure!(
             rows.len() == 1 && rows[0].0 == "error",
             "try_read_secret before attach_gates must fail closed, got states {:?}",
             rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>()
         ),
     }
-    let stored: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM public.workspace_secrets) + (SELECT count(*) FROM public.global_secrets)")
-        .fetch_one(&mut conn)
-        .await
-        .described("count")?;
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM public.workspace_secrets) + (SELECT count(*) FROM public.global_secrets)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .described("count")?;
     ensure!(stored == 0, "nothing may be stored before attach_gates");
     Ok(())
 }
@@ -576,29 +614,39 @@ async fn attach_gates_validates_tables(cluster: Arc<Cluster>) -> Result<()> {
         let text = e.all_text();
         // Missing and mistyped columns are named; for a missing unique key the table is enough.
         let names_column = code == "42P10" || text.contains(column);
-        ensure!(text.contains(table) && names_column, "attach_gates with {table}: the error should name {table} and {column}: {e}");
+        ensure!(
+            text.contains(table) && names_column,
+            "attach_gates with {table}: the error should name {table} and {column}: {e}"
+        );
     }
 
-    attach(&mut conn, "good.ws", "good.sec", "good.glob").await.described("attach_gates with valid tables and extra columns")?;
+    attach(&mut conn, "good.ws", "good.sec", "good.glob")
+        .await
+        .described("attach_gates with valid tables and extra columns")?;
     attach(&mut conn, "good.ws", "good.sec", "good.glob").await.described("attach_gates twice with the same tables")?;
-    let e = expect_sqlstate(attach(&mut conn, w, s, g).await, "55000").map_err(|e| e.context("attach_gates with other tables"))?;
+    let e = expect_sqlstate(attach(&mut conn, w, s, g).await, "55000")
+        .map_err(|e| e.context("attach_gates with other tables"))?;
     ensure!(!e.message.is_empty(), "55000 needs a message");
 
     // Attached to good.*: set_secret writes there.
-    let ws: Uuid = sqlx::query_scalar("INSERT INTO good.ws (id, kind, status) VALUES (gen_random_uuid(), 'workspace', 'provisioning') RETURNING id")
-        .fetch_one(&mut conn)
-        .await
-        .described("insert good.ws")?;
+    let ws: Uuid = sqlx::query_scalar(
+        "INSERT INTO good.ws (id, kind, status) VALUES (gen_random_uuid(), 'workspace', 'provisioning') RETURNING id",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .described("insert good.ws")?;
     set_secret(&mut conn, ws, "BB_K", &cluster.fresh_secret()).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM good.sec").fetch_one(&mut conn).await.described("count")?;
     ensure!(n == 1, "set_secret should write into the attached good.sec");
 
     sqlx::query("SELECT secretgate.detach_gates()").execute(&mut conn).await.described("detach_gates")?;
     attach(&mut conn, "other.ws", "other.sec", "other.glob").await.described("attach_gates after detach_gates")?;
-    let ws: Uuid = sqlx::query_scalar("INSERT INTO other.ws (id, kind, status) VALUES (gen_random_uuid(), 'workspace', 'provisioning') RETURNING id")
-        .fetch_one(&mut conn)
-        .await
-        .described("insert other.ws")?;
+    let ws: Uuid = sqlx::query_scalar(
+        "INSERT INTO other.ws (id, kind, status) VALUES (gen_random_uuid(), 'workspace', 'provisioning') RETURNING id",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .described("insert other.ws")?;
     let value = cluster.fresh_secret();
     set_secret(&mut conn, ws, "BB_K", &value).await?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM other.sec").fetch_one(&mut conn).await.described("count")?;
@@ -618,7 +666,10 @@ async fn keyring_setting_hidden_from_non_superusers(cluster: Arc<Cluster>) -> Re
     ensure!(shown == path, "a superuser should read secretgate.keyring_file");
     let show_all: Vec<(String, String, String)> =
         sqlx::query_as("SHOW ALL").fetch_all(&mut conn).await.described("superuser SHOW ALL")?;
-    ensure!(!show_all.iter().any(|(n, _, _)| n == "secretgate.keyring_file"), "secretgate.keyring_file must be hidden from SHOW ALL");
+    ensure!(
+        !show_all.iter().any(|(n, _, _)| n == "secretgate.keyring_file"),
+        "secretgate.keyring_file must be hidden from SHOW ALL"
+    );
 
     let role = format!("bb_user_{}", random_hex(4));
     sqlx::raw_sql(&format!("CREATE ROLE {role} LOGIN")).execute(&mut conn).await.described("CREATE ROLE")?;
@@ -640,11 +691,13 @@ async fn keyring_setting_hidden_from_non_superusers(cluster: Arc<Cluster>) -> Re
             !show_all.iter().any(|(n, v, _)| n == "secretgate.keyring_file" || v.contains(&path)),
             "{round}: secretgate.keyring_file must be hidden from a non-superuser's SHOW ALL"
         );
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_settings WHERE name = 'secretgate.keyring_file' OR setting = $1")
-            .bind(&path)
-            .fetch_one(&mut user)
-            .await
-            .described("pg_settings")?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_settings WHERE name = 'secretgate.keyring_file' OR setting = $1",
+        )
+        .bind(&path)
+        .fetch_one(&mut user)
+        .await
+        .described("pg_settings")?;
         ensure!(n == 0, "{round}: secretgate.keyring_file must not appear in a non-superuser's pg_settings");
         // Whether the role may call it is not fixed; either way it loads the library.
         let _ = sqlx::query("SELECT secretgate.current_key_version()").execute(&mut user).await;
@@ -695,17 +748,32 @@ async fn sessions_follow_renames_and_reattachment(cluster: Arc<Cluster>) -> Resu
     ensure!(read_notes(&mut reader, ws).await.described("read")?.as_deref() == Some(value.as_str()), "first read");
 
     // Renamed table, then renamed schema: the reader's next call still finds the row.
-    sqlx::query("ALTER TABLE public.workspace_secrets RENAME TO ws_secrets").execute(&mut admin).await.described("rename")?;
-    ensure!(read_notes(&mut reader, ws).await.described("after rename")?.as_deref() == Some(value.as_str()), "read after a table rename");
+    sqlx::query("ALTER TABLE public.workspace_secrets RENAME TO ws_secrets")
+        .execute(&mut admin)
+        .await
+        .described("rename")?;
+    ensure!(
+        read_notes(&mut reader, ws).await.described("after rename")?.as_deref() == Some(value.as_str()),
+        "read after a table rename"
+    );
     sqlx::raw_sql("CREATE SCHEMA app; ALTER TABLE public.workspaces SET SCHEMA app; ALTER TABLE public.ws_secrets SET SCHEMA app; \
                    ALTER TABLE public.global_secrets SET SCHEMA app; ALTER SCHEMA app RENAME TO platform")
         .execute(&mut admin)
         .await
         .described("move and rename the schema")?;
-    ensure!(read_notes(&mut reader, ws).await.described("after schema rename")?.as_deref() == Some(value.as_str()), "read after a schema rename");
+    ensure!(
+        read_notes(&mut reader, ws).await.described("after schema rename")?.as_deref() == Some(value.as_str()),
+        "read after a schema rename"
+    );
     // A look-alike left under the old names is not what the reader reads.
-    sqlx::raw_sql("CREATE TABLE public.workspace_secrets (LIKE platform.ws_secrets)").execute(&mut admin).await.described("decoy")?;
-    ensure!(read_notes(&mut reader, ws).await.described("with a decoy")?.as_deref() == Some(value.as_str()), "read with a decoy table");
+    sqlx::raw_sql("CREATE TABLE public.workspace_secrets (LIKE platform.ws_secrets)")
+        .execute(&mut admin)
+        .await
+        .described("decoy")?;
+    ensure!(
+        read_notes(&mut reader, ws).await.described("with a decoy")?.as_deref() == Some(value.as_str()),
+        "read with a decoy table"
+    );
 
     // Detach, and attach other tables: the reader sees the new attachment.
     sqlx::raw_sql(
@@ -719,9 +787,16 @@ async fn sessions_follow_renames_and_reattachment(cluster: Arc<Cluster>) -> Resu
     .execute(&mut admin)
     .await
     .described("re-attach to new tables")?;
-    ensure!(read_notes(&mut reader, ws).await.described("after re-attach")?.is_none(), "the reader still reads the old tables");
+    ensure!(
+        read_notes(&mut reader, ws).await.described("after re-attach")?.is_none(),
+        "the reader still reads the old tables"
+    );
     // And the gates now guard the new tables for the reader's session too.
-    sqlx::query("INSERT INTO public.workspaces (id, kind) VALUES ($1, 'platform')").bind(ws).execute(&mut admin).await.described("ws")?;
+    sqlx::query("INSERT INTO public.workspaces (id, kind) VALUES ($1, 'platform')")
+        .bind(ws)
+        .execute(&mut admin)
+        .await
+        .described("ws")?;
     let mut tx = reader.begin().await?;
     sqlx::query("SET LOCAL secretgate.caller = 'agent'").execute(&mut *tx).await.described("agent")?;
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', 'v')").bind(ws).execute(&mut *tx).await;

@@ -135,7 +135,8 @@ const BYOK_MODELS: &[(&str, &str)] = &[
     ("gemini-2.5-pro", "gemini"),
     ("kimi-k2", "moonshot"),
 ];
-const PLATFORM_MODELS: &[Option<&str>] = &[Some("platform:auto"), Some("platform:claude-opus"), Some("mystery-model-7"), None];
+const PLATFORM_MODELS: &[Option<&str>] =
+    &[Some("platform:auto"), Some("platform:claude-opus"), Some("mystery-model-7"), None];
 const PROVIDER_KEYS: &[(&str, &[&str])] = &[
     ("anthropic", &["ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"]),
     ("openai", &["OPENAI_API_KEY"]),
@@ -161,14 +162,22 @@ const PROVIDER_NAMES: &[&str] = &["platform", "anthropic", "openai", "minimax", 
 
 fn stress_secs() -> Result<u64> {
     match std::env::var("SECRETGATE_STRESS_SECS") {
-        Ok(v) => v.trim().parse::<u64>().ok().filter(|s| *s >= 1).ok_or_else(|| anyhow!("SECRETGATE_STRESS_SECS must be a whole number of seconds >= 1, got {v:?}")),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s >= 1)
+            .ok_or_else(|| anyhow!("SECRETGATE_STRESS_SECS must be a whole number of seconds >= 1, got {v:?}")),
         Err(_) => Ok(20),
     }
 }
 
 fn stress_seed() -> Result<u64> {
     match std::env::var("SECRETGATE_STRESS_SEED") {
-        Ok(v) => v.trim().parse::<u64>().map_err(|_| anyhow!("SECRETGATE_STRESS_SEED must be an unsigned 64-bit number, got {v:?}")),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| anyhow!("SECRETGATE_STRESS_SEED must be an unsigned 64-bit number, got {v:?}")),
         Err(_) => Ok(u64::from_le_bytes(random_bytes(8).try_into().expect("8 bytes"))),
     }
 }
@@ -293,7 +302,9 @@ impl Ctx {
         let pool = self.pool.lock().unwrap();
         let hot = rng.percent(50);
         let candidates: Vec<(Uuid, &'static str)> = match kind {
-            Some(kind) if pool.iter().any(|(_, k)| *k == kind) => pool.iter().filter(|(_, k)| *k == kind).copied().collect(),
+            Some(kind) if pool.iter().any(|(_, k)| *k == kind) => {
+                pool.iter().filter(|(_, k)| *k == kind).copied().collect()
+            }
             _ => pool.clone(),
         };
         if candidates.is_empty() {
@@ -318,24 +329,70 @@ struct SecretWrite {
 }
 
 enum Plan {
-    Create { op: &'static str, ws: Uuid, kind: &'static str, status: &'static str, model: Option<&'static str>, runtime: Option<&'static str>, secrets: Vec<SecretWrite> },
-    Secret { op: &'static str, write: SecretWrite },
-    DeleteSecret { op: &'static str, ws: Option<Uuid>, key: &'static str },
-    Register { ws: Uuid },
-    Status { op: &'static str, ws: Uuid, status: &'static str },
-    ModelFields { ws: Uuid, model: Option<&'static str>, runtime: Option<&'static str> },
-    Kind { op: &'static str, ws: Uuid, kind: &'static str },
-    DeleteWorkspace { op: &'static str, ws: Uuid },
-    Reencrypt { batch: i32 },
-    Liveness { ws: Option<Uuid>, key: &'static str, http: i32 },
-    EnsureModel { ws: Uuid, default: String },
-    EnsureProvider { ws: Uuid },
+    Create {
+        op: &'static str,
+        ws: Uuid,
+        kind: &'static str,
+        status: &'static str,
+        model: Option<&'static str>,
+        runtime: Option<&'static str>,
+        secrets: Vec<SecretWrite>,
+    },
+    Secret {
+        op: &'static str,
+        write: SecretWrite,
+    },
+    DeleteSecret {
+        op: &'static str,
+        ws: Option<Uuid>,
+        key: &'static str,
+    },
+    Register {
+        ws: Uuid,
+    },
+    Status {
+        op: &'static str,
+        ws: Uuid,
+        status: &'static str,
+    },
+    ModelFields {
+        ws: Uuid,
+        model: Option<&'static str>,
+        runtime: Option<&'static str>,
+    },
+    Kind {
+        op: &'static str,
+        ws: Uuid,
+        kind: &'static str,
+    },
+    DeleteWorkspace {
+        op: &'static str,
+        ws: Uuid,
+    },
+    Reencrypt {
+        batch: i32,
+    },
+    Liveness {
+        ws: Option<Uuid>,
+        key: &'static str,
+        http: i32,
+    },
+    EnsureModel {
+        ws: Uuid,
+        default: String,
+    },
+    EnsureProvider {
+        ws: Uuid,
+    },
 }
 
 impl Plan {
     fn op(&self) -> &'static str {
         match self {
-            Plan::Create { op, .. } | Plan::Secret { op, .. } | Plan::DeleteSecret { op, .. } | Plan::Status { op, .. } => op,
+            Plan::Create { op, .. }
+            | Plan::Secret { op, .. }
+            | Plan::DeleteSecret { op, .. }
+            | Plan::Status { op, .. } => op,
             Plan::Kind { op, .. } | Plan::DeleteWorkspace { op, .. } => op,
             Plan::Register { .. } => "register",
             Plan::ModelFields { .. } => "model_fields",
@@ -385,7 +442,12 @@ fn weights(who: Who, pool_len: usize) -> Vec<(&'static str, u32)> {
         ("model_is_provider", 1),
     ];
     if who.is_agent() {
-        w.extend([("agent_platform_secret", 4), ("agent_unknown_workspace", 1), ("agent_delete_platform", 1), ("agent_kind_change", 1)]);
+        w.extend([
+            ("agent_platform_secret", 4),
+            ("agent_unknown_workspace", 1),
+            ("agent_delete_platform", 1),
+            ("agent_kind_change", 1),
+        ]);
     } else {
         w.push(("change_kind", 2));
     }
@@ -440,8 +502,16 @@ fn choose(ctx: &Ctx, who: Who, rng: &mut Rng) -> Plan {
 fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
     let needs_ws = !matches!(
         op,
-        "create_platform" | "create_byok" | "create_platform_managed" | "create_external" | "set_global" | "delete_global"
-            | "reencrypt" | "forbidden_key" | "model_is_provider" | "agent_unknown_workspace"
+        "create_platform"
+            | "create_byok"
+            | "create_platform_managed"
+            | "create_external"
+            | "set_global"
+            | "delete_global"
+            | "reencrypt"
+            | "forbidden_key"
+            | "model_is_provider"
+            | "agent_unknown_workspace"
     );
     let preferred = match op {
         "agent_platform_secret" | "agent_delete_platform" | "ensure_concierge" => Some("platform"),
@@ -462,7 +532,12 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
             let model = if rng.percent(75) { rng.pick(PLATFORM_MODELS) } else { Some(rng.pick(BYOK_MODELS).0) };
             let mut secrets = Vec::new();
             if rng.percent(80) {
-                secrets.push(SecretWrite { ws: Some(new), key: "MODEL", value: ctx.model_value(rng), direct: rng.percent(40) });
+                secrets.push(SecretWrite {
+                    ws: Some(new),
+                    key: "MODEL",
+                    value: ctx.model_value(rng),
+                    direct: rng.percent(40),
+                });
             }
             if let Some(provider) = BYOK_MODELS.iter().find(|(m, _)| Some(*m) == model).map(|(_, p)| *p) {
                 if rng.percent(60) {
@@ -470,7 +545,15 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
                     secrets.push(write_of(ctx, rng, Some(new), key));
                 }
             }
-            Plan::Create { op, ws: new, kind: "platform", status: status_on_create(rng), model, runtime: rng.pick(RUNTIMES), secrets }
+            Plan::Create {
+                op,
+                ws: new,
+                kind: "platform",
+                status: status_on_create(rng),
+                model,
+                runtime: rng.pick(RUNTIMES),
+                secrets,
+            }
         }
         "create_byok" => {
             let new = Uuid::new_v4();
@@ -490,7 +573,15 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
                 // None: only a global credential can satisfy it.
                 _ => {}
             }
-            Plan::Create { op, ws: new, kind: "workspace", status: status_on_create(rng), model: Some(model), runtime: rng.pick(RUNTIMES), secrets }
+            Plan::Create {
+                op,
+                ws: new,
+                kind: "workspace",
+                status: status_on_create(rng),
+                model: Some(model),
+                runtime: rng.pick(RUNTIMES),
+                secrets,
+            }
         }
         "create_platform_managed" => {
             let new = Uuid::new_v4();
@@ -498,12 +589,28 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
             if rng.percent(30) {
                 secrets.push(write_of(ctx, rng, Some(new), "STRESS_TOKEN"));
             }
-            Plan::Create { op, ws: new, kind: "workspace", status: status_on_create(rng), model: rng.pick(PLATFORM_MODELS), runtime: rng.pick(RUNTIMES), secrets }
+            Plan::Create {
+                op,
+                ws: new,
+                kind: "workspace",
+                status: status_on_create(rng),
+                model: rng.pick(PLATFORM_MODELS),
+                runtime: rng.pick(RUNTIMES),
+                secrets,
+            }
         }
         "create_external" => {
             let new = Uuid::new_v4();
             let model = if rng.percent(50) { Some(rng.pick(BYOK_MODELS).0) } else { rng.pick(PLATFORM_MODELS) };
-            Plan::Create { op, ws: new, kind: "external", status: status_on_create(rng), model, runtime: rng.pick(RUNTIMES), secrets: Vec::new() }
+            Plan::Create {
+                op,
+                ws: new,
+                kind: "external",
+                status: status_on_create(rng),
+                model,
+                runtime: rng.pick(RUNTIMES),
+                secrets: Vec::new(),
+            }
         }
         "set_secret" => {
             let key = secret_key(rng);
@@ -522,7 +629,15 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
             if rng.percent(25) {
                 Plan::DeleteSecret { op, ws: Some(ws), key: "MODEL" }
             } else {
-                Plan::Secret { op, write: SecretWrite { ws: Some(ws), key: "MODEL", value: ctx.model_value(rng), direct: rng.percent(40) } }
+                Plan::Secret {
+                    op,
+                    write: SecretWrite {
+                        ws: Some(ws),
+                        key: "MODEL",
+                        value: ctx.model_value(rng),
+                        direct: rng.percent(40),
+                    },
+                }
             }
         }
         "model_fields" => {
@@ -537,7 +652,11 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
         "reencrypt" => Plan::Reencrypt { batch: rng.pick(&[1, 5, 20, 50]) },
         "record_liveness" => {
             let scope = if rng.percent(70) { Some(ws) } else { None };
-            Plan::Liveness { ws: scope, key: rng.pick(CREDENTIAL_KEYS), http: rng.pick(&[401, 403, 200, 200, 503, 429, 0]) }
+            Plan::Liveness {
+                ws: scope,
+                key: rng.pick(CREDENTIAL_KEYS),
+                http: rng.pick(&[401, 403, 200, 200, 503, 429, 0]),
+            }
         }
         "ensure_concierge" => {
             if rng.percent(50) {
@@ -548,11 +667,31 @@ fn build(ctx: &Ctx, who: Who, rng: &mut Rng, op: &'static str) -> Plan {
         }
         "forbidden_key" => {
             let scope = if rng.percent(70) { ctx.pick_ws(rng, None).map(|p| p.0) } else { None };
-            Plan::Secret { op, write: SecretWrite { ws: scope, key: "MODEL_PROVIDER", value: ctx.model_value(rng), direct: rng.percent(40) } }
+            Plan::Secret {
+                op,
+                write: SecretWrite {
+                    ws: scope,
+                    key: "MODEL_PROVIDER",
+                    value: ctx.model_value(rng),
+                    direct: rng.percent(40),
+                },
+            }
         }
         "model_is_provider" => {
-            let scope = if rng.percent(70) { ctx.pick_ws(rng, Some(if who.is_agent() { "workspace" } else { "platform" })).map(|p| p.0) } else { None };
-            Plan::Secret { op, write: SecretWrite { ws: scope, key: "MODEL", value: rng.pick(PROVIDER_NAMES).to_string(), direct: rng.percent(40) } }
+            let scope = if rng.percent(70) {
+                ctx.pick_ws(rng, Some(if who.is_agent() { "workspace" } else { "platform" })).map(|p| p.0)
+            } else {
+                None
+            };
+            Plan::Secret {
+                op,
+                write: SecretWrite {
+                    ws: scope,
+                    key: "MODEL",
+                    value: rng.pick(PROVIDER_NAMES).to_string(),
+                    direct: rng.percent(40),
+                },
+            }
         }
         "agent_platform_secret" => {
             let key = secret_key(rng);
@@ -600,22 +739,38 @@ async fn execute(conn: &mut PgConnection, ctx: &Ctx, plan: &Plan) -> std::result
         Plan::DeleteSecret { ws, key, .. } => {
             let done = match ws {
                 Some(ws) => {
-                    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2").bind(ws).bind(key).execute(&mut *conn).await?
+                    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2")
+                        .bind(ws)
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await?
                 }
-                None => sqlx::query("DELETE FROM public.global_secrets WHERE key = $1").bind(key).execute(&mut *conn).await?,
+                None => {
+                    sqlx::query("DELETE FROM public.global_secrets WHERE key = $1")
+                        .bind(key)
+                        .execute(&mut *conn)
+                        .await?
+                }
             };
             rows_note(done.rows_affected())
         }
         Plan::Register { ws } => {
             let (status, code): (String, Option<String>) =
-                sqlx::query_as("SELECT status, code FROM secretgate.register_workspace($1)").bind(ws).fetch_one(&mut *conn).await?;
+                sqlx::query_as("SELECT status, code FROM secretgate.register_workspace($1)")
+                    .bind(ws)
+                    .fetch_one(&mut *conn)
+                    .await?;
             match code {
                 Some(code) => format!("{status} {code}"),
                 None => status,
             }
         }
         Plan::Status { ws, status, .. } => {
-            let done = sqlx::query("UPDATE public.workspaces SET status = $2 WHERE id = $1").bind(ws).bind(status).execute(&mut *conn).await?;
+            let done = sqlx::query("UPDATE public.workspaces SET status = $2 WHERE id = $1")
+                .bind(ws)
+                .bind(status)
+                .execute(&mut *conn)
+                .await?;
             rows_note(done.rows_affected())
         }
         Plan::ModelFields { ws, model, runtime } => {
@@ -628,7 +783,11 @@ async fn execute(conn: &mut PgConnection, ctx: &Ctx, plan: &Plan) -> std::result
             rows_note(done.rows_affected())
         }
         Plan::Kind { ws, kind, .. } => {
-            let done = sqlx::query("UPDATE public.workspaces SET kind = $2 WHERE id = $1").bind(ws).bind(kind).execute(&mut *conn).await?;
+            let done = sqlx::query("UPDATE public.workspaces SET kind = $2 WHERE id = $1")
+                .bind(ws)
+                .bind(kind)
+                .execute(&mut *conn)
+                .await?;
             rows_note(done.rows_affected())
         }
         Plan::DeleteWorkspace { ws, .. } => {
@@ -636,19 +795,28 @@ async fn execute(conn: &mut PgConnection, ctx: &Ctx, plan: &Plan) -> std::result
             rows_note(done.rows_affected())
         }
         Plan::Reencrypt { batch } => {
-            let moved: i64 = sqlx::query_scalar("SELECT secretgate.reencrypt($1)").bind(batch).fetch_one(&mut *conn).await?;
+            let moved: i64 =
+                sqlx::query_scalar("SELECT secretgate.reencrypt($1)").bind(batch).fetch_one(&mut *conn).await?;
             if moved > 0 { "moved rows" } else { "nothing to move" }.to_string()
         }
         Plan::Liveness { ws, key, http } => {
             // Only a stored credential can carry a verdict (else P0002, not a gate's business).
-            let stored: bool = match ws {
-                Some(ws) => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2)")
+            let stored: bool =
+                match ws {
+                    Some(ws) => sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2)",
+                    )
                     .bind(ws)
                     .bind(key)
                     .fetch_one(&mut *conn)
                     .await?,
-                None => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.global_secrets WHERE key = $1)").bind(key).fetch_one(&mut *conn).await?,
-            };
+                    None => {
+                        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.global_secrets WHERE key = $1)")
+                            .bind(key)
+                            .fetch_one(&mut *conn)
+                            .await?
+                    }
+                };
             if !stored {
                 return Ok("no credential".into());
             }
@@ -661,10 +829,17 @@ async fn execute(conn: &mut PgConnection, ctx: &Ctx, plan: &Plan) -> std::result
             verdict
         }
         Plan::EnsureModel { ws, default } => {
-            sqlx::query_scalar::<_, String>("SELECT secretgate.ensure_concierge_model($1, $2)").bind(ws).bind(default).fetch_one(&mut *conn).await?
+            sqlx::query_scalar::<_, String>("SELECT secretgate.ensure_concierge_model($1, $2)")
+                .bind(ws)
+                .bind(default)
+                .fetch_one(&mut *conn)
+                .await?
         }
         Plan::EnsureProvider { ws } => {
-            sqlx::query_scalar::<_, String>("SELECT secretgate.ensure_concierge_provider($1)").bind(ws).fetch_one(&mut *conn).await?
+            sqlx::query_scalar::<_, String>("SELECT secretgate.ensure_concierge_provider($1)")
+                .bind(ws)
+                .fetch_one(&mut *conn)
+                .await?
         }
     })
 }
@@ -676,8 +851,21 @@ fn rows_note(n: u64) -> String {
 async fn write_secret(conn: &mut PgConnection, ctx: &Ctx, w: &SecretWrite) -> std::result::Result<(), sqlx::Error> {
     if !w.direct {
         match w.ws {
-            Some(ws) => sqlx::query("SELECT secretgate.set_secret($1, $2, $3)").bind(ws).bind(w.key).bind(&w.value).execute(&mut *conn).await?,
-            None => sqlx::query("SELECT secretgate.set_global_secret($1, $2)").bind(w.key).bind(&w.value).execute(&mut *conn).await?,
+            Some(ws) => {
+                sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+                    .bind(ws)
+                    .bind(w.key)
+                    .bind(&w.value)
+                    .execute(&mut *conn)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT secretgate.set_global_secret($1, $2)")
+                    .bind(w.key)
+                    .bind(&w.value)
+                    .execute(&mut *conn)
+                    .await?
+            }
         };
         return Ok(());
     }
@@ -741,7 +929,14 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, session: usize, at_ms: u128, op: &'static str, ws: Option<Uuid>, outcome: std::result::Result<String, String>) {
+    fn record(
+        &mut self,
+        session: usize,
+        at_ms: u128,
+        op: &'static str,
+        ws: Option<Uuid>,
+        outcome: std::result::Result<String, String>,
+    ) {
         let stats = self.ops.entry(op).or_default();
         stats.attempts += 1;
         let text = match &outcome {
@@ -794,7 +989,10 @@ fn code_of(e: &sqlx::Error, what: &str) -> Result<String> {
 async fn connect(url: &str) -> Result<PgConnection> {
     let mut conn = PgConnection::connect(url).await.context("connect")?;
     // A stuck lock must show up as an error, not as a hang.
-    sqlx::raw_sql("SET lock_timeout = '60s'; SET statement_timeout = '120s'").execute(&mut conn).await.described("session settings")?;
+    sqlx::raw_sql("SET lock_timeout = '60s'; SET statement_timeout = '120s'")
+        .execute(&mut conn)
+        .await
+        .described("session settings")?;
     Ok(conn)
 }
 
@@ -813,7 +1011,10 @@ async fn worker(ctx: Arc<Ctx>, index: usize, who: Who, url: String, seed: u64) -
         let run = async {
             sqlx::raw_sql(&format!("BEGIN ISOLATION LEVEL {isolation}")).execute(&mut conn).await.described("BEGIN")?;
             if let Some(s) = setting {
-                sqlx::raw_sql(&format!("SET LOCAL secretgate.caller = '{s}'")).execute(&mut conn).await.described("SET LOCAL")?;
+                sqlx::raw_sql(&format!("SET LOCAL secretgate.caller = '{s}'"))
+                    .execute(&mut conn)
+                    .await
+                    .described("SET LOCAL")?;
             }
             let outcome = match execute(&mut conn, &ctx, &plan).await {
                 Ok(note) => match sqlx::raw_sql("COMMIT").execute(&mut conn).await {
@@ -828,9 +1029,9 @@ async fn worker(ctx: Arc<Ctx>, index: usize, who: Who, url: String, seed: u64) -
             };
             anyhow::Ok(outcome)
         };
-        let outcome = tokio::time::timeout(Duration::from_secs(180), run)
-            .await
-            .map_err(|_| anyhow!("session {index} ({who:?}): {} on {:?} did not finish within 180 s", plan.op(), plan.ws()))??;
+        let outcome = tokio::time::timeout(Duration::from_secs(180), run).await.map_err(|_| {
+            anyhow!("session {index} ({who:?}): {} on {:?} did not finish within 180 s", plan.op(), plan.ws())
+        })??;
         if outcome.is_ok() {
             let mut pool = ctx.pool.lock().unwrap();
             match &plan {
@@ -856,7 +1057,8 @@ async fn rotator(ctx: Arc<Ctx>, url: String) -> Result<(Tally, i64)> {
     let mut tally = Tally::default();
     let mut moved_total = 0;
     while Instant::now() < ctx.deadline {
-        let r: std::result::Result<i64, sqlx::Error> = sqlx::query_scalar("SELECT secretgate.reencrypt(25)").fetch_one(&mut conn).await;
+        let r: std::result::Result<i64, sqlx::Error> =
+            sqlx::query_scalar("SELECT secretgate.reencrypt(25)").fetch_one(&mut conn).await;
         let outcome = match r {
             Ok(moved) => {
                 moved_total += moved;
@@ -904,7 +1106,10 @@ async fn sampler(ctx: Arc<Ctx>, url: String) -> Result<(u64, Vec<(u128, Uuid)>)>
     let mut conn = connect(&url).await.context("sampler")?;
     let (mut samples, mut bad) = (0, Vec::new());
     while Instant::now() < ctx.deadline {
-        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut conn).await.described("sampler BEGIN")?;
+        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .execute(&mut conn)
+            .await
+            .described("sampler BEGIN")?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT w.id FROM public.workspaces w WHERE w.kind = 'platform' AND w.status = 'online' AND NOT stress.model_usable(w.id)",
         )
@@ -954,7 +1159,8 @@ async fn run_load(
             Err(e) => failures.push(format!("session {i} panicked: {e}")),
         }
     }
-    let tally = if failures.is_empty() { Ok(tally) } else { Err(anyhow!("sessions failed:\n  {}", failures.join("\n  "))) };
+    let tally =
+        if failures.is_empty() { Ok(tally) } else { Err(anyhow!("sessions failed:\n  {}", failures.join("\n  "))) };
     let rot = rot.await.map_err(|e| anyhow!("rotator panicked: {e}")).and_then(|r| r);
     let changer = changer.await.map_err(|e| anyhow!("keyring changer panicked: {e}")).and_then(|r| r);
     let samp = samp.await.map_err(|e| anyhow!("sampler panicked: {e}")).and_then(|r| r);
@@ -967,7 +1173,9 @@ async fn run_load(
 async fn stress(cluster: Arc<Cluster>) -> Result<()> {
     let secs = stress_secs()?;
     let seed = stress_seed()?;
-    println!("secretgate stress: seed {seed} (replay the choices with SECRETGATE_STRESS_SEED={seed}), {secs} s of load");
+    println!(
+        "secretgate stress: seed {seed} (replay the choices with SECRETGATE_STRESS_SEED={seed}), {secs} s of load"
+    );
     let wall = Instant::now();
 
     // Commit timestamps order the history replay.
@@ -977,7 +1185,8 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
     let name = db_name("stress");
     let (url, mut control) = migrated_database(&cluster, &name).await?;
     let suffix = random_hex(4);
-    let (agent, service, operator) = (format!("stress_agent_{suffix}"), format!("stress_service_{suffix}"), format!("stress_operator_{suffix}"));
+    let (agent, service, operator) =
+        (format!("stress_agent_{suffix}"), format!("stress_service_{suffix}"), format!("stress_operator_{suffix}"));
     sqlx::raw_sql(&format!(
         "CREATE ROLE {agent} LOGIN IN ROLE secretgate_agent;
          CREATE ROLE {service} LOGIN;
@@ -1012,7 +1221,8 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
 
     // Tasks on a LocalSet: sqlx's futures are not `Send` for every lifetime.
     let local = tokio::task::LocalSet::new();
-    let urls = [cluster.url_as(&agent, &name), cluster.url_as(&service, &name), cluster.url_as(&operator, &name), url.clone()];
+    let urls =
+        [cluster.url_as(&agent, &name), cluster.url_as(&service, &name), cluster.url_as(&operator, &name), url.clone()];
     let every = Duration::from_secs((secs / 6).clamp(2, 30));
     let (tally, rot, changer, samp) = local.run_until(run_load(&ctx, seed, urls, keys, every)).await;
     let (rot_tally, rotated_rows) = rot?;
@@ -1047,7 +1257,11 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
         SESSIONS.iter().filter(|w| **w == Who::SuperOperator).count(),
         SESSIONS.iter().filter(|w| **w == Who::RoleOperator).count(),
     );
-    let _ = writeln!(report, "{:<26} {:>8} {:>8}  refusals by SQLSTATE | committed outcomes", "operation", "attempts", "commits");
+    let _ = writeln!(
+        report,
+        "{:<26} {:>8} {:>8}  refusals by SQLSTATE | committed outcomes",
+        "operation", "attempts", "commits"
+    );
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
     let (mut attempts, mut commits) = (0, 0);
     for (op, s) in &tally.ops {
@@ -1060,13 +1274,22 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
         let notes = s.notes.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(report, "{op:<26} {:>8} {:>8}  {refused} | {notes}", s.attempts, s.commits);
     }
-    let _ = writeln!(report, "{:<26} {attempts:>8} {commits:>8}  {}", "TOTAL", totals.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join(" "));
+    let _ = writeln!(
+        report,
+        "{:<26} {attempts:>8} {commits:>8}  {}",
+        "TOTAL",
+        totals.iter().map(|(c, n)| format!("{c}:{n}")).collect::<Vec<_>>().join(" ")
+    );
     let _ = writeln!(
         report,
         "keyring: {} new current versions during the load ({versions:?}); rotator moved {rotated_rows} rows, the final drain {drained}",
         versions.len()
     );
-    let _ = writeln!(report, "sampler: {samples} consistent snapshots, {} platform-online-without-MODEL sightings", sampled_bad.len());
+    let _ = writeln!(
+        report,
+        "sampler: {samples} consistent snapshots, {} platform-online-without-MODEL sightings",
+        sampled_bad.len()
+    );
     let _ = writeln!(report, "{}", checks.describe());
     let _ = writeln!(
         report,
@@ -1075,7 +1298,11 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
         replay.states_checked,
         replay.violations.len()
     );
-    let _ = writeln!(report, "unexpected SQLSTATEs: {}", if tally.unexpected.is_empty() { "none".to_string() } else { tally.unexpected.len().to_string() });
+    let _ = writeln!(
+        report,
+        "unexpected SQLSTATEs: {}",
+        if tally.unexpected.is_empty() { "none".to_string() } else { tally.unexpected.len().to_string() }
+    );
     for u in tally.unexpected.iter().take(20) {
         let _ = writeln!(report, "  {u}");
     }
@@ -1109,7 +1336,10 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
     problems.extend(checks.problems());
     let mut suspects: Vec<Uuid> = checks.suspects.clone();
     if !sampled_bad.is_empty() {
-        problems.push(format!("{} sampler snapshots saw a platform workspace online without a usable MODEL", sampled_bad.len()));
+        problems.push(format!(
+            "{} sampler snapshots saw a platform workspace online without a usable MODEL",
+            sampled_bad.len()
+        ));
         suspects.extend(sampled_bad.iter().map(|(_, id)| *id));
     }
     if !replay.violations.is_empty() {
@@ -1121,7 +1351,11 @@ async fn stress(cluster: Arc<Cluster>) -> Result<()> {
     for ws in suspects.iter().take(5) {
         let _ = writeln!(report, "{}", history_of(&mut control, &tally, *ws).await?);
     }
-    let _ = writeln!(report, "violations: {}", if problems.is_empty() { "0".to_string() } else { problems.len().to_string() });
+    let _ = writeln!(
+        report,
+        "violations: {}",
+        if problems.is_empty() { "0".to_string() } else { problems.len().to_string() }
+    );
     let _ = writeln!(report, "wall time (setup, load, drain, checks): {:.1} s", wall.elapsed().as_secs_f64());
     println!("{report}");
     control.close().await.ok();
@@ -1208,8 +1442,14 @@ impl Checks {
         add(self.agent_platform_writes.len(), "secrets of platform workspaces written by agents");
         add(self.agent_platform_workspace_changes.len(), "platform workspaces deleted or re-kinded by agents");
         add(self.byok_violations.len(), "BYOK gate events committed without a usable live credential");
-        add(self.byok_ext_mismatch as usize, "transactions where byok_credential_present disagreed with the re-implementation in both commit-time reads");
-        add(self.identity_violations.len(), "commits leaving a platform workspace online without a usable MODEL (commit audit)");
+        add(
+            self.byok_ext_mismatch as usize,
+            "transactions where byok_credential_present disagreed with the re-implementation in both commit-time reads",
+        );
+        add(
+            self.identity_violations.len(),
+            "commits leaving a platform workspace online without a usable MODEL (commit audit)",
+        );
         p
     }
 }
@@ -1245,7 +1485,10 @@ async fn final_checks(conn: &mut PgConnection) -> Result<Checks> {
                  AND secretgate.decrypt(g.encrypted_value, g.encryption_version, NULL, g.key) IN (SELECT name FROM secretgate.providers))",
     )
     .await?;
-    let rows = sqlx::query("SELECT workspace_id, key, state, error_code FROM secretgate.verify_secrets()").fetch_all(&mut *conn).await.described("verify_secrets")?;
+    let rows = sqlx::query("SELECT workspace_id, key, state, error_code FROM secretgate.verify_secrets()")
+        .fetch_all(&mut *conn)
+        .await
+        .described("verify_secrets")?;
     c.rows = rows.len() as i64;
     for r in rows {
         let state: String = r.get("state");
@@ -1367,7 +1610,8 @@ struct WsState {
 /// Replays the per-write history in commit order and checks the identity
 /// invariant after every committed transaction, for each workspace it touched.
 async fn replay_identity(conn: &mut PgConnection) -> Result<Replay> {
-    let missing_ts = count(conn, "SELECT count(*) FROM stress.history WHERE pg_xact_commit_timestamp(xid(xid)) IS NULL").await?;
+    let missing_ts =
+        count(conn, "SELECT count(*) FROM stress.history WHERE pg_xact_commit_timestamp(xid(xid)) IS NULL").await?;
     if missing_ts > 0 {
         bail!("{missing_ts} history rows have no commit timestamp (is track_commit_timestamp on?)");
     }

@@ -133,16 +133,18 @@ fn difference(upgraded: &BTreeSet<String>, fresh: &BTreeSet<String>) -> String {
 
 async fn update_path_exists(cluster: Arc<Cluster>, from: &'static str) -> Result<()> {
     let (_, mut conn) = empty_database(&cluster, &db_name("u_path")).await?;
-    let default: String = sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = 'secretgate'")
-        .fetch_one(&mut conn)
-        .await
-        .described("default version")?;
+    let default: String =
+        sqlx::query_scalar("SELECT default_version FROM pg_available_extensions WHERE name = 'secretgate'")
+            .fetch_one(&mut conn)
+            .await
+            .described("default version")?;
     let current = current();
     ensure!(default == current, "the installed control file's default version is {default}, this build is {current}");
-    let versions: Vec<String> = sqlx::query_scalar("SELECT version FROM pg_available_extension_versions WHERE name = 'secretgate' ORDER BY 1")
-        .fetch_all(&mut conn)
-        .await
-        .described("available versions")?;
+    let versions: Vec<String> =
+        sqlx::query_scalar("SELECT version FROM pg_available_extension_versions WHERE name = 'secretgate' ORDER BY 1")
+            .fetch_all(&mut conn)
+            .await
+            .described("available versions")?;
     ensure!(
         versions.iter().any(|v| v == from),
         "version {from} is not installed (scripts/install.sh copies sql/released/): available {versions:?}"
@@ -163,7 +165,10 @@ async fn upgrade_keeps_everything(cluster: Arc<Cluster>, from: &'static str) -> 
     // The old database: a released version, then the project's migrations
     // (CREATE EXTENSION IF NOT EXISTS keeps the old version, attach_gates is the old one).
     let (old_url, mut old) = empty_database(&cluster, &db_name("u_old")).await?;
-    sqlx::query(&format!("CREATE EXTENSION secretgate VERSION '{from}'")).execute(&mut old).await.described("create old version")?;
+    sqlx::query(&format!("CREATE EXTENSION secretgate VERSION '{from}'"))
+        .execute(&mut old)
+        .await
+        .described("create old version")?;
     MIGRATOR.run(&mut old).await.context("migrations on the old version")?;
     let version: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'")
         .fetch_one(&mut old)
@@ -176,31 +181,60 @@ async fn upgrade_keeps_everything(cluster: Arc<Cluster>, from: &'static str) -> 
     // under both key versions of the keyring.
     let values: Vec<String> = (0..4).map(|_| cluster.fresh_secret()).collect();
     let mut tx = old.begin().await?;
-    let platform: Uuid = sqlx::query_scalar("INSERT INTO public.workspaces (kind, status) VALUES ('platform', 'online') RETURNING id")
-        .fetch_one(&mut *tx)
-        .await
-        .described("platform")?;
+    let platform: Uuid =
+        sqlx::query_scalar("INSERT INTO public.workspaces (kind, status) VALUES ('platform', 'online') RETURNING id")
+            .fetch_one(&mut *tx)
+            .await
+            .described("platform")?;
     let model = format!("anthropic:claude-opus-4-7-{}", random_hex(3));
-    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)").bind(platform).bind(&model).execute(&mut *tx).await.described("MODEL")?;
-    let byok: Uuid = sqlx::query_scalar("INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'anthropic:claude-opus-4-7') RETURNING id")
-        .fetch_one(&mut *tx)
+    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)")
+        .bind(platform)
+        .bind(&model)
+        .execute(&mut *tx)
         .await
-        .described("byok")?;
-    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)").bind(byok).bind(&values[0]).execute(&mut *tx).await.described("key")?;
-    sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)").bind(byok).bind(&values[1]).execute(&mut *tx).await.described("notes")?;
-    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)").bind(&values[2]).execute(&mut *tx).await.described("global")?;
+        .described("MODEL")?;
+    let byok: Uuid = sqlx::query_scalar(
+        "INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'anthropic:claude-opus-4-7') RETURNING id",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .described("byok")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)")
+        .bind(byok)
+        .bind(&values[0])
+        .execute(&mut *tx)
+        .await
+        .described("key")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'NOTES', $2)")
+        .bind(byok)
+        .bind(&values[1])
+        .execute(&mut *tx)
+        .await
+        .described("notes")?;
+    sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)")
+        .bind(&values[2])
+        .execute(&mut *tx)
+        .await
+        .described("global")?;
     tx.commit().await.described("commit")?;
     // One row under the older key version (v1 of the two-version test keyring).
     let mut v1_keys = cluster.initial_keys().clone();
     v1_keys.current_version = 1;
-    let (version, v1) = v1_keys.keyring().encrypt(values[3].as_bytes(), secretgate_core::Scope::Global, "LEGACY_TOKEN")?;
+    let (version, v1) =
+        v1_keys.keyring().encrypt(values[3].as_bytes(), secretgate_core::Scope::Global, "LEGACY_TOKEN")?;
     ensure!(version == 1, "the legacy row is under key version 1");
-    sqlx::query("INSERT INTO public.global_secrets (key, encrypted_value, encryption_version) VALUES ('LEGACY_TOKEN', $1, 1)")
-        .bind(&v1)
+    sqlx::query(
+        "INSERT INTO public.global_secrets (key, encrypted_value, encryption_version) VALUES ('LEGACY_TOKEN', $1, 1)",
+    )
+    .bind(&v1)
+    .execute(&mut old)
+    .await
+    .described("v1 row")?;
+    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)")
+        .bind(byok)
         .execute(&mut old)
         .await
-        .described("v1 row")?;
-    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)").bind(byok).execute(&mut old).await.described("verdict")?;
+        .described("verdict")?;
     let edits = [
         "UPDATE secretgate.providers SET base_url = 'https://llm-proxy.internal/v1' WHERE name = 'openai'",
         "INSERT INTO secretgate.model_routes (pattern, provider) VALUES ('acme-', 'openai')",
@@ -214,7 +248,10 @@ async fn upgrade_keeps_everything(cluster: Arc<Cluster>, from: &'static str) -> 
 
     // The upgrade, in one transaction like a deploy would run it.
     let mut tx = old.begin().await?;
-    sqlx::query("ALTER EXTENSION secretgate UPDATE").execute(&mut *tx).await.described("ALTER EXTENSION secretgate UPDATE")?;
+    sqlx::query("ALTER EXTENSION secretgate UPDATE")
+        .execute(&mut *tx)
+        .await
+        .described("ALTER EXTENSION secretgate UPDATE")?;
     tx.commit().await.described("commit the upgrade")?;
     drop(old);
     // A new session, so nothing of the old version lingers in the backend.
@@ -233,7 +270,10 @@ async fn upgrade_keeps_everything(cluster: Arc<Cluster>, from: &'static str) -> 
     );
     ensure!(got.len() > 50, "the catalog snapshot looks empty ({} lines): the query is broken", got.len());
     ensure!(got == want, "the upgraded catalog differs from a fresh install:{}", difference(&got, &want));
-    ensure!(registry(&mut upgraded).await? == registry(&mut fresh).await?, "the upgraded registry differs from a fresh install with the same edits");
+    ensure!(
+        registry(&mut upgraded).await? == registry(&mut fresh).await?,
+        "the upgraded registry differs from a fresh install with the same edits"
+    );
 
     // Every old ciphertext untouched and still readable, with the same plaintext.
     ensure!(stored(&mut upgraded).await? == before, "the upgrade changed stored ciphertexts");
@@ -267,9 +307,15 @@ async fn upgrade_keeps_everything(cluster: Arc<Cluster>, from: &'static str) -> 
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'X', 'v')").bind(platform).execute(&mut *tx).await;
     expect_sg(r, Code::ConciergeSelfWriteBlocked)?;
     drop(tx);
-    let r = sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'").bind(platform).execute(&mut upgraded).await;
+    let r = sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
+        .bind(platform)
+        .execute(&mut upgraded)
+        .await;
     expect_sg(r, Code::PlatformAgentIdentityGate)?;
-    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1").bind(byok).execute(&mut upgraded).await;
+    let r = sqlx::query("UPDATE public.workspaces SET status = 'online' WHERE id = $1")
+        .bind(byok)
+        .execute(&mut upgraded)
+        .await;
     expect_sg(r, Code::ByokCredentialInvalid).context("the dead verdict survives the upgrade")?;
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'OLD_TOKEN', 'v')").bind(byok).execute(&mut upgraded).await;
     expect_sg(r, Code::ForbiddenSecretKey).context("a forbidden key the DBA added survives the upgrade")?;

@@ -42,9 +42,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// `n` random bytes from the kernel.
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
     buf
 }
 
@@ -165,7 +163,18 @@ impl Cluster {
 
         cluster.pg(
             "initdb",
-            &["-D", path_str(&cluster.data_dir()), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"],
+            &[
+                "-D",
+                path_str(&cluster.data_dir()),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
         )?;
         cluster.write_keyring(&cluster.initial_keys.to_json(), 0o600);
 
@@ -194,8 +203,8 @@ impl Cluster {
 
         *cluster.stopped.lock().unwrap() = false;
         let log = cluster.log_path();
-        if let Err(e) =
-            cluster.pg("pg_ctl", &["-D", path_str(&cluster.data_dir()), "-l", path_str(&log), "-w", "-t", "60", "start"])
+        if let Err(e) = cluster
+            .pg("pg_ctl", &["-D", path_str(&cluster.data_dir()), "-l", path_str(&log), "-w", "-t", "60", "start"])
         {
             *cluster.stopped.lock().unwrap() = true;
             bail!("{e:#}\n--- server.log ---\n{}", cluster.log_contents());
@@ -210,7 +219,8 @@ impl Cluster {
 
     fn chown(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.owner {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
         }
         Ok(())
     }
@@ -395,7 +405,8 @@ fn run_pg(as_postgres: bool, dir: &Path, program: &str, args: &[&str]) -> Result
     } else {
         Command::new(&exe)
     };
-    let out = cmd.args(args).current_dir(dir).env_remove("PGDATA").output().with_context(|| format!("run {program}"))?;
+    let out =
+        cmd.args(args).current_dir(dir).env_remove("PGDATA").output().with_context(|| format!("run {program}"))?;
     if !out.status.success() {
         bail!(
             "{program} failed ({}): {}{}",
@@ -467,7 +478,11 @@ pub fn finish(cluster: Arc<Cluster>, conclusion: Conclusion) -> ! {
     let failed = conclusion.has_failed() || !log_problems.is_empty();
     if failed {
         cluster.stop();
-        eprintln!("test cluster kept for inspection: {} (server log: {})", cluster.dir.display(), cluster.log_path().display());
+        eprintln!(
+            "test cluster kept for inspection: {} (server log: {})",
+            cluster.dir.display(),
+            cluster.log_path().display()
+        );
         std::process::exit(101);
     }
     cluster.destroy();
@@ -517,12 +532,28 @@ impl Standby {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         primary.chown(&dir)?;
-        let standby = Standby { dir, port: free_port()?, as_postgres: primary.owner.is_some(), stopped: Mutex::new(true) };
+        let standby =
+            Standby { dir, port: free_port()?, as_postgres: primary.owner.is_some(), stopped: Mutex::new(true) };
         let data = standby.data_dir();
         let primary_port = primary.port().to_string();
         standby.pg(
             "pg_basebackup",
-            &["-h", "127.0.0.1", "-p", &primary_port, "-U", "postgres", "-D", path_str(&data), "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port,
+                "-U",
+                "postgres",
+                "-D",
+                path_str(&data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
         )?;
         // Later lines win: its own port and socket directory, reads allowed.
         let conf_path = data.join("postgresql.conf");
@@ -535,7 +566,8 @@ impl Standby {
         std::fs::write(&conf_path, text).context("write the standby's postgresql.conf")?;
         *standby.stopped.lock().unwrap() = false;
         let log = standby.log_path();
-        if let Err(e) = standby.pg("pg_ctl", &["-D", path_str(&data), "-l", path_str(&log), "-w", "-t", "60", "start"]) {
+        if let Err(e) = standby.pg("pg_ctl", &["-D", path_str(&data), "-l", path_str(&log), "-w", "-t", "60", "start"])
+        {
             *standby.stopped.lock().unwrap() = true;
             bail!("{e:#}\n--- standby server.log ---\n{}", standby.log_contents());
         }
@@ -841,7 +873,11 @@ pub struct RunningCli {
 
 pub fn spawn_cli(url: &str, args: &[&str]) -> Result<RunningCli> {
     let bin = secretgate_bin();
-    ensure!(bin.exists(), "{} not found: build it first (cargo build -p secretgate-cli) or set SECRETGATE_BIN", bin.display());
+    ensure!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p secretgate-cli) or set SECRETGATE_BIN",
+        bin.display()
+    );
     let mut child = tokio::process::Command::new(&bin)
         .args(args)
         .env("DATABASE_URL", url)
