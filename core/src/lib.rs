@@ -7,6 +7,7 @@
 //!   bound to its row by the associated data `secretgate:v1:<scope>:<key>`.
 //!
 //! * [`Verdict`]: what a provider's answer says about a credential.
+//! * [`policy`]: the product's rules, as decisions over facts.
 //!
 //! The extension and the command-line tool both build on this crate.
 
@@ -14,6 +15,7 @@ mod codes;
 mod crypto;
 mod keyring;
 mod liveness;
+pub mod policy;
 
 pub use codes::Code;
 pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
