@@ -1,11 +1,24 @@
 //! `secretgate probe`: the liveness preflight (CONTRACT §5 `record_liveness`,
 //! §6 BYOK, §7; DOMAIN incident 4).
 //!
-//! For every BYOK credential (or those of one `--workspace`): read the value
-//! through the database, send ONE authenticated `GET {base_url}/models`,
+//! The extension says what to probe: `secretgate.byok_credentials()` lists,
+//! for every BYOK workspace, each of its provider's `auth_env` key names that
+//! has a stored row, at workspace scope or else global scope (never a value).
+//! This command names no platform table: the attached tables, in whatever
+//! schema, are found through `secretgate.attached_tables`.
+//!
+//! For every such credential (or those of one `--workspace`), once per
+//! (scope, key name, provider): read the value with `read_secret` /
+//! `read_global_secret`, send ONE authenticated `GET {base_url}/models`,
 //! bounded as a whole (connect, headers and body) by `--timeout`, and record
-//! the answer with `secretgate.record_liveness`. The extension classifies the
-//! status; this command prints the verdict it returns.
+//! the answer with `secretgate.record_liveness(workspace, key, status,
+//! provider)`. The extension classifies the status; this command prints the
+//! verdict it returns.
+//!
+//! The header form comes from `secretgate.credential_auth` when it has a row
+//! for the key name (an OAuth token goes as `Authorization: Bearer` even to a
+//! provider whose API keys use `x-api-key`), else from the provider's own
+//! `auth_header` / `auth_scheme`.
 //!
 //! A credential value is never printed, logged, formatted or put into an
 //! error: it goes from the database straight into a header marked sensitive.
@@ -64,9 +77,18 @@ struct Credential {
     workspace: Option<Uuid>,
     provider: String,
     key: String,
+    /// None when the provider is not in the registry (or has no base_url).
     base_url: Option<String>,
-    auth_header: String,
-    auth_scheme: String,
+    /// The header form: `credential_auth`'s for this key name, else the
+    /// provider's; None when the provider is not in the registry.
+    auth: Option<(String, String)>,
+}
+
+/// The attached tables, as quoted, schema-qualified names.
+struct Tables {
+    workspaces: String,
+    secrets: String,
+    global_secrets: String,
 }
 
 impl Credential {
@@ -137,20 +159,34 @@ pub async fn main(url: &str, args: ProbeArgs) -> Result<(), Failure> {
     let timeout = Duration::from_secs(args.timeout);
     let client = http_client(timeout)?;
     let mut conn = db::connect(url, "secretgate-probe").await?;
+    let tables = match attached(&mut conn).await {
+        Ok(tables) => Arc::new(tables),
+        Err(e) => {
+            let _ = conn.close().await;
+            return Err(e);
+        }
+    };
 
     if let Some(ws) = args.workspace {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM public.workspaces WHERE id = $1)")
-            .bind(ws)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| Failure::usage(anyhow!("cannot look up workspace {ws}: {}", db_message(&e))))?;
+        let exists: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {} WHERE id = $1)", tables.workspaces))
+                .bind(ws)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| Failure::usage(anyhow!("cannot look up workspace {ws}: {}", db_message(&e))))?;
         if !exists {
             let _ = conn.close().await;
             return Err(Failure::usage(anyhow!("no workspace {ws}")));
         }
     }
 
-    let credentials = list(&mut conn, args.workspace).await?;
+    let credentials = match list(&mut conn, args.workspace).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = conn.close().await;
+            return Err(e);
+        }
+    };
     if credentials.is_empty() {
         let _ = conn.close().await;
         match args.workspace {
@@ -169,9 +205,10 @@ pub async fn main(url: &str, args: ProbeArgs) -> Result<(), Failure> {
         let conn = Arc::clone(&conn);
         let permits = Arc::clone(&permits);
         let client = client.clone();
+        let tables = Arc::clone(&tables);
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            (index, probe_one(&conn, &client, timeout, &credential).await)
+            (index, probe_one(&conn, &tables, &client, timeout, &credential).await)
         });
     }
     let mut outcomes: Vec<Option<Outcome>> = credentials.iter().map(|_| None).collect();
@@ -216,61 +253,126 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, Failure> {
         .map_err(|_| Failure::usage(anyhow!("cannot set up the HTTP client (TLS)")))
 }
 
-/// Every BYOK credential, in a stable order: global ones first, then by
-/// workspace, provider and key name.
-///
-/// A workspace counts when its kind is not `external` and its resolved
-/// provider is not a platform one; each of that provider's `auth_env` names
-/// is taken at workspace scope when the workspace has a row, else at global
-/// scope when there is a global row. A global credential shared by several
-/// workspaces is probed once per provider.
-async fn list(conn: &mut PgConnection, workspace: Option<Uuid>) -> Result<Vec<Credential>, Failure> {
-    type Row = (Option<Uuid>, String, String, Option<String>, String, String);
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH byok AS (
-             SELECT w.id AS workspace_id, p.name AS provider, p.auth_env, p.base_url, p.auth_header, p.auth_scheme
-             FROM public.workspaces w
-             JOIN secretgate.providers p ON p.name = secretgate.resolve_provider(w.runtime, w.model)
-             WHERE w.kind IS DISTINCT FROM 'external'
-               AND NOT p.is_platform
-               AND ($1::uuid IS NULL OR w.id = $1)
-         ), wanted AS (
-             SELECT b.*, k.key
-             FROM byok b CROSS JOIN LATERAL unnest(b.auth_env) AS k(key)
-         )
-         SELECT DISTINCT
-                CASE WHEN s.key IS NOT NULL THEN x.workspace_id END AS workspace_id,
-                x.provider, x.key, x.base_url, x.auth_header, x.auth_scheme
-         FROM wanted x
-         LEFT JOIN public.workspace_secrets s ON s.workspace_id = x.workspace_id AND s.key = x.key
-         LEFT JOIN public.global_secrets g ON g.key = x.key
-         WHERE s.key IS NOT NULL OR g.key IS NOT NULL
-         ORDER BY 1 NULLS FIRST, 2, 3",
+/// The attached tables (`secretgate.attach_gates`), wherever they live.
+async fn attached(conn: &mut PgConnection) -> Result<Tables, Failure> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', wn.nspname, wc.relname),
+                format('%I.%I', sn.nspname, sc.relname),
+                format('%I.%I', gn.nspname, gc.relname)
+         FROM secretgate.attached_tables a
+         JOIN pg_catalog.pg_class wc ON wc.oid = a.workspaces
+         JOIN pg_catalog.pg_namespace wn ON wn.oid = wc.relnamespace
+         JOIN pg_catalog.pg_class sc ON sc.oid = a.secrets
+         JOIN pg_catalog.pg_namespace sn ON sn.oid = sc.relnamespace
+         JOIN pg_catalog.pg_class gc ON gc.oid = a.global_secrets
+         JOIN pg_catalog.pg_namespace gn ON gn.oid = gc.relnamespace",
     )
-    .bind(workspace)
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| {
         let code = sqlstate(&e).map(|c| format!("SQLSTATE {c}: ")).unwrap_or_default();
         Failure::usage(anyhow!(
-            "cannot list the BYOK credentials ({code}{}); is the secretgate extension installed and migrated?",
+            "cannot read secretgate.attached_tables ({code}{}); is the secretgate extension installed and migrated?",
             db_message(&e)
         ))
     })?;
-    Ok(rows
-        .into_iter()
-        .map(|(workspace, provider, key, base_url, auth_header, auth_scheme)| Credential {
-            workspace,
+    match rows.as_slice() {
+        [(workspaces, secrets, global_secrets)] => Ok(Tables {
+            workspaces: workspaces.clone(),
+            secrets: secrets.clone(),
+            global_secrets: global_secrets.clone(),
+        }),
+        [] => Err(Failure::usage(anyhow!(
+            "no tables are attached (secretgate.attached_tables is empty); run `secretgate migrate run` first"
+        ))),
+        _ => {
+            Err(Failure::usage(anyhow!("secretgate.attached_tables has more than one row; expected one set of tables")))
+        }
+    }
+}
+
+/// Every BYOK credential from `secretgate.byok_credentials()`, once per
+/// (scope, key name, provider), in a stable order: global ones first, then by
+/// workspace, provider and key name.
+///
+/// The extension decides which workspaces count (kind not `external`,
+/// resolved provider known and not platform) and which scope each key name is
+/// read at (the workspace's row, else the global one). A global credential
+/// shared by several workspaces is probed once per provider; two providers
+/// that accept the same key name probe it once each.
+async fn list(conn: &mut PgConnection, workspace: Option<Uuid>) -> Result<Vec<Credential>, Failure> {
+    type Row =
+        (Option<Uuid>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.workspace_id, c.scope, c.provider, c.key, p.base_url,
+                coalesce(a.auth_header, p.auth_header), coalesce(a.auth_scheme, p.auth_scheme)
+         FROM secretgate.byok_credentials() c
+         LEFT JOIN secretgate.providers p ON p.name = c.provider
+         LEFT JOIN secretgate.credential_auth a ON a.key = c.key
+         WHERE $1::uuid IS NULL OR c.workspace_id = $1",
+    )
+    .bind(workspace)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| {
+        let code = sqlstate(&e);
+        let prefix = code.as_deref().map(|c| format!("SQLSTATE {c}: ")).unwrap_or_default();
+        let advice = match code.as_deref() {
+            // undefined_function / undefined_table: an extension older than this tool
+            Some("42883") | Some("42P01") => format!(
+                "this tool needs secretgate {} (byok_credentials, credential_auth); run ALTER EXTENSION secretgate UPDATE",
+                db::TOOL_VERSION
+            ),
+            _ => "is the secretgate extension installed and migrated?".to_string(),
+        };
+        Failure::usage(anyhow!("cannot list the BYOK credentials ({prefix}{}); {advice}", db_message(&e)))
+    })?;
+
+    let mut unique: BTreeMap<(Option<Uuid>, String, String), Credential> = BTreeMap::new();
+    for (workspace_id, scope, provider, key, base_url, auth_header, auth_scheme) in rows {
+        let (Some(provider), Some(key)) = (provider, key) else {
+            return Err(Failure::check(anyhow!(
+                "secretgate.byok_credentials() returned a row without provider or key"
+            )));
+        };
+        let scope = match (scope.as_deref(), workspace_id) {
+            (Some("workspace"), Some(ws)) => Some(ws),
+            (Some("global"), _) => None,
+            (other, _) => {
+                return Err(Failure::check(anyhow!(
+                    "secretgate.byok_credentials() returned scope {other:?} for key {key} (workspace {}); \
+                     expected 'workspace' with a workspace id, or 'global'",
+                    workspace_id.map_or_else(|| "NULL".to_string(), |w| w.to_string())
+                )))
+            }
+        };
+        let auth = auth_header.zip(auth_scheme);
+        unique.entry((scope, provider.clone(), key.clone())).or_insert(Credential {
+            workspace: scope,
             provider,
             key,
             base_url,
-            auth_header,
-            auth_scheme,
-        })
-        .collect())
+            auth,
+        });
+    }
+    // BTreeMap order: None (global) first, then by workspace, provider, key.
+    Ok(unique.into_values().collect())
 }
 
-async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout: Duration, c: &Credential) -> Outcome {
+async fn probe_one(
+    conn: &Mutex<PgConnection>,
+    tables: &Tables,
+    client: &reqwest::Client,
+    timeout: Duration,
+    c: &Credential,
+) -> Outcome {
+    let Some((auth_header, auth_scheme)) = c.auth.as_ref() else {
+        return Outcome::error(
+            "-",
+            format!("provider {} is not in secretgate.providers", c.provider),
+            FailureKind::Check,
+        );
+    };
     let Some(base_url) = c.base_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
         return Outcome::plain("skipped", "-", Some(format!("provider {} has no base_url", c.provider)));
     };
@@ -278,21 +380,25 @@ async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout
     if let Err(why) = safe_endpoint(&endpoint) {
         return Outcome::error("-", format!("provider {}: {why}", c.provider), FailureKind::Check);
     }
-    let header_name = match HeaderName::from_bytes(c.auth_header.trim().as_bytes()) {
+    let header_name = match HeaderName::from_bytes(auth_header.trim().as_bytes()) {
         Ok(name) => name,
         Err(_) => {
             return Outcome::error(
                 "-",
-                format!("provider {}: auth_header {:?} is not a valid HTTP header name", c.provider, c.auth_header),
+                format!(
+                    "{} for provider {}: auth_header {auth_header:?} is not a valid HTTP header name",
+                    c.key, c.provider
+                ),
                 FailureKind::Check,
             )
         }
     };
+    let bearer_to_anthropic = is_anthropic(&c.provider, base_url) && header_name == reqwest::header::AUTHORIZATION;
 
     // Read the value and the ciphertext it came from, in one snapshot.
     let (ciphertext, value) = {
         let mut conn = conn.lock().await;
-        match read(&mut conn, c).await {
+        match read(&mut conn, tables, c).await {
             Ok(Some(pair)) => pair,
             Ok(None) => {
                 return Outcome::plain("changed", "-", Some("the credential was removed before it was probed".into()))
@@ -305,7 +411,7 @@ async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout
     }
 
     let mut headers = HeaderMap::new();
-    match auth_value(&c.auth_scheme, &value) {
+    match auth_value(auth_scheme, &value) {
         Some(v) => {
             headers.insert(header_name, v);
         }
@@ -321,6 +427,10 @@ async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout
     if is_anthropic(&c.provider, base_url) {
         // Anthropic's API refuses requests without a version header.
         headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        if bearer_to_anthropic {
+            // Anthropic takes OAuth access tokens (Authorization: Bearer) only with this beta flag.
+            headers.insert("anthropic-beta", HeaderValue::from_static("oauth-2025-04-20"));
+        }
     }
 
     let answer = send(client, &endpoint, headers, timeout).await;
@@ -334,7 +444,7 @@ async fn probe_one(conn: &Mutex<PgConnection>, client: &reqwest::Client, timeout
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match record(&mut conn, c, &ciphertext, status_code).await {
+        match record(&mut conn, tables, c, &ciphertext, status_code).await {
             Ok(Some(verdict)) => return Outcome::plain(&verdict, status_text, None),
             Ok(None) => {
                 return Outcome::plain(
@@ -425,25 +535,28 @@ async fn send(client: &reqwest::Client, endpoint: &str, headers: HeaderMap, time
 }
 
 /// The current ciphertext and value of a credential, in one snapshot; None
-/// when the row is gone.
-async fn read(conn: &mut PgConnection, c: &Credential) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+/// when the row is gone. The value comes from `read_secret` /
+/// `read_global_secret`; the ciphertext from the attached table, so that the
+/// verdict is recorded only for the ciphertext that was probed.
+async fn read(conn: &mut PgConnection, t: &Tables, c: &Credential) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
     let row: Option<(Vec<u8>, Option<String>)> = match c.workspace {
         Some(ws) => {
-            sqlx::query_as(
-                "SELECT s.encrypted_value, secretgate.read_secret(s.workspace_id, s.key)
-                 FROM public.workspace_secrets s WHERE s.workspace_id = $1 AND s.key = $2",
-            )
+            sqlx::query_as(&format!(
+                "SELECT s.encrypted_value, secretgate.read_secret($1, $2)
+                 FROM {} s WHERE s.workspace_id = $1 AND s.key = $2",
+                t.secrets
+            ))
             .bind(ws)
             .bind(&c.key)
             .fetch_optional(&mut *tx)
             .await?
         }
         None => {
-            sqlx::query_as(
-                "SELECT g.encrypted_value, secretgate.read_global_secret(g.key)
-                 FROM public.global_secrets g WHERE g.key = $1",
-            )
+            sqlx::query_as(&format!(
+                "SELECT g.encrypted_value, secretgate.read_global_secret($1) FROM {} g WHERE g.key = $1",
+                t.global_secrets
+            ))
             .bind(&c.key)
             .fetch_optional(&mut *tx)
             .await?
@@ -453,10 +566,11 @@ async fn read(conn: &mut PgConnection, c: &Credential) -> Result<Option<(Vec<u8>
     Ok(row.and_then(|(ciphertext, value)| value.map(|v| (ciphertext, v))))
 }
 
-/// Records `status` for the credential if its ciphertext is still the one
-/// that was probed; returns the verdict, or None when it changed.
+/// Records `status` for the credential and its provider if its ciphertext is
+/// still the one that was probed; returns the verdict, or None when it changed.
 async fn record(
     conn: &mut PgConnection,
+    t: &Tables,
     c: &Credential,
     probed: &[u8],
     status: i32,
@@ -464,16 +578,17 @@ async fn record(
     let mut tx = conn.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
     let current: Option<Vec<u8>> = match c.workspace {
         Some(ws) => {
-            sqlx::query_scalar(
-                "SELECT encrypted_value FROM public.workspace_secrets WHERE workspace_id = $1 AND key = $2",
-            )
+            sqlx::query_scalar(&format!(
+                "SELECT encrypted_value FROM {} WHERE workspace_id = $1 AND key = $2",
+                t.secrets
+            ))
             .bind(ws)
             .bind(&c.key)
             .fetch_optional(&mut *tx)
             .await?
         }
         None => {
-            sqlx::query_scalar("SELECT encrypted_value FROM public.global_secrets WHERE key = $1")
+            sqlx::query_scalar(&format!("SELECT encrypted_value FROM {} WHERE key = $1", t.global_secrets))
                 .bind(&c.key)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -483,10 +598,11 @@ async fn record(
         tx.rollback().await?;
         return Ok(None);
     }
-    let verdict: Option<String> = sqlx::query_scalar("SELECT secretgate.record_liveness($1, $2, $3)")
+    let verdict: Option<String> = sqlx::query_scalar("SELECT secretgate.record_liveness($1, $2, $3, $4)")
         .bind(c.workspace)
         .bind(&c.key)
         .bind(status)
+        .bind(&c.provider)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
