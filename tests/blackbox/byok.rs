@@ -18,23 +18,19 @@ const ANTHROPIC_MODEL: &str = "anthropic:claude-opus-4-7";
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("byok"));
-    let trials = vec![
-        trial("no_credential_is_sg103", &cluster, no_credential_is_sg103),
-        trial("another_providers_key_does_not_count", &cluster, another_providers_key_does_not_count),
-        trial("own_key_in_the_same_transaction_is_allowed", &cluster, own_key_in_the_same_transaction_is_allowed),
-        trial("global_key_is_allowed", &cluster, global_key_is_allowed),
-        trial("empty_value_is_sg103", &cluster, empty_value_is_sg103),
-        trial("corrupt_credential_fails_closed", &cluster, corrupt_credential_fails_closed),
-        trial("exempt_workspaces_need_no_key", &cluster, exempt_workspaces_need_no_key),
-        trial("switching_to_a_byok_model_needs_its_key", &cluster, switching_to_a_byok_model_needs_its_key),
-        trial("dead_verdict_is_sg104_until_rotated", &cluster, dead_verdict_is_sg104_until_rotated),
-        trial("transient_verdict_is_allowed_and_logged", &cluster, transient_verdict_is_allowed_and_logged),
-        trial("record_liveness_classifies", &cluster, record_liveness_classifies),
-        trial(
-            "deleting_a_credential_is_allowed_and_register_reports_it",
-            &cluster,
-            deleting_a_credential_is_allowed_and_register_reports_it,
-        ),
+    let trials = trials![&cluster;
+        no_credential_is_sg103,
+        another_providers_key_does_not_count,
+        own_key_in_the_same_transaction_is_allowed,
+        global_key_is_allowed,
+        empty_value_is_sg103,
+        corrupt_credential_fails_closed,
+        exempt_workspaces_need_no_key,
+        switching_to_a_byok_model_needs_its_key,
+        dead_verdict_is_sg104_until_rotated,
+        transient_verdict_is_allowed_and_logged,
+        record_liveness_classifies,
+        deleting_a_credential_is_allowed_and_register_reports_it,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

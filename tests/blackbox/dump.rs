@@ -19,9 +19,9 @@ const BIN: &str = "/usr/lib/postgresql/15/bin";
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("dump"));
-    let trials = vec![
-        trial("plain_dump_restores_secrets_registry_and_gates", &cluster, |c| round_trip(c, Format::Plain)),
-        trial("custom_format_dump_restores_too", &cluster, |c| round_trip(c, Format::Custom)),
+    let trials = trials![&cluster;
+        "plain_dump_restores_secrets_registry_and_gates" => |c| round_trip(c, Format::Plain),
+        "custom_format_dump_restores_too" => |c| round_trip(c, Format::Custom),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

@@ -31,12 +31,12 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("faults"));
-    let trials = vec![
-        trial("keyring_faults_under_concurrent_load", &cluster, keyring_faults_under_concurrent_load),
-        trial("retired_key_version_with_rows_still_on_it", &cluster, retired_key_version_with_rows_still_on_it),
-        trial("reencrypt_backend_terminated_mid_batch", &cluster, reencrypt_backend_terminated_mid_batch),
-        trial("reencrypt_backend_sigkilled_mid_batch", &cluster, reencrypt_backend_sigkilled_mid_batch),
-        trial("server_restarted_mid_rotate", &cluster, server_restarted_mid_rotate),
+    let trials = trials![&cluster;
+        keyring_faults_under_concurrent_load,
+        retired_key_version_with_rows_still_on_it,
+        reencrypt_backend_terminated_mid_batch,
+        reencrypt_backend_sigkilled_mid_batch,
+        server_restarted_mid_rotate,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

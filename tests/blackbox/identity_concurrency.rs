@@ -28,10 +28,10 @@ fn main() {
     // Timing-sensitive and CPU-bound on a small machine: one level at a time.
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("identity_race"));
-    let trials = vec![
-        trial("read_committed", &cluster, |c| race(c, "READ COMMITTED")),
-        trial("repeatable_read", &cluster, |c| race(c, "REPEATABLE READ")),
-        trial("serializable", &cluster, |c| race(c, "SERIALIZABLE")),
+    let trials = trials![&cluster;
+        "read_committed" => |c| race(c, "READ COMMITTED"),
+        "repeatable_read" => |c| race(c, "REPEATABLE READ"),
+        "serializable" => |c| race(c, "SERIALIZABLE"),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

@@ -14,15 +14,15 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("keyring"));
-    let trials = vec![
-        trial("rotation_is_picked_up_without_reload", &cluster, rotation_is_picked_up_without_reload),
-        trial("retired_key_version_gives_sg002", &cluster, retired_key_version_gives_sg002),
-        trial("missing_file_fails_closed_then_recovers", &cluster, missing_file_fails_closed_then_recovers),
-        trial("insecure_mode_fails_closed_then_recovers", &cluster, insecure_mode_fails_closed_then_recovers),
-        trial("malformed_keyrings_fail_closed", &cluster, malformed_keyrings_fail_closed),
-        trial("directory_instead_of_file_fails_closed", &cluster, directory_instead_of_file_fails_closed),
-        trial("file_unreadable_by_server_fails_closed", &cluster, file_unreadable_by_server_fails_closed),
-        trial("unset_or_relative_setting_fails_closed", &cluster, unset_or_relative_setting_fails_closed),
+    let trials = trials![&cluster;
+        rotation_is_picked_up_without_reload,
+        retired_key_version_gives_sg002,
+        missing_file_fails_closed_then_recovers,
+        insecure_mode_fails_closed_then_recovers,
+        malformed_keyrings_fail_closed,
+        directory_instead_of_file_fails_closed,
+        file_unreadable_by_server_fails_closed,
+        unset_or_relative_setting_fails_closed,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

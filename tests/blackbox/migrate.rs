@@ -21,15 +21,15 @@ fn migration_count() -> i64 {
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("migrate"));
-    let trials = vec![
-        trial("run_info_revert_cycle", &cluster, run_info_revert_cycle),
-        trial("concurrent_runners_apply_once", &cluster, concurrent_runners_apply_once),
-        trial("held_lock_times_out_with_exit_2", &cluster, held_lock_times_out_with_exit_2),
-        trial("runner_waits_for_the_lock_then_applies", &cluster, runner_waits_for_the_lock_then_applies),
-        trial("changed_checksum_is_refused", &cluster, changed_checksum_is_refused),
-        trial("unknown_applied_version_is_refused", &cluster, unknown_applied_version_is_refused),
-        trial("failed_migration_exits_1_and_commits_nothing", &cluster, failed_migration_exits_1),
-        trial("bad_urls_and_usage_exit_2", &cluster, bad_urls_and_usage_exit_2),
+    let trials = trials![&cluster;
+        run_info_revert_cycle,
+        concurrent_runners_apply_once,
+        held_lock_times_out_with_exit_2,
+        runner_waits_for_the_lock_then_applies,
+        changed_checksum_is_refused,
+        unknown_applied_version_is_refused,
+        "failed_migration_exits_1_and_commits_nothing" => failed_migration_exits_1,
+        bad_urls_and_usage_exit_2,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

@@ -20,22 +20,18 @@ fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("privileges"));
     migrate_once(&cluster);
-    let trials = vec![
-        trial("catalog_functions_grantees_and_pinned_search_paths", &cluster, catalog),
-        trial("privileged_functions_refuse_a_plain_login_role", &cluster, privileged_functions_refuse_a_plain_role),
-        trial("lookalikes_with_attacker_schema_first", &cluster, |c| lookalikes(c, "attacker")),
-        trial("lookalikes_with_attacker_before_pg_catalog", &cluster, |c| lookalikes(c, "attacker, pg_catalog")),
-        trial("lookalikes_with_pg_temp_first", &cluster, |c| lookalikes(c, "pg_temp, attacker, pg_catalog")),
-        trial("attach_gates_under_a_hostile_search_path_keeps_the_gates", &cluster, attach_under_hostile_search_path),
-        trial("non_owner_cannot_disable_drop_or_replace_the_gates", &cluster, non_owner_cannot_switch_gates_off),
-        trial("non_owner_cannot_write_secretgate_tables", &cluster, non_owner_cannot_write_secretgate_tables),
-        trial(
-            "trigger_privilege_cannot_add_triggers_to_attached_tables",
-            &cluster,
-            trigger_privilege_cannot_add_triggers,
-        ),
-        trial("agent_claiming_another_caller_is_still_refused", &cluster, agent_claiming_another_caller),
-        trial("keyring_is_unreadable_for_non_superusers", &cluster, keyring_unreadable),
+    let trials = trials![&cluster;
+        "catalog_functions_grantees_and_pinned_search_paths" => catalog,
+        "privileged_functions_refuse_a_plain_login_role" => privileged_functions_refuse_a_plain_role,
+        "lookalikes_with_attacker_schema_first" => |c| lookalikes(c, "attacker"),
+        "lookalikes_with_attacker_before_pg_catalog" => |c| lookalikes(c, "attacker, pg_catalog"),
+        "lookalikes_with_pg_temp_first" => |c| lookalikes(c, "pg_temp, attacker, pg_catalog"),
+        "attach_gates_under_a_hostile_search_path_keeps_the_gates" => attach_under_hostile_search_path,
+        "non_owner_cannot_disable_drop_or_replace_the_gates" => non_owner_cannot_switch_gates_off,
+        non_owner_cannot_write_secretgate_tables,
+        "trigger_privilege_cannot_add_triggers_to_attached_tables" => trigger_privilege_cannot_add_triggers,
+        "agent_claiming_another_caller_is_still_refused" => agent_claiming_another_caller,
+        "keyring_is_unreadable_for_non_superusers" => keyring_unreadable,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -148,12 +144,11 @@ async fn nothing_changed(p: &mut Platform) -> Result<()> {
     Ok(())
 }
 
+/// One attempt: what it is, its statements (one transaction) and the SQLSTATE expected.
+type Attempt<'a> = (String, Vec<(&'a str, Vec<Arg>)>, &'a str);
+
 /// Expects each attempt (a transaction) to fail with its code.
-async fn expect_refusals(
-    conn: &mut PgConnection,
-    attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)>,
-    leaks: &[&str],
-) -> Result<()> {
+async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<Attempt<'_>>, leaks: &[&str]) -> Result<()> {
     let mut wrong = Vec::new();
     for (what, stmts, code) in attempts {
         let r = in_tx(conn, &stmts).await;
@@ -430,7 +425,7 @@ async fn lookalikes(cluster: Arc<Cluster>, search_path: &'static str) -> Result<
     // The attacker's own statements name pg_catalog's `=`: its look-alikes would only empty its own WHERE clauses.
     const INSERT: &str =
         "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, $2, $3, 2)";
-    let attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)> = vec![
+    let attempts: Vec<Attempt<'_>> = vec![
         (
             "set_secret to a platform workspace".into(),
             vec![("SELECT secretgate.set_secret($1, 'BB_SELF', $2)", vec![Arg::Id(p.platform), Arg::Text(v.clone())])],
@@ -570,7 +565,7 @@ async fn attach_under_hostile_search_path(cluster: Arc<Cluster>) -> Result<()> {
             .await
             .described("triggers")?;
     ensure!(n == 8, "expected the 8 gate triggers after re-attaching, found {n}");
-    let attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)> = vec![
+    let attempts: Vec<Attempt<'_>> = vec![
         (
             "a platform workspace online without MODEL".into(),
             vec![("UPDATE public.workspaces SET status = 'online' WHERE id = $1", vec![Arg::Id(p.bare)])],
@@ -825,7 +820,7 @@ async fn agent_claiming_another_caller(cluster: Arc<Cluster>) -> Result<()> {
     let set_role = format!("SET LOCAL ROLE {service}");
     let set_role = set_role.as_str();
     let session_auth = format!("SET SESSION AUTHORIZATION {service}");
-    let mut attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)> = Vec::new();
+    let mut attempts: Vec<Attempt<'_>> = Vec::new();
     for setting in ["operator", "workspace", "unset"] {
         let set = match setting {
             "operator" => "SET LOCAL secretgate.caller = 'operator'",
@@ -903,7 +898,7 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
         let mut conn = connect_as(&cluster, &role, &db).await?;
         let path_arg = || vec![Arg::Text(path.clone())];
         let copy = format!("COPY pg_temp.bb_k FROM '{path}'");
-        let attempts: Vec<(String, Vec<(&str, Vec<Arg>)>, &str)> = vec![
+        let attempts: Vec<Attempt<'_>> = vec![
             ("SHOW".into(), vec![("SHOW secretgate.keyring_file", vec![])], "42501"),
             ("current_setting".into(), vec![("SELECT current_setting('secretgate.keyring_file')", vec![])], "42501"),
             (

@@ -50,7 +50,9 @@ fn main() {
         )
         .expect("configure logging");
     cluster.reload();
-    let trials = vec![trial("every_error_path_is_redacted", &cluster, every_error_path_is_redacted)];
+    let trials = trials![&cluster;
+        every_error_path_is_redacted,
+    ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
 }

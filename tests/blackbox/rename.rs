@@ -16,14 +16,10 @@ use uuid::Uuid;
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("rename"));
-    let trials = vec![
-        trial("legacy_rows_become_readable_model_rows", &cluster, legacy_rows_become_readable_model_rows),
-        trial(
-            "a_corrupt_legacy_row_fails_the_migration_with_nothing_changed",
-            &cluster,
-            a_corrupt_legacy_row_fails_the_migration,
-        ),
-        trial("a_provider_slug_is_not_renamed_into_model", &cluster, a_provider_slug_is_not_renamed_into_model),
+    let trials = trials![&cluster;
+        legacy_rows_become_readable_model_rows,
+        "a_corrupt_legacy_row_fails_the_migration_with_nothing_changed" => a_corrupt_legacy_row_fails_the_migration,
+        a_provider_slug_is_not_renamed_into_model,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

@@ -25,17 +25,13 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("rotate"));
-    let trials = vec![
-        trial(
-            "verify_lists_undecryptable_rows_without_values",
-            &cluster,
-            verify_lists_undecryptable_rows_without_values,
-        ),
-        trial("no_extension_is_a_usage_error", &cluster, no_extension_is_a_usage_error),
-        trial("rotate_interrupted_and_resumed_loses_nothing", &cluster, rotate_interrupted_and_resumed_loses_nothing),
-        trial("concurrent_writers_are_not_blocked", &cluster, concurrent_writers_are_not_blocked),
-        trial("locked_rows_are_waited_for_then_reported", &cluster, locked_rows_are_waited_for_then_reported),
-        trial("undecryptable_row_stops_rotation_cleanly", &cluster, undecryptable_row_stops_rotation_cleanly),
+    let trials = trials![&cluster;
+        verify_lists_undecryptable_rows_without_values,
+        no_extension_is_a_usage_error,
+        rotate_interrupted_and_resumed_loses_nothing,
+        concurrent_writers_are_not_blocked,
+        locked_rows_are_waited_for_then_reported,
+        undecryptable_row_stops_rotation_cleanly,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

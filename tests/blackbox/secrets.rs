@@ -17,20 +17,20 @@ use uuid::Uuid;
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("secrets"));
-    let trials = vec![
-        trial("set_and_read_round_trip", &cluster, set_and_read_round_trip),
-        trial("set_secret_upserts_with_fresh_nonces", &cluster, set_secret_upserts_with_fresh_nonces),
-        trial("unset_and_try_read_states", &cluster, unset_and_try_read_states),
-        trial("global_secrets_round_trip", &cluster, global_secrets_round_trip),
-        trial("encrypt_decrypt_match_the_core", &cluster, encrypt_decrypt_match_the_core),
-        trial("decrypt_refuses_wrong_row_and_corruption", &cluster, decrypt_refuses_wrong_row_and_corruption),
-        trial("tampered_rows_fail_closed", &cluster, tampered_rows_fail_closed),
-        trial("verify_secrets_reports_every_row", &cluster, verify_secrets_reports_every_row),
-        trial("functions_before_attach_raise_55000", &cluster, functions_before_attach_raise_55000),
-        trial("attach_gates_validates_tables", &cluster, attach_gates_validates_tables),
-        trial("keyring_setting_hidden_from_non_superusers", &cluster, keyring_setting_hidden_from_non_superusers),
-        trial("no_function_returns_key_bytes", &cluster, no_function_returns_key_bytes),
-        trial("sessions_follow_renames_and_reattachment", &cluster, sessions_follow_renames_and_reattachment),
+    let trials = trials![&cluster;
+        set_and_read_round_trip,
+        set_secret_upserts_with_fresh_nonces,
+        unset_and_try_read_states,
+        global_secrets_round_trip,
+        encrypt_decrypt_match_the_core,
+        decrypt_refuses_wrong_row_and_corruption,
+        tampered_rows_fail_closed,
+        verify_secrets_reports_every_row,
+        functions_before_attach_raise_55000,
+        attach_gates_validates_tables,
+        keyring_setting_hidden_from_non_superusers,
+        no_function_returns_key_bytes,
+        sessions_follow_renames_and_reattachment,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)

@@ -79,7 +79,9 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("stress"));
-    let trials = vec![trial("invariants_hold_under_random_concurrent_load", &cluster, stress)];
+    let trials = trials![&cluster;
+        "invariants_hold_under_random_concurrent_load" => stress,
+    ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
 }
@@ -1463,13 +1465,15 @@ async fn count(conn: &mut PgConnection, sql: &str) -> Result<i64> {
 }
 
 async fn final_checks(conn: &mut PgConnection) -> Result<Checks> {
-    let mut c = Checks::default();
-    c.final_platform_without_model = uuids(
-        conn,
-        "SELECT w.id FROM public.workspaces w WHERE w.kind = 'platform' AND w.status = 'online' \
-         AND (NOT stress.model_usable(w.id) OR NOT secretgate.has_model_secret(w.id))",
-    )
-    .await?;
+    let mut c = Checks {
+        final_platform_without_model: uuids(
+            conn,
+            "SELECT w.id FROM public.workspaces w WHERE w.kind = 'platform' AND w.status = 'online' \
+             AND (NOT stress.model_usable(w.id) OR NOT secretgate.has_model_secret(w.id))",
+        )
+        .await?,
+        ..Checks::default()
+    };
     c.forbidden_keys_stored = count(
         conn,
         "SELECT count(*) FROM (SELECT key FROM public.workspace_secrets UNION ALL SELECT key FROM public.global_secrets) s \
