@@ -2,10 +2,16 @@
 //! BYOK, §7; DOMAIN incident 4), against a mock provider on 127.0.0.1.
 //!
 //! The mock answers `GET …/models` according to the credential it receives:
-//! `sk-mock-<behaviour>-<hex>` where behaviour is a status (`200`, `401`,
-//! `403`, `429`, `503`), `hang` (never answers) or `slowbody` (sends a 200's
-//! headers, then never finishes the body). It records every request so the
-//! trials can check the header form, and never prints a value.
+//! `sk-mock-<behaviour>-<hex>` (an API key) or `oat-mock-<behaviour>-<hex>`
+//! (an OAuth token) where behaviour is a status (`200`, `401`, `403`, `429`,
+//! `503`), `hang` (never answers) or `slowbody` (sends a 200's headers, then
+//! never finishes the body). Like the real providers it checks the header
+//! form first and answers 401 when it is wrong: under `/v1/` (anthropic) an
+//! API key must come raw in `x-api-key` and an OAuth token as `Authorization:
+//! Bearer`, never both headers; on any other path the credential must come as
+//! `Authorization: Bearer`. Under `/deny/` it answers 401 to everything. It
+//! records every request so the trials can check the header form, and never
+//! prints a value.
 //!
 //! Every trial has its own database; the mock is shared, and each trial only
 //! looks at requests carrying its own (random) values.
@@ -30,8 +36,14 @@ fn main() {
         let mock = Arc::clone(&mock);
         trial(name, &cluster, move |c| body(c, mock))
     };
+    migrate_once(&cluster);
     let trials = vec![
         t("records_a_verdict_per_answer_and_sends_the_right_header", |c, m| Box::pin(verdicts_and_headers(c, m))),
+        t("oauth_token_goes_as_bearer_and_api_key_in_the_provider_header", |c, m| Box::pin(oauth_and_api_key(c, m))),
+        t("works_on_tables_attached_from_another_schema", |c, m| Box::pin(other_schema(c, m))),
+        t("two_providers_of_one_key_name_get_two_verdicts", |c, m| Box::pin(two_providers_one_key(c, m))),
+        t("version_flag_prints_the_workspace_version", |c, m| Box::pin(version_flag(c, m))),
+        t("older_extension_is_warned_about_and_the_command_carries_on", |c, m| Box::pin(version_warning(c, m))),
         t("timeout_bounds_each_whole_request", |c, m| Box::pin(timeout_bounds_each_request(c, m))),
         t("global_fallback_and_which_credentials_are_probed", |c, m| Box::pin(global_fallback_and_selection(c, m))),
         t("workspace_flag_probes_only_that_workspace", |c, m| Box::pin(workspace_flag(c, m))),
@@ -125,14 +137,20 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let seen = Seen { method, path, headers };
-    let credential = seen
-        .header("x-api-key")
-        .map(str::to_string)
-        .or_else(|| seen.header("authorization").map(|v| v.trim_start_matches("Bearer ").to_string()))
-        .unwrap_or_default();
+    let credential = credential_in(&seen);
+    let denied = seen.path.starts_with("/deny/");
     log.lock().unwrap().push(seen);
 
-    let behaviour = credential.strip_prefix("sk-mock-").and_then(|rest| rest.split('-').next()).unwrap_or("");
+    // A credential in the wrong header, or none: 401, as the real providers answer.
+    let behaviour = match credential.as_deref() {
+        Some(_) if denied => "401",
+        Some(value) => value
+            .strip_prefix("sk-mock-")
+            .or_else(|| value.strip_prefix("oat-mock-"))
+            .and_then(|rest| rest.split('-').next())
+            .unwrap_or(""),
+        None => "401",
+    };
     let respond = |stream: &mut TcpStream, status: u16, reason: &str, body: &str| -> std::io::Result<()> {
         let head = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -164,12 +182,33 @@ fn serve(mut stream: TcpStream, log: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
     }
 }
 
+/// The credential the request carries in the header form its path and kind
+/// require, or None when the form is wrong (see the module comment).
+fn credential_in(seen: &Seen) -> Option<String> {
+    let api_key = seen.header("x-api-key");
+    let bearer = seen.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+    let credential = match (api_key, bearer, seen.header("authorization")) {
+        (Some(v), None, None) if seen.path.starts_with("/v1/") && v.starts_with("sk-mock-") => v,
+        (None, Some(v), _) if seen.path.starts_with("/v1/") && v.starts_with("oat-mock-") => v,
+        (None, Some(v), _) if !seen.path.starts_with("/v1/") => v,
+        _ => return None,
+    };
+    Some(credential.to_string())
+}
+
 // ---------------------------------------------------------------------------
 // Helpers
 
 /// A mock credential `sk-mock-<behaviour>-<hex>`, remembered so that no log may contain it.
 fn mock_value(cluster: &Cluster, behaviour: &str) -> String {
     let value = format!("sk-mock-{behaviour}-{}", random_hex(12));
+    cluster.remember_secret(&value);
+    value
+}
+
+/// A mock OAuth token `oat-mock-<behaviour>-<hex>`, remembered like [`mock_value`].
+fn mock_oauth(cluster: &Cluster, behaviour: &str) -> String {
+    let value = format!("oat-mock-{behaviour}-{}", random_hex(12));
     cluster.remember_secret(&value);
     value
 }
@@ -277,6 +316,42 @@ async fn expect_nothing_recorded(conn: &mut PgConnection, ws: Option<Uuid>, key:
     Ok(())
 }
 
+/// The recorded (verdict, http_status) of a credential for one provider (None workspace = global).
+async fn liveness_for(
+    conn: &mut PgConnection,
+    ws: Option<Uuid>,
+    key: &str,
+    provider: &str,
+) -> Result<Option<(String, Option<i32>)>> {
+    sqlx::query_as(
+        "SELECT verdict, http_status FROM secretgate.liveness
+         WHERE workspace_id IS NOT DISTINCT FROM $1 AND key = $2 AND provider = $3
+         ORDER BY checked_at DESC LIMIT 1",
+    )
+    .bind(ws)
+    .bind(key)
+    .bind(provider)
+    .fetch_optional(conn)
+    .await
+    .described(&format!("read secretgate.liveness for {key} and provider {provider}"))
+}
+
+async fn expect_verdict_for(
+    conn: &mut PgConnection,
+    ws: Option<Uuid>,
+    key: &str,
+    provider: &str,
+    verdict: &str,
+    status: i32,
+) -> Result<()> {
+    let what = format!("{key} for provider {provider}");
+    match liveness_for(conn, ws, key, provider).await? {
+        Some((v, s)) if v == verdict && s == Some(status) => Ok(()),
+        Some((v, s)) => bail!("{what}: recorded ({v:?}, {s:?}), expected ({verdict:?}, {status})"),
+        None => bail!("{what}: nothing recorded in secretgate.liveness, expected ({verdict:?}, {status})"),
+    }
+}
+
 /// Fails when the tool's output contains any of `values` (naming the index, never the value).
 fn no_values_in(run: &CliRun, values: &[&str]) -> Result<()> {
     for (i, v) in values.iter().enumerate() {
@@ -302,6 +377,21 @@ fn row<'a>(run: &'a CliRun, scope: &str, key: &str) -> Result<&'a str> {
             cells.first() == Some(&scope) && cells.get(2) == Some(&key)
         })
         .ok_or_else(|| anyhow!("no table row for {scope} {key}:\n{run}"))
+}
+
+/// The (verdict, http) cells of the table row of `scope`, `provider` and `key`.
+fn cells_for(run: &CliRun, scope: &str, provider: &str, key: &str) -> Result<(String, String)> {
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.first() == Some(&scope) && cells.get(1) == Some(&provider) && cells.get(2) == Some(&key)
+        })
+        .ok_or_else(|| anyhow!("no table row for {scope} {provider} {key}:\n{run}"))?;
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    ensure!(cells.len() >= 5, "table row for {scope} {provider} {key} has too few cells: {line:?}");
+    Ok((cells[3].to_string(), cells[4].to_string()))
 }
 
 /// The row's (verdict, http) cells.
@@ -347,6 +437,19 @@ fn one_request(mock: &Mock, value: &str, provider: &str, what: &str) -> Result<(
             ensure!(s.path == "/v1/models", "{what}: path {:?}, expected /v1/models", s.path);
             ensure!(s.header("x-api-key") == Some(value), "{what}: x-api-key should carry the raw value");
             ensure!(s.header("authorization").is_none(), "{what}: an anthropic probe must not send Authorization");
+            ensure!(
+                s.header("anthropic-version").is_some(),
+                "{what}: an anthropic probe should send anthropic-version"
+            );
+        }
+        "anthropic-oauth" => {
+            ensure!(s.path == "/v1/models", "{what}: path {:?}, expected /v1/models", s.path);
+            let expected = format!("Bearer {value}");
+            ensure!(
+                s.header("authorization") == Some(expected.as_str()),
+                "{what}: an OAuth token should go as `Authorization: Bearer <token>`"
+            );
+            ensure!(s.header("x-api-key").is_none(), "{what}: an OAuth token must not be sent in x-api-key");
             ensure!(
                 s.header("anthropic-version").is_some(),
                 "{what}: an anthropic probe should send anthropic-version"
@@ -469,9 +572,9 @@ async fn global_fallback_and_selection(cluster: Arc<Cluster>, mock: Arc<Mock>) -
     // A workspace key wins over the global one.
     let own = mock_value(&cluster, "401");
     let with_own = byok(&mut conn, OPENAI, "OPENAI_API_KEY", &own).await?;
-    // Both of anthropic's auth_env names are probed.
+    // Both of anthropic's auth_env names are probed, each in its own header form.
     let api_key = mock_value(&cluster, "200");
-    let oauth = mock_value(&cluster, "403");
+    let oauth = mock_oauth(&cluster, "403");
     let both = workspace_with(
         &mut conn,
         "workspace",
@@ -531,7 +634,7 @@ async fn global_fallback_and_selection(cluster: Arc<Cluster>, mock: Arc<Mock>) -
         .await?;
 
     one_request(&mock, &api_key, "anthropic", "ANTHROPIC_API_KEY")?;
-    one_request(&mock, &oauth, "anthropic", "CLAUDE_CODE_OAUTH_TOKEN")?;
+    one_request(&mock, &oauth, "anthropic-oauth", "CLAUDE_CODE_OAUTH_TOKEN")?;
     expect_verdict(&mut conn, Some(both), "ANTHROPIC_API_KEY", "ok", 200, "ANTHROPIC_API_KEY").await?;
     expect_verdict(&mut conn, Some(both), "CLAUDE_CODE_OAUTH_TOKEN", "dead", 403, "CLAUDE_CODE_OAUTH_TOKEN").await?;
 
@@ -790,5 +893,362 @@ async fn usage_errors(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
     let run = run_cli(Some(&url), &["probe"]).await?;
     ensure!(run.code == Some(0), "probe with no BYOK credential should exit 0:\n{run}");
     ensure!(run.stdout.contains("no BYOK credential"), "probe with nothing to probe should say so:\n{run}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 0.4.0: byok_credentials, credential_auth, per-provider verdicts, versions
+
+/// An OAuth token (CLAUDE_CODE_OAUTH_TOKEN) goes as `Authorization: Bearer`
+/// (secretgate.credential_auth), an API key in the provider's own header
+/// (anthropic: raw `x-api-key`). The mock answers 401 to the wrong form, so a
+/// good token sent the old way (in x-api-key) would be recorded dead.
+async fn oauth_and_api_key(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
+    let (url, mut conn) = setup(&cluster, &mock, "probe_oauth").await?;
+    let seeded: Option<(String, String)> =
+        sqlx::query_as("SELECT auth_header, auth_scheme FROM secretgate.credential_auth WHERE key = $1")
+            .bind("CLAUDE_CODE_OAUTH_TOKEN")
+            .fetch_optional(&mut conn)
+            .await
+            .described("read secretgate.credential_auth")?;
+    ensure!(
+        seeded.as_ref().map(|(h, s)| (h.as_str(), s.as_str())) == Some(("Authorization", "Bearer")),
+        "secretgate.credential_auth should be seeded with (CLAUDE_CODE_OAUTH_TOKEN, Authorization, Bearer), found {seeded:?}"
+    );
+
+    let api_key = mock_value(&cluster, "200");
+    let token = mock_oauth(&cluster, "200");
+    let both = workspace_with(
+        &mut conn,
+        "workspace",
+        ANTHROPIC,
+        &[("ANTHROPIC_API_KEY", &api_key), ("CLAUDE_CODE_OAUTH_TOKEN", &token)],
+    )
+    .await?;
+    let only_token_value = mock_oauth(&cluster, "200");
+    let only_token = byok(&mut conn, "claude-sonnet-4-5", "CLAUDE_CODE_OAUTH_TOKEN", &only_token_value).await?;
+    // A global OAuth token, used by a workspace with no credential of its own.
+    let global_token = mock_oauth(&cluster, "200");
+    set_global(&mut conn, "CLAUDE_CODE_OAUTH_TOKEN", &global_token).await?;
+    let _uses_global = workspace_with(&mut conn, "workspace", ANTHROPIC, &[]).await?;
+
+    let (run, _) = probe(&url, &["--timeout", "2"]).await?;
+    ensure!(run.code == Some(0), "probe should exit 0:\n{run}");
+    no_values_in(&run, &[&api_key, &token, &only_token_value, &global_token])?;
+
+    one_request(&mock, &api_key, "anthropic", "ANTHROPIC_API_KEY")?;
+    expect_verdict_for(&mut conn, Some(both), "ANTHROPIC_API_KEY", "anthropic", "ok", 200).await?;
+    expect_cells(&run, &both.to_string(), "ANTHROPIC_API_KEY", "ok", "200")?;
+    for (ws, value, what) in [
+        (Some(both), &token, "workspace token next to an API key"),
+        (Some(only_token), &only_token_value, "workspace token"),
+    ] {
+        one_request(&mock, value, "anthropic-oauth", what)?;
+        expect_verdict_for(&mut conn, ws, "CLAUDE_CODE_OAUTH_TOKEN", "anthropic", "ok", 200)
+            .await
+            .with_context(|| format!("{what}: a good OAuth token must not be probed dead"))?;
+    }
+    expect_cells(&run, &only_token.to_string(), "CLAUDE_CODE_OAUTH_TOKEN", "ok", "200")?;
+    one_request(&mock, &global_token, "anthropic-oauth", "global token")?;
+    expect_verdict_for(&mut conn, None, "CLAUDE_CODE_OAUTH_TOKEN", "anthropic", "ok", 200)
+        .await
+        .context("global token: a good OAuth token must not be probed dead")?;
+    expect_cells(&run, "global", "CLAUDE_CODE_OAUTH_TOKEN", "ok", "200")?;
+
+    // The registry decides: without the credential_auth row the token goes in
+    // the provider's header (x-api-key), which the mock refuses.
+    sqlx::query("DELETE FROM secretgate.credential_auth WHERE key = 'CLAUDE_CODE_OAUTH_TOKEN'")
+        .execute(&mut conn)
+        .await
+        .described("delete the credential_auth row")?;
+    let (run, _) = probe(&url, &["--timeout", "2", "--workspace", &only_token.to_string()]).await?;
+    ensure!(run.code == Some(0), "probe should exit 0:\n{run}");
+    no_values_in(&run, &[&only_token_value])?;
+    let sent = mock.requests_with(&only_token_value);
+    ensure!(sent.len() == 2, "expected a second request with the token, the mock saw {}", sent.len());
+    ensure!(
+        sent[1].header("x-api-key") == Some(only_token_value.as_str()) && sent[1].header("authorization").is_none(),
+        "without a credential_auth row the token should go in the provider's header (x-api-key)"
+    );
+    expect_verdict_for(&mut conn, Some(only_token), "CLAUDE_CODE_OAUTH_TOKEN", "anthropic", "dead", 401).await?;
+    Ok(())
+}
+
+/// The platform's tables live in another schema under other names: probe
+/// names no table, lists through byok_credentials() and reads through the
+/// attached tables.
+async fn other_schema(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
+    let (url, mut conn) = empty_database(&cluster, &db_name("probe_schema")).await?;
+    sqlx::raw_sql(
+        "CREATE EXTENSION secretgate;
+         CREATE SCHEMA app;
+         CREATE TABLE app.ws (
+             id      uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+             kind    text NOT NULL,
+             status  text NOT NULL DEFAULT 'provisioning',
+             runtime text,
+             model   text
+         );
+         CREATE TABLE app.sec (
+             workspace_id       uuid NOT NULL REFERENCES app.ws (id) ON DELETE CASCADE,
+             key                text NOT NULL,
+             encrypted_value    bytea NOT NULL,
+             encryption_version int NOT NULL,
+             PRIMARY KEY (workspace_id, key)
+         );
+         CREATE TABLE app.glob (
+             key                text PRIMARY KEY,
+             encrypted_value    bytea NOT NULL,
+             encryption_version int NOT NULL
+         );
+         SELECT secretgate.attach_gates('app.ws', 'app.sec', 'app.glob');",
+    )
+    .execute(&mut conn)
+    .await
+    .described("create app.ws, app.sec, app.glob and attach them")?;
+    let public_tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_catalog.pg_tables
+         WHERE schemaname = 'public' AND tablename IN ('workspaces', 'workspace_secrets', 'global_secrets')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .described("count public tables")?;
+    ensure!(public_tables == 0, "this trial's database must have no public.workspaces & co.");
+    for (name, base) in [("anthropic", format!("{}/v1", mock.base())), ("openai", mock.base())] {
+        sqlx::query("UPDATE secretgate.providers SET base_url = $1 WHERE name = $2")
+            .bind(base)
+            .bind(name)
+            .execute(&mut conn)
+            .await
+            .described("point the providers at the mock")?;
+    }
+
+    let insert = |kind: &'static str, model: &'static str| {
+        sqlx::query_scalar::<_, Uuid>("INSERT INTO app.ws (kind, model) VALUES ($1, $2) RETURNING id")
+            .bind(kind)
+            .bind(model)
+    };
+    let own_value = mock_value(&cluster, "200");
+    let token_value = mock_oauth(&cluster, "200");
+    let mut tx = conn.begin().await.described("begin")?;
+    let own = insert("workspace", ANTHROPIC).fetch_one(&mut *tx).await.described("insert into app.ws")?;
+    for (key, value) in [("ANTHROPIC_API_KEY", &own_value), ("CLAUDE_CODE_OAUTH_TOKEN", &token_value)] {
+        sqlx::query("SELECT secretgate.set_secret($1, $2, $3)")
+            .bind(own)
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .described("set_secret into app.sec")?;
+    }
+    tx.commit().await.described("commit the anthropic workspace")?;
+
+    let global_value = mock_value(&cluster, "401");
+    set_global(&mut conn, "OPENAI_API_KEY", &global_value).await?;
+    let uses_global = insert("workspace", OPENAI).fetch_one(&mut conn).await.described("insert into app.ws")?;
+    let external_value = mock_value(&cluster, "200");
+    let mut tx = conn.begin().await.described("begin")?;
+    let external = insert("external", OPENAI).fetch_one(&mut *tx).await.described("insert into app.ws")?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'OPENAI_API_KEY', $2)")
+        .bind(external)
+        .bind(&external_value)
+        .execute(&mut *tx)
+        .await
+        .described("set_secret into app.sec")?;
+    tx.commit().await.described("commit the external workspace")?;
+
+    let (run, _) = probe(&url, &["--timeout", "2"]).await?;
+    ensure!(run.code == Some(0), "probe on tables attached from schema app should exit 0:\n{run}");
+    no_values_in(&run, &[&own_value, &token_value, &global_value, &external_value])?;
+    one_request(&mock, &own_value, "anthropic", "app.sec API key")?;
+    one_request(&mock, &token_value, "anthropic-oauth", "app.sec OAuth token")?;
+    one_request(&mock, &global_value, "openai", "app.glob key")?;
+    never_sent(&mock, &external_value, "external workspace in app.ws")?;
+    expect_verdict_for(&mut conn, Some(own), "ANTHROPIC_API_KEY", "anthropic", "ok", 200).await?;
+    expect_verdict_for(&mut conn, Some(own), "CLAUDE_CODE_OAUTH_TOKEN", "anthropic", "ok", 200).await?;
+    expect_verdict_for(&mut conn, None, "OPENAI_API_KEY", "openai", "dead", 401).await?;
+    expect_nothing_recorded(&mut conn, Some(uses_global), "OPENAI_API_KEY", "workspace relying on app.glob").await?;
+    expect_nothing_recorded(&mut conn, Some(external), "OPENAI_API_KEY", "external workspace").await?;
+    expect_cells(&run, &own.to_string(), "ANTHROPIC_API_KEY", "ok", "200")?;
+    expect_cells(&run, "global", "OPENAI_API_KEY", "dead", "401")?;
+    ensure!(
+        run.stdout.lines().any(|l| l.starts_with("summary:") && l.contains("ok 2") && l.contains("dead 1")),
+        "the summary line should count ok 2, dead 1:\n{run}"
+    );
+
+    // --workspace looks the workspace up in app.ws; the global key it uses is probed.
+    let (run, _) = probe(&url, &["--timeout", "2", "--workspace", &uses_global.to_string()]).await?;
+    ensure!(run.code == Some(0), "probe --workspace on app.ws should exit 0:\n{run}");
+    expect_cells(&run, "global", "OPENAI_API_KEY", "dead", "401")?;
+    ensure!(!run.stdout.contains(&own.to_string()), "probe --workspace printed another workspace:\n{run}");
+    let (run, _) = probe(&url, &["--workspace", &Uuid::new_v4().to_string()]).await?;
+    ensure!(run.code == Some(2), "probe --workspace <unknown> should exit 2:\n{run}");
+    ensure!(run.stderr.contains("no workspace"), "probe --workspace <unknown> should say so:\n{run}");
+    Ok(())
+}
+
+/// A provider registered next to openai that accepts the same key name: a
+/// global OPENAI_API_KEY used by a workspace of each is probed against each
+/// provider and gets one verdict per provider; the BYOK gate reads the
+/// verdict of the workspace's own provider.
+async fn two_providers_one_key(cluster: Arc<Cluster>, mock: Arc<Mock>) -> Result<()> {
+    let (url, mut conn) = setup(&cluster, &mock, "probe_two_providers").await?;
+    // The proxy refuses everything (/deny/), openai accepts the key.
+    sqlx::query(
+        "INSERT INTO secretgate.providers (name, is_platform, auth_env, base_url, auth_header, auth_scheme)
+         VALUES ('openai_proxy', false, '{OPENAI_API_KEY}', $1 || '/deny', 'Authorization', 'Bearer')",
+    )
+    .bind(mock.base())
+    .execute(&mut conn)
+    .await
+    .described("register provider openai_proxy")?;
+    sqlx::query("INSERT INTO secretgate.model_routes (pattern, provider) VALUES ('proxy:', 'openai_proxy')")
+        .execute(&mut conn)
+        .await
+        .described("route proxy: to openai_proxy")?;
+
+    let key = mock_value(&cluster, "200");
+    set_global(&mut conn, "OPENAI_API_KEY", &key).await?;
+    let via_openai = workspace_with(&mut conn, "workspace", OPENAI, &[]).await?;
+    let via_proxy = workspace_with(&mut conn, "workspace", "proxy:gpt-5", &[]).await?;
+    let listed: Vec<(Option<Uuid>, String, String, String)> = sqlx::query_as(
+        "SELECT workspace_id, provider, key, scope FROM secretgate.byok_credentials() ORDER BY provider",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .described("secretgate.byok_credentials()")?;
+    let expected = vec![
+        (Some(via_openai), "openai".to_string(), "OPENAI_API_KEY".to_string(), "global".to_string()),
+        (Some(via_proxy), "openai_proxy".to_string(), "OPENAI_API_KEY".to_string(), "global".to_string()),
+    ];
+    ensure!(listed == expected, "byok_credentials() listed {listed:?}, expected {expected:?}");
+
+    let (run, _) = probe(&url, &["--timeout", "2"]).await?;
+    ensure!(run.code == Some(0), "probe should exit 0:\n{run}");
+    no_values_in(&run, &[&key])?;
+    let seen = mock.requests_with(&key);
+    let mut paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    paths.sort_unstable();
+    ensure!(paths == ["/deny/models", "/models"], "expected one request per provider, the mock saw paths {paths:?}");
+    expect_verdict_for(&mut conn, None, "OPENAI_API_KEY", "openai", "ok", 200).await?;
+    expect_verdict_for(&mut conn, None, "OPENAI_API_KEY", "openai_proxy", "dead", 401).await?;
+    let rows = liveness_rows(&mut conn, None, "OPENAI_API_KEY").await?;
+    ensure!(rows == 2, "expected two liveness rows for the global OPENAI_API_KEY (one per provider), found {rows}");
+    let (v, h) = cells_for(&run, "global", "openai", "OPENAI_API_KEY")?;
+    ensure!((v.as_str(), h.as_str()) == ("ok", "200"), "openai row printed ({v}, {h}):\n{run}");
+    let (v, h) = cells_for(&run, "global", "openai_proxy", "OPENAI_API_KEY")?;
+    ensure!((v.as_str(), h.as_str()) == ("dead", "401"), "openai_proxy row printed ({v}, {h}):\n{run}");
+
+    // The gate reads the verdict of the workspace's own provider.
+    workspace_with(&mut conn, "workspace", OPENAI, &[])
+        .await
+        .context("a new openai workspace on the global key (ok for openai) should be accepted")?;
+    let mut tx = conn.begin().await.described("begin")?;
+    let refused = async {
+        sqlx::query("INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'proxy:gpt-5')")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT 1").execute(&mut *tx).await?;
+        Ok::<_, sqlx::Error>(())
+    }
+    .await;
+    let committed = match refused {
+        Ok(()) => tx.commit().await,
+        Err(e) => Err(e),
+    };
+    let e = expect_sg(committed, Code::ByokCredentialInvalid)
+        .context("a new openai_proxy workspace whose only credential is dead for openai_proxy")?;
+    e.assert_no_leak(&[&key])?;
+    Ok(())
+}
+
+/// `[workspace.package] version` of the root Cargo.toml.
+fn workspace_version() -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == "[workspace.package]";
+        } else if in_section {
+            if let Some(rest) = line.strip_prefix("version") {
+                if let Some(value) = rest.trim_start().strip_prefix('=') {
+                    return Ok(value.trim().trim_matches('"').to_string());
+                }
+            }
+        }
+    }
+    bail!("no version in [workspace.package] of {}", path.display())
+}
+
+async fn version_flag(_cluster: Arc<Cluster>, _mock: Arc<Mock>) -> Result<()> {
+    let version = workspace_version()?;
+    let run = run_cli(None, &["--version"]).await?;
+    ensure!(run.code == Some(0), "secretgate --version should exit 0:\n{run}");
+    ensure!(
+        run.stdout.trim() == format!("secretgate {version}"),
+        "secretgate --version should print `secretgate {version}` (the root Cargo.toml's workspace version):\n{run}"
+    );
+    Ok(())
+}
+
+const MISMATCH_WARNING: &str = "secretgate: warning: the database has extension secretgate";
+
+/// A database whose extension is older than the tool: every command warns
+/// once on stderr and carries on; after ALTER EXTENSION UPDATE, and on a
+/// current or extension-less database, nothing is said.
+async fn version_warning(cluster: Arc<Cluster>, _mock: Arc<Mock>) -> Result<()> {
+    let tool = workspace_version()?;
+    let old = "0.3.0";
+    let (url, mut conn) = empty_database(&cluster, &db_name("probe_old_ext")).await?;
+    sqlx::query(&format!("CREATE EXTENSION secretgate VERSION '{old}'"))
+        .execute(&mut conn)
+        .await
+        .described(&format!("CREATE EXTENSION secretgate VERSION '{old}'"))?;
+    // The project's migrations on top (CREATE EXTENSION IF NOT EXISTS leaves it at 0.3.0).
+    MIGRATOR.run(&mut conn).await.map_err(|e| anyhow!("applying the migrations over secretgate {old}: {e}"))?;
+    let installed: String =
+        sqlx::query_scalar("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'secretgate'")
+            .fetch_one(&mut conn)
+            .await
+            .described("extversion")?;
+    ensure!(installed == old, "the extension should still be at {old}, is {installed}");
+    let value = cluster.fresh_secret();
+    set_global(&mut conn, "SOME_SETTING", &value).await?;
+
+    let expected = format!("{MISMATCH_WARNING} {old}, this tool is {tool}; run ALTER EXTENSION secretgate UPDATE");
+    let run = run_cli(Some(&url), &["verify"]).await?;
+    ensure!(run.code == Some(0), "verify against secretgate {old} should carry on and pass:\n{run}");
+    ensure!(
+        run.stderr.lines().filter(|l| *l == expected).count() == 1,
+        "verify should warn exactly once with `{expected}`:\n{run}"
+    );
+    ensure!(run.stdout.contains("summary: 1 secret(s) checked"), "verify should have run:\n{run}");
+    no_values_in(&run, &[&value])?;
+
+    let run = run_cli(Some(&url), &["migrate", "info"]).await?;
+    ensure!(run.code == Some(0), "migrate info against secretgate {old} should exit 0:\n{run}");
+    ensure!(run.stderr.contains(&expected), "migrate info should warn too:\n{run}");
+
+    // probe needs byok_credentials (0.4.0): it says so, after the warning.
+    let run = run_cli(Some(&url), &["probe"]).await?;
+    ensure!(run.code == Some(2), "probe against secretgate {old} should exit 2:\n{run}");
+    ensure!(run.stderr.contains(&expected), "probe should warn:\n{run}");
+    ensure!(run.stderr.contains("ALTER EXTENSION secretgate UPDATE"), "probe should say how to update:\n{run}");
+
+    sqlx::query("ALTER EXTENSION secretgate UPDATE").execute(&mut conn).await.described("ALTER EXTENSION UPDATE")?;
+    let run = run_cli(Some(&url), &["verify"]).await?;
+    ensure!(run.code == Some(0), "verify after the update should exit 0:\n{run}");
+    ensure!(!run.stderr.contains(MISMATCH_WARNING), "no warning once the versions match:\n{run}");
+
+    let (fresh, _c) = migrated_database(&cluster, &db_name("probe_cur_ext")).await?;
+    let run = run_cli(Some(&fresh), &["verify"]).await?;
+    ensure!(run.code == Some(0), "verify on a current database should exit 0:\n{run}");
+    ensure!(!run.stderr.contains(MISMATCH_WARNING), "no warning when the versions match:\n{run}");
+
+    let (bare, _c) = empty_database(&cluster, &db_name("probe_no_ext")).await?;
+    let run = run_cli(Some(&bare), &["migrate", "info"]).await?;
+    ensure!(run.code == Some(0), "migrate info on a database without the extension should exit 0:\n{run}");
+    ensure!(!run.stderr.contains(MISMATCH_WARNING), "no warning when the extension is not installed:\n{run}");
     Ok(())
 }
