@@ -18,7 +18,9 @@
 //! The header form comes from `secretgate.credential_auth` when it has a row
 //! for the key name (an OAuth token goes as `Authorization: Bearer` even to a
 //! provider whose API keys use `x-api-key`), else from the provider's own
-//! `auth_header` / `auth_scheme`.
+//! `auth_header` / `auth_scheme`. Anthropic refuses a Bearer token without
+//! `anthropic-beta: oauth-2025-04-20` (401 "OAuth authentication is currently
+//! not supported"), so that flag goes with every Bearer request to it.
 //!
 //! A credential value is never printed, logged, formatted or put into an
 //! error: it goes from the database straight into a header marked sensitive.

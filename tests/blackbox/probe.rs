@@ -8,7 +8,7 @@
 //! never finishes the body). Like the real providers it checks the header
 //! form first and answers 401 when it is wrong: under `/v1/` (anthropic) an
 //! API key must come raw in `x-api-key` and an OAuth token as `Authorization:
-//! Bearer`, never both headers; on any other path the credential must come as
+//! Bearer` with `anthropic-beta: oauth-2025-04-20`, never both headers; on any other path the credential must come as
 //! `Authorization: Bearer`. Under `/deny/` it answers 401 to everything. It
 //! records every request so the trials can check the header form, and never
 //! prints a value.
@@ -189,7 +189,16 @@ fn credential_in(seen: &Seen) -> Option<String> {
     let bearer = seen.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
     let credential = match (api_key, bearer, seen.header("authorization")) {
         (Some(v), None, None) if seen.path.starts_with("/v1/") && v.starts_with("sk-mock-") => v,
-        (None, Some(v), _) if seen.path.starts_with("/v1/") && v.starts_with("oat-mock-") => v,
+        // Anthropic takes an OAuth token only with its OAuth beta flag.
+        (None, Some(v), _)
+            if seen.path.starts_with("/v1/")
+                && v.starts_with("oat-mock-")
+                && seen
+                    .header("anthropic-beta")
+                    .is_some_and(|b| b.split(',').any(|f| f.trim() == "oauth-2025-04-20")) =>
+        {
+            v
+        }
         (None, Some(v), _) if !seen.path.starts_with("/v1/") => v,
         _ => return None,
     };
@@ -437,6 +446,7 @@ fn one_request(mock: &Mock, value: &str, provider: &str, what: &str) -> Result<(
             ensure!(s.path == "/v1/models", "{what}: path {:?}, expected /v1/models", s.path);
             ensure!(s.header("x-api-key") == Some(value), "{what}: x-api-key should carry the raw value");
             ensure!(s.header("authorization").is_none(), "{what}: an anthropic probe must not send Authorization");
+            ensure!(s.header("anthropic-beta").is_none(), "{what}: an API key needs no anthropic-beta flag");
             ensure!(
                 s.header("anthropic-version").is_some(),
                 "{what}: an anthropic probe should send anthropic-version"
@@ -450,6 +460,10 @@ fn one_request(mock: &Mock, value: &str, provider: &str, what: &str) -> Result<(
                 "{what}: an OAuth token should go as `Authorization: Bearer <token>`"
             );
             ensure!(s.header("x-api-key").is_none(), "{what}: an OAuth token must not be sent in x-api-key");
+            ensure!(
+                s.header("anthropic-beta") == Some("oauth-2025-04-20"),
+                "{what}: an OAuth token to anthropic needs `anthropic-beta: oauth-2025-04-20`"
+            );
             ensure!(
                 s.header("anthropic-version").is_some(),
                 "{what}: an anthropic probe should send anthropic-version"
