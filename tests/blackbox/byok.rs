@@ -1,15 +1,17 @@
 //! Black-box tests of provider-aware BYOK (CONTRACT §5–§6, DOMAIN incident 4):
 //! a bring-your-own-key workspace needs a usable credential that *its*
 //! provider accepts, at create time and when going online; a credential known
-//! dead is SG104 until rotated; a transient verdict passes. Each trial has
-//! its own database; values are always bind parameters.
+//! dead is SG104 until rotated; a transient verdict passes; verdicts are kept
+//! per provider; `byok_credentials()` says what to probe, wherever the
+//! attached tables live. Each trial has its own database; values are always
+//! bind parameters.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use secretgate_core::Code;
 use secretgate_tests::libtest_mimic::{self, Arguments};
 use secretgate_tests::*;
 use sqlx::postgres::PgConnection;
-use sqlx::Connection;
+use sqlx::{Column, Connection, Row};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -18,6 +20,7 @@ const ANTHROPIC_MODEL: &str = "anthropic:claude-opus-4-7";
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("byok"));
+    migrate_once(&cluster);
     let trials = trials![&cluster;
         no_credential_is_sg103,
         another_providers_key_does_not_count,
@@ -31,6 +34,8 @@ fn main() {
         transient_verdict_is_allowed_and_logged,
         record_liveness_classifies,
         deleting_a_credential_is_allowed_and_register_reports_it,
+        byok_credentials_on_tables_in_another_schema,
+        liveness_is_kept_per_provider,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -370,5 +375,217 @@ async fn deleting_a_credential_is_allowed_and_register_reports_it(cluster: Arc<C
         .described("register")?;
     ensure!(st == "failed" && code.as_deref() == Some("MISSING_BYOK_CREDENTIAL"), "register: {st} {code:?}");
     ensure!(status(&mut conn, id).await? == "failed", "the failure commits");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// byok_credentials() and tables in another schema (0.4.0)
+
+type CredentialRow = (Uuid, String, String, String);
+
+/// `SELECT * FROM secretgate.byok_credentials()`, sorted; checks the columns
+/// are exactly (workspace_id, provider, key, scope) and that no field holds
+/// one of `values`.
+async fn byok_credentials(conn: &mut PgConnection, values: &[&str]) -> Result<Vec<CredentialRow>> {
+    let rows = sqlx::query("SELECT * FROM secretgate.byok_credentials()")
+        .fetch_all(&mut *conn)
+        .await
+        .described("byok_credentials()")?;
+    let mut out = Vec::new();
+    for row in &rows {
+        let columns: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+        ensure!(columns == ["workspace_id", "provider", "key", "scope"], "byok_credentials() columns: {columns:?}");
+        let r: CredentialRow = (
+            row.try_get("workspace_id").context("workspace_id")?,
+            row.try_get("provider").context("provider")?,
+            row.try_get("key").context("key")?,
+            row.try_get("scope").context("scope")?,
+        );
+        for (i, v) in values.iter().enumerate() {
+            if [&r.1, &r.2, &r.3].iter().any(|f| f.contains(v)) {
+                bail!("byok_credentials() returns stored value #{i} in a column");
+            }
+        }
+        out.push(r);
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The contract's tables in schema `app`, attached: byok_credentials() finds
+/// a workspace-scope key, then a global one, and never an external or a
+/// platform-routed workspace.
+async fn byok_credentials_on_tables_in_another_schema(cluster: Arc<Cluster>) -> Result<()> {
+    let (_url, mut conn) = empty_database(&cluster, &db_name("b_schema")).await?;
+    sqlx::raw_sql(
+        "CREATE SCHEMA app;
+         CREATE TABLE app.ws (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), kind text NOT NULL,
+                              status text NOT NULL DEFAULT 'provisioning', runtime text, model text);
+         CREATE TABLE app.sec (workspace_id uuid NOT NULL REFERENCES app.ws (id) ON DELETE CASCADE, key text NOT NULL,
+                               encrypted_value bytea NOT NULL, encryption_version int NOT NULL,
+                               PRIMARY KEY (workspace_id, key));
+         CREATE TABLE app.glob (key text PRIMARY KEY, encrypted_value bytea NOT NULL, encryption_version int NOT NULL);
+         CREATE EXTENSION secretgate;
+         SELECT secretgate.attach_gates('app.ws', 'app.sec', 'app.glob');",
+    )
+    .execute(&mut conn)
+    .await
+    .described("tables in schema app, attached")?;
+    let own = cluster.fresh_secret();
+    let global = cluster.fresh_secret();
+    let values = [own.as_str(), global.as_str()];
+
+    // A BYOK workspace with its own key.
+    let mut tx = conn.begin().await.described("BEGIN")?;
+    let w1: Uuid = sqlx::query_scalar("INSERT INTO app.ws (kind, model) VALUES ('workspace', $1) RETURNING id")
+        .bind(ANTHROPIC_MODEL)
+        .fetch_one(&mut *tx)
+        .await
+        .described("a BYOK workspace")?;
+    execute_with(
+        &mut tx,
+        "SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)",
+        &[Arg::Id(w1), Arg::Text(own.clone())],
+    )
+    .await
+    .described("its own key")?;
+    tx.commit().await.described("COMMIT")?;
+    let got = byok_credentials(&mut conn, &values).await?;
+    let want = vec![(w1, "anthropic".to_string(), "ANTHROPIC_API_KEY".to_string(), "workspace".to_string())];
+    ensure!(got == want, "one BYOK workspace with its own key: {got:?}, want {want:?}");
+
+    // The key only in the global table; an external and a platform-routed workspace.
+    execute_with(
+        &mut conn,
+        "SELECT secretgate.set_global_secret('ANTHROPIC_API_KEY', $1)",
+        &[Arg::Text(global.clone())],
+    )
+    .await
+    .described("the global key")?;
+    let w2: Uuid = sqlx::query_scalar("INSERT INTO app.ws (kind, model) VALUES ('workspace', $1) RETURNING id")
+        .bind(ANTHROPIC_MODEL)
+        .fetch_one(&mut conn)
+        .await
+        .described("a BYOK workspace on the global key")?;
+    let _external: Uuid = sqlx::query_scalar("INSERT INTO app.ws (kind, model) VALUES ('external', $1) RETURNING id")
+        .bind(ANTHROPIC_MODEL)
+        .fetch_one(&mut conn)
+        .await
+        .described("an external workspace")?;
+    let _platform: Uuid =
+        sqlx::query_scalar("INSERT INTO app.ws (kind, model) VALUES ('workspace', 'platform:bb-model') RETURNING id")
+            .fetch_one(&mut conn)
+            .await
+            .described("a platform-routed workspace")?;
+    let got = byok_credentials(&mut conn, &values).await?;
+    let mut want = vec![
+        (w1, "anthropic".to_string(), "ANTHROPIC_API_KEY".to_string(), "workspace".to_string()),
+        (w2, "anthropic".to_string(), "ANTHROPIC_API_KEY".to_string(), "global".to_string()),
+    ];
+    want.sort();
+    ensure!(got == want, "with a global key, an external and a platform-routed workspace: {got:?}, want {want:?}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Liveness per provider (0.4.0)
+
+async fn record_for(conn: &mut PgConnection, ws: Uuid, http: i32, provider: Option<&str>) -> Result<String> {
+    sqlx::query_scalar("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', $2, $3)")
+        .bind(ws)
+        .bind(http)
+        .bind(provider)
+        .fetch_one(conn)
+        .await
+        .described(&format!("record_liveness(.., {http}, {provider:?})"))
+}
+
+async fn verdicts(conn: &mut PgConnection, ws: Uuid) -> Result<Vec<(Option<String>, String)>> {
+    sqlx::query_as(
+        "SELECT provider, verdict FROM secretgate.liveness WHERE workspace_id = $1 AND key = 'ANTHROPIC_API_KEY' ORDER BY 1",
+    )
+    .bind(ws)
+    .fetch_all(conn)
+    .await
+    .described("the stored verdicts")
+}
+
+/// Two providers accept the same key name; one stored credential has a
+/// verdict per provider, and the BYOK gate asks the one the route names.
+async fn liveness_is_kept_per_provider(cluster: Arc<Cluster>) -> Result<()> {
+    let mut conn = db(&cluster, "b_perprov").await?;
+    sqlx::raw_sql(
+        "INSERT INTO secretgate.providers (name, auth_env) VALUES ('other', '{ANTHROPIC_API_KEY}');
+         INSERT INTO secretgate.model_routes (pattern, provider) VALUES ('other:', 'other');",
+    )
+    .execute(&mut conn)
+    .await
+    .described("a second provider of ANTHROPIC_API_KEY")?;
+    let resolved: Option<String> = sqlx::query_scalar("SELECT secretgate.resolve_provider(NULL, 'other:bb-model')")
+        .fetch_one(&mut conn)
+        .await
+        .described("resolve_provider")?;
+    ensure!(resolved.as_deref() == Some("other"), "the route to 'other': {resolved:?}");
+
+    let key = cluster.fresh_secret();
+    let ws = create(&mut conn, "workspace", Some(ANTHROPIC_MODEL), &[("ANTHROPIC_API_KEY", &key)])
+        .await
+        .described("a workspace routed to anthropic with its key")?;
+    ensure!(record_for(&mut conn, ws, 401, Some("anthropic")).await? == "dead", "401 is dead");
+    ensure!(record_for(&mut conn, ws, 200, Some("other")).await? == "ok", "200 is ok");
+    let want = vec![(Some("anthropic".to_string()), "dead".to_string()), (Some("other".to_string()), "ok".to_string())];
+    let got = verdicts(&mut conn, ws).await?;
+    ensure!(got == want, "one credential, two providers: {got:?}, want {want:?}");
+
+    // Routed to anthropic: its only credential is dead for anthropic.
+    let e = expect_sg(set_status(&mut conn, ws, "online").await, Code::ByokCredentialInvalid)
+        .context("online, routed to anthropic")?;
+    e.assert_no_leak(&[&key])?;
+    expect_sg(
+        sqlx::query("SELECT secretgate.check_byok($1)").bind(ws).execute(&mut conn).await,
+        Code::ByokCredentialInvalid,
+    )
+    .context("check_byok, routed to anthropic")?;
+    // Routed to other: the same credential is ok for it.
+    sqlx::query("UPDATE public.workspaces SET model = 'other:bb-model', status = 'online' WHERE id = $1")
+        .bind(ws)
+        .execute(&mut conn)
+        .await
+        .described("online, routed to other")?;
+    sqlx::query("SELECT secretgate.check_byok($1)")
+        .bind(ws)
+        .execute(&mut conn)
+        .await
+        .described("check_byok, routed to other")?;
+    ensure!(status(&mut conn, ws).await? == "online", "routed to other, the workspace is online");
+    // And back to anthropic: refused again (a model change re-runs the gate).
+    let r = sqlx::query("UPDATE public.workspaces SET model = $2 WHERE id = $1")
+        .bind(ws)
+        .bind(ANTHROPIC_MODEL)
+        .execute(&mut conn)
+        .await;
+    expect_sg(r, Code::ByokCredentialInvalid).context("routed back to anthropic")?;
+    ensure!(verdicts(&mut conn, ws).await? == want, "the verdicts are unchanged");
+
+    // A NULL provider means the workspace's resolved provider.
+    let key2 = cluster.fresh_secret();
+    let ws2 = create(&mut conn, "workspace", Some("other:bb-model"), &[("ANTHROPIC_API_KEY", &key2)])
+        .await
+        .described("a workspace routed to other with its key")?;
+    ensure!(record_for(&mut conn, ws2, 403, None).await? == "dead", "403 is dead");
+    let got = verdicts(&mut conn, ws2).await?;
+    ensure!(
+        got == vec![(Some("other".to_string()), "dead".to_string())],
+        "a NULL provider is the workspace's resolved one (other): {got:?}"
+    );
+    let e = expect_sg(set_status(&mut conn, ws2, "online").await, Code::ByokCredentialInvalid)
+        .context("online, routed to other, dead for other")?;
+    e.assert_no_leak(&[&key2])?;
+    ensure!(record_for(&mut conn, ws, 200, None).await? == "ok", "200 is ok");
+    let got = verdicts(&mut conn, ws).await?;
+    ensure!(
+        got == vec![(Some("anthropic".to_string()), "dead".to_string()), (Some("other".to_string()), "ok".to_string())],
+        "a NULL provider for a workspace routed to other records for other: {got:?}"
+    );
     Ok(())
 }

@@ -32,6 +32,10 @@ fn main() {
         "trigger_privilege_cannot_add_triggers_to_attached_tables" => trigger_privilege_cannot_add_triggers,
         "agent_claiming_another_caller_is_still_refused" => agent_claiming_another_caller,
         "keyring_is_unreadable_for_non_superusers" => keyring_unreadable,
+        no_security_definer_function_lacks_a_declared_search_path,
+        "agent_without_select_on_workspaces_is_gated_by_kind" => |c| agent_without_select(c, None),
+        "agent_without_select_on_workspaces_under_a_hostile_search_path" => |c| agent_without_select(c, Some("attacker, pg_catalog")),
+        "agent_without_select_on_workspaces_with_pg_temp_first" => |c| agent_without_select(c, Some("pg_temp, attacker, pg_catalog")),
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -170,11 +174,6 @@ async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<Attempt<'_>>, le
 // ---------------------------------------------------------------------------
 // The catalog
 
-/// SECURITY DEFINER functions that pin search_path in code rather than in
-/// their declaration: the per-row secret gates (`plans::connect_pinned` wraps
-/// the only SQL they run; an in-server test checks it). No other may.
-const PINNED_IN_CODE: &[&str] = &["secretgate.gate_global_secret_write()", "secretgate.gate_secret_write()"];
-
 /// Every function in schema secretgate: (signature, EXECUTE granted to PUBLIC
 /// (else to its owner only), SECURITY DEFINER, search_path pinned). A new
 /// function fails this trial until it is added here: decide its grants.
@@ -188,14 +187,14 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.encrypt(text,uuid,text)", false, false, false),
     ("secretgate.ensure_concierge_model(uuid,text)", true, false, false),
     ("secretgate.ensure_concierge_provider(uuid)", true, false, false),
-    // Trigger functions: callable only as triggers; they run as their owner.
-    // The two per-row secret gates pin search_path in code instead, around the
-    // only SQL they run (plans::connect_pinned; an in-server test checks it).
+    // Trigger functions: callable only as triggers; they run as their owner,
+    // except the two per-row secret gates: SECURITY INVOKER (since 0.4.0),
+    // they switch to the extension's owner in code around their reads.
     ("secretgate.gate_byok()", true, true, true),
-    ("secretgate.gate_global_secret_write()", true, true, false),
+    ("secretgate.gate_global_secret_write()", true, false, false),
     ("secretgate.gate_model_removed()", true, true, true),
     ("secretgate.gate_platform_identity()", true, true, true),
-    ("secretgate.gate_secret_write()", true, true, false),
+    ("secretgate.gate_secret_write()", true, false, false),
     ("secretgate.gate_secrets_truncate()", true, true, true),
     ("secretgate.gate_workspace_write()", true, true, true),
     // Event trigger function: callable only as an event trigger; runs as the DDL's author.
@@ -255,7 +254,7 @@ async fn catalog(cluster: Arc<Cluster>) -> Result<()> {
                 problems.push(format!("{sig}: search_path {path:?} must start with pg_catalog and end with pg_temp"));
             }
         }
-        if *definer && path.is_none() && !PINNED_IN_CODE.contains(&sig.as_str()) {
+        if *definer && path.is_none() {
             problems.push(format!("{sig}: SECURITY DEFINER without a pinned search_path"));
         }
     }
@@ -284,6 +283,112 @@ async fn catalog(cluster: Arc<Cluster>) -> Result<()> {
     }
     ensure!(problems.is_empty(), "catalog check:\n{}", problems.join("\n"));
     Ok(())
+}
+
+/// Every function of the extension (pg_depend, not only schema secretgate)
+/// that runs as its owner declares its search_path; the two per-row secret
+/// gates run as the invoker.
+async fn no_security_definer_function_lacks_a_declared_search_path(cluster: Arc<Cluster>) -> Result<()> {
+    let (_url, mut conn) = migrated_database(&cluster, &db_name("p_secdef")).await?;
+    let undeclared: Vec<String> = sqlx::query_scalar(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p
+         JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+         JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'secretgate'
+         WHERE p.prosecdef
+           AND NOT EXISTS (SELECT 1 FROM unnest(p.proconfig) c WHERE starts_with(c, 'search_path='))
+         ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .described("SECURITY DEFINER functions without a declared search_path")?;
+    ensure!(undeclared.is_empty(), "SECURITY DEFINER functions without a declared search_path: {undeclared:?}");
+    let members: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_depend d JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'secretgate'
+         WHERE d.classid = 'pg_proc'::regclass AND d.deptype = 'e'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .described("the extension's functions")?;
+    ensure!(members > 20, "the extension should own its functions in pg_depend (found {members})");
+    for gate in ["secretgate.gate_secret_write()", "secretgate.gate_global_secret_write()"] {
+        let definer: bool = sqlx::query_scalar("SELECT prosecdef FROM pg_proc WHERE oid = $1::regprocedure")
+            .bind(gate)
+            .fetch_one(&mut conn)
+            .await
+            .described(gate)?;
+        ensure!(!definer, "{gate} should be SECURITY INVOKER (it switches to the extension's owner in code)");
+    }
+    Ok(())
+}
+
+/// An agent that may only INSERT into the secrets table (no SELECT on the
+/// workspaces table) writes secrets directly: the gate reads the workspace's
+/// kind as the extension's owner, so a platform workspace is still SG101 and
+/// an ordinary one is written; with `search_path` set, under the attacker's
+/// look-alike operators and decoy tables, the outcome is the same.
+async fn agent_without_select(cluster: Arc<Cluster>, search_path: Option<&'static str>) -> Result<()> {
+    let mut p = platform_db(&cluster, "p_noselect").await?;
+    let role = format!("bb_blind_{}", random_hex(4));
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN IN ROLE secretgate_agent;
+         GRANT INSERT ON public.workspace_secrets TO {role};
+         GRANT CREATE ON DATABASE \"{db}\" TO {role};",
+        db = p.db
+    ))
+    .execute(&mut p.admin)
+    .await
+    .described("an agent without SELECT on the workspaces table")?;
+    let mut conn = connect_as(&cluster, &role, &p.db).await?;
+    let can_read: bool = sqlx::query_scalar("SELECT has_table_privilege('public.workspaces', 'SELECT')")
+        .fetch_one(&mut conn)
+        .await
+        .described("has_table_privilege")?;
+    ensure!(!can_read, "the agent should not be able to read the workspaces table");
+    expect_sqlstate(sqlx::query("SELECT kind FROM public.workspaces").execute(&mut conn).await, "42501")
+        .context("the agent reads the workspaces table")?;
+    if let Some(path) = search_path {
+        sqlx::raw_sql(&attacker_objects(&p)).execute(&mut conn).await.described("the attacker's objects")?;
+        sqlx::raw_sql(&format!("SET search_path = {path}")).execute(&mut conn).await.described("search_path")?;
+    }
+    let v = cluster.fresh_secret();
+    let kr = cluster.initial_keys().keyring();
+    let seal = |ws: Uuid, key: &str| -> Result<Vec<Arg>> {
+        let (version, blob) =
+            kr.encrypt(v.as_bytes(), Scope::Workspace(ws), key).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(version == 2, "the current key version is 2");
+        Ok(vec![Arg::Id(ws), Arg::Text(key.to_string()), Arg::Bytes(blob)])
+    };
+    const INSERT: &str =
+        "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) VALUES ($1, $2, $3, 2)";
+    let attempts: Vec<Attempt<'_>> = vec![
+        ("INSERT into a platform workspace".into(), vec![(INSERT, seal(p.platform, "BB_SELF")?)], "SG101"),
+        ("INSERT into a platform workspace without MODEL".into(), vec![(INSERT, seal(p.bare, "BB_SELF")?)], "SG101"),
+        (
+            "INSERT into a workspace that does not exist".into(),
+            vec![(INSERT, seal(Uuid::new_v4(), "BB_SELF")?)],
+            "SG106",
+        ),
+    ];
+    expect_refusals(&mut conn, attempts, &[&v]).await.with_context(|| format!("search_path {search_path:?}"))?;
+    nothing_changed(&mut p).await.context("after the refused writes")?;
+    in_tx(&mut conn, &[(INSERT, seal(p.ordinary, "BB_FINE")?)])
+        .await
+        .described(&format!("the agent's INSERT into an ordinary workspace (search_path {search_path:?})"))?;
+    let stored: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'BB_FINE')")
+        .bind(p.ordinary)
+        .fetch_one(&mut p.admin)
+        .await
+        .described("read back")?;
+    ensure!(
+        stored.as_deref() == Some(v.as_str()),
+        "the agent's secret of an ordinary workspace reads back differently"
+    );
+    sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'BB_FINE'")
+        .bind(p.ordinary)
+        .execute(&mut p.admin)
+        .await
+        .described("cleanup")?;
+    nothing_changed(&mut p).await
 }
 
 async fn privileged_functions_refuse_a_plain_role(cluster: Arc<Cluster>) -> Result<()> {

@@ -42,6 +42,26 @@ impl DbError {
     }
 }
 
+impl DbError {
+    /// Fails when the message, detail or hint holds what looks like a
+    /// ciphertext: a run of 32 or more hex digits (a nonce and a tag alone are
+    /// 56), or a bytea literal (`\x…`). Ids (uuids) never have such a run.
+    pub fn assert_no_ciphertext(&self) -> Result<()> {
+        let text = self.all_text();
+        let mut run = 0;
+        for c in text.chars() {
+            run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+            if run >= 32 {
+                bail!("error {} shows a long hex string (a ciphertext?) in its message, detail or hint", self.sqlstate);
+            }
+        }
+        if text.contains("\\x") {
+            bail!("error {} shows a bytea literal in its message, detail or hint", self.sqlstate);
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Display for DbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SQLSTATE {} message {:?}", self.sqlstate, self.message)?;

@@ -45,6 +45,14 @@ impl TestKeys {
         self
     }
 
+    /// The same keys with `version` current: what an application writing
+    /// before a rotation produced (rows under an older version), without
+    /// touching the server's keyring.
+    pub fn at_version(&self, version: i32) -> TestKeys {
+        assert!(self.keys.contains_key(&version), "no key version {version}");
+        TestKeys { current_version: version, keys: self.keys.clone() }
+    }
+
     /// The same keys without `version` (an old key retired).
     pub fn without(&self, version: i32) -> TestKeys {
         let mut keys = self.clone();
