@@ -113,9 +113,22 @@ CREATE TABLE secretgate.liveness (
     verdict           text NOT NULL CHECK (verdict IN ('ok', 'dead', 'transient')),
     http_status       int NOT NULL,
     checked_at        timestamptz NOT NULL DEFAULT now(),
-    UNIQUE NULLS NOT DISTINCT (workspace_id, key)
+    provider          text NOT NULL,   -- the provider that gave the verdict
+    UNIQUE NULLS NOT DISTINCT (workspace_id, key, provider)
 );
 GRANT SELECT ON secretgate.liveness TO PUBLIC;
+
+-- The header form of a credential key name, overriding its provider's
+-- auth_header/auth_scheme: an OAuth token goes as a bearer token where the
+-- provider's API key goes in its own header.
+CREATE TABLE secretgate.credential_auth (
+    key         text PRIMARY KEY,
+    auth_header text NOT NULL,
+    auth_scheme text NOT NULL
+);
+INSERT INTO secretgate.credential_auth (key, auth_header, auth_scheme) VALUES
+    ('CLAUDE_CODE_OAUTH_TOKEN', 'Authorization', 'Bearer');
+GRANT SELECT ON secretgate.credential_auth TO PUBLIC;
 
 -- pg_dump keeps the DBA's registry edits and the verdicts. CREATE EXTENSION
 -- re-seeds the defaults before the dumped rows are restored, so an INSERT
@@ -132,6 +145,9 @@ BEGIN
     ELSIF TG_TABLE_NAME = 'model_routes' THEN
         UPDATE secretgate.model_routes SET provider = NEW.provider
          WHERE pattern = NEW.pattern AND runtime IS NOT DISTINCT FROM NEW.runtime;
+    ELSIF TG_TABLE_NAME = 'credential_auth' THEN
+        UPDATE secretgate.credential_auth SET auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
+         WHERE key = NEW.key;
     ELSE
         UPDATE secretgate.forbidden_keys SET reason = NEW.reason WHERE key = NEW.key;
     END IF;
@@ -146,8 +162,11 @@ CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.model_routes
     FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
 CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.forbidden_keys
     FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.credential_auth
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
 
 SELECT pg_catalog.pg_extension_config_dump('secretgate.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.model_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.forbidden_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.liveness', '');
+SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');

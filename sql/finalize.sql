@@ -18,11 +18,11 @@ REVOKE EXECUTE ON FUNCTION secretgate.decrypt(bytea, integer, uuid, text) FROM P
 -- The gates run as the extension's owner with a pinned search_path, so a
 -- writer's privileges or search_path cannot change what they see; who the
 -- caller is comes from the session (SET ROLE level), not from the owner.
--- The two per-row secret gates pin the path themselves, around the only SQL
--- they run (a cold cache, a MODEL value: plans::connect_pinned); a declared
--- SET would be applied and undone on every row written.
-ALTER FUNCTION secretgate.gate_secret_write() SECURITY DEFINER;
-ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY DEFINER;
+-- The two per-row secret gates (gate_secret_write, gate_global_secret_write)
+-- run as the invoker instead, and switch to the owner with the pinned path
+-- in code around the only SQL they run (a cold cache, a MODEL value), as
+-- PostgreSQL's own foreign-key triggers do: SECURITY DEFINER's context would
+-- be set up and torn down on every row written.
 ALTER FUNCTION secretgate.gate_platform_identity() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_model_removed() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_secrets_truncate() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
@@ -30,8 +30,8 @@ ALTER FUNCTION secretgate.gate_workspace_write() SECURITY DEFINER SET search_pat
 ALTER FUNCTION secretgate.gate_byok() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Verdicts are written only through record_liveness, by roles granted it.
-ALTER FUNCTION secretgate.record_liveness(uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer) FROM PUBLIC;
+ALTER FUNCTION secretgate.record_liveness(uuid, text, integer, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer, text) FROM PUBLIC;
 
 -- Maintenance rewrites every row: the DBA's (or the deploy pipeline's) call.
 REVOKE EXECUTE ON FUNCTION secretgate.rename_secret_key(text, text) FROM PUBLIC;

@@ -1,20 +1,30 @@
 //! secretgate: encrypted workspace secrets and fail-closed safety gates,
-//! enforced inside PostgreSQL. The crypto lives in `secretgate-core`; this
-//! crate adapts it to SQL.
+//! enforced inside PostgreSQL.
+//!
+//! Four layers; a module imports only from the layers below its own
+//! (`scripts/check-layers.sh` checks it, and that no modules import each
+//! other in a circle):
+//!
+//! * [`sql`]: the functions and trigger entry points Postgres calls. Each
+//!   checks its arguments, makes one call down, and raises any failure.
+//! * [`gates`]: the checks. Each gathers facts from `store`, asks the pure
+//!   core's `policy` (in `secretgate-core`) for the decision, and turns a
+//!   refusal into an error with its audit line.
+//! * [`store`]: what secretgate reads and writes (the attached tables,
+//!   workspace and secret rows, the registry, liveness verdicts) and the
+//!   per-backend caches of it.
+//! * [`pg`]: Postgres itself: errors, kept SPI plans and the owner's
+//!   context, the direct primary-key read, keyring loading, arguments.
+//!
+//! The rules themselves (who may write what, BYOK, routing, the refusal
+//! JSON) live in `secretgate-core`, tested without a server.
 
 use pgrx::prelude::*;
 
-mod byok;
-mod concierge;
-pub(crate) mod gates;
-mod index_read;
-mod keyring;
-mod maintenance;
-mod plans;
-mod report;
-mod secrets;
-mod tables;
-mod triggers;
+mod gates;
+mod pg;
+mod sql;
+mod store;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -26,13 +36,17 @@ pub extern "C-unwind" fn _PG_init() {
     // pgrx appends a Rust backtrace to the DETAIL of a Postgres error raised
     // inside SPI whenever the server's environment enables backtraces
     // (RUST_BACKTRACE). Clients get Postgres' own DETAIL, nothing more.
-    std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    keyring::register_guc();
-    gates::register_guc();
-    tables::register_invalidation();
+    // SAFETY: _PG_init runs once, before this process starts any thread.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    pg::keyring::register_guc();
+    pg::index_read::register_guc();
+    gates::caller::register_guc();
+    store::invalidation::register();
+    // SAFETY: reserves the setting prefix; called once at load.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"secretgate".as_ptr()) };
     // Until the library is loaded, a setting from postgresql.conf is a
     // placeholder that every role can SHOW. Preloading defines it at start.
+    // SAFETY: reads a Postgres global flag.
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
         pgrx::warning!("secretgate is not in shared_preload_libraries: until a session loads it, any role can SHOW secretgate.keyring_file");
     }

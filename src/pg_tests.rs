@@ -268,7 +268,7 @@ mod tests {
 
     #[pg_test]
     fn caller_setting_and_role_membership_make_agents_but_superuser_alone_does_not() {
-        use crate::gates::Caller;
+        use crate::gates::caller::Caller;
         assert!(!Caller::current().agent, "a superuser with no setting is not an agent");
         run("SET LOCAL secretgate.caller = 'operator'");
         assert!(!Caller::current().agent);
@@ -295,13 +295,13 @@ mod tests {
             )
             .unwrap();
             let inlined = Spi::get_one_with_args::<String>(
-                &format!("SELECT {}", crate::byok::ROUTED_PROVIDER),
+                &format!("SELECT {}", crate::store::registry::ROUTED_PROVIDER),
                 &[runtime.into(), model.into()],
             )
             .unwrap();
             assert_eq!(
                 function, inlined,
-                "resolve_provider and byok::ROUTED_PROVIDER disagree for ({runtime:?}, {model:?})"
+                "resolve_provider and registry::ROUTED_PROVIDER disagree for ({runtime:?}, {model:?})"
             );
             function
         };
@@ -370,7 +370,7 @@ mod tests {
 
     #[pg_test]
     fn the_kind_read_through_the_index_agrees_with_sql_or_steps_aside() {
-        use crate::index_read::{text_by_uuid_key, UUID_BTREE_FAM_OID};
+        use crate::pg::index_read::{text_by_uuid_key, UUID_BTREE_FAM_OID};
         let catalog = Spi::get_one::<pg_sys::Oid>(
             "SELECT oid FROM pg_opfamily WHERE opfname = 'uuid_ops' AND opfmethod = (SELECT oid FROM pg_am WHERE amname = 'btree')",
         )
@@ -422,17 +422,25 @@ mod tests {
     #[pg_test]
     fn the_row_gates_sql_runs_under_the_pinned_search_path_and_the_callers_comes_back() {
         run("SET LOCAL search_path = public, tests");
-        let inside = crate::plans::connect_pinned(|client| {
-            client.select("SHOW search_path", None, &[])?.first().get_one::<String>()
+        run("CREATE ROLE sg_pgtest_writer");
+        run("SET LOCAL ROLE sg_pgtest_writer");
+        let inside = crate::pg::spi::as_owner(|client| {
+            client
+                .select("SELECT current_setting('search_path'), current_user::text", None, &[])?
+                .first()
+                .get_two::<String, String>()
         })
         .unwrap();
-        assert_eq!(inside.as_deref(), Some("pg_catalog, pg_temp"));
+        let owner = text("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'secretgate'");
+        assert_eq!(inside, (Some("pg_catalog, pg_temp".to_string()), owner));
+        assert_eq!(text("SELECT current_user::text").as_deref(), Some("sg_pgtest_writer"));
+        run("RESET ROLE");
         assert_eq!(text("SHOW search_path").as_deref(), Some("public, tests"));
     }
 
     #[pg_test]
     fn a_remembered_row_place_is_used_only_while_it_holds_that_visible_row() {
-        use crate::index_read::{remember, text_by_uuid_key};
+        use crate::pg::index_read::{remember, text_by_uuid_key};
         use pgrx::itemptr::item_pointer_set_all;
         run("CREATE TABLE tests.places (id uuid PRIMARY KEY, kind text)");
         run(&format!("INSERT INTO tests.places VALUES ('{WS}', 'platform'), ('{OTHER_WS}', 'workspace')"));
@@ -467,5 +475,83 @@ mod tests {
         run(&format!("DELETE FROM tests.places WHERE id = '{WS}'"));
         assert_eq!(read_counting(WS), (Some(None), 1));
         assert_eq!(read_counting(WS), (Some(None), 1), "no place is remembered for a row that is not there");
+    }
+
+    #[pg_test]
+    fn sql_routing_agrees_with_the_core_rule_on_generated_tables() {
+        use secretgate_core::policy::{route, Route};
+        // A small deterministic generator: patterns over {a,b}, three providers, two runtimes.
+        let mut seed: u64 = 0x5eed;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let word = |len: u64, next: &mut dyn FnMut(u64) -> u64| -> String {
+            (0..len).map(|_| if next(2) == 0 { 'a' } else { 'b' }).collect()
+        };
+        for (i, name) in ["p", "q", "r"].iter().enumerate() {
+            run(&format!("INSERT INTO secretgate.providers (name, auth_env) VALUES ('gen-{name}', '{{K{i}}}')"));
+        }
+        for round in 0..12 {
+            run("DELETE FROM secretgate.model_routes WHERE provider LIKE 'gen-%'");
+            let mut table = Vec::new();
+            for _ in 0..(1 + next(6)) {
+                let len = next(4);
+                let pattern = format!("g{}", word(len, &mut next));
+                let provider = format!("gen-{}", ["p", "q", "r"][next(3) as usize]);
+                let runtime = match next(3) {
+                    0 => Some("x".to_string()),
+                    1 => Some("y".to_string()),
+                    _ => None,
+                };
+                // The registry allows one route per (pattern, runtime).
+                if table.iter().any(|r: &Route| r.pattern == pattern && r.runtime == runtime) {
+                    continue;
+                }
+                Spi::run_with_args(
+                    "INSERT INTO secretgate.model_routes (pattern, provider, runtime) VALUES ($1, $2, $3)",
+                    &[pattern.as_str().into(), provider.as_str().into(), runtime.as_deref().into()],
+                )
+                .unwrap();
+                table.push(Route { pattern, provider, runtime });
+            }
+            for _ in 0..20 {
+                let len = next(5);
+                let model = format!("g{}", word(len, &mut next));
+                let runtime = ["x", "y", "z"].get(next(4) as usize).copied();
+                let sql = Spi::get_one_with_args::<String>(
+                    "SELECT secretgate.resolve_provider($1, $2)",
+                    &[runtime.into(), model.as_str().into()],
+                )
+                .unwrap();
+                let inlined = Spi::get_one_with_args::<String>(
+                    &format!("SELECT {}", crate::store::registry::ROUTED_PROVIDER),
+                    &[runtime.into(), model.as_str().into()],
+                )
+                .unwrap();
+                let core = route(&table, runtime, &model).map(str::to_string);
+                assert_eq!(sql, core, "round {round}: SQL and core routing disagree for ({runtime:?}, {model:?})");
+                assert_eq!(inlined, core, "round {round}: the kept plan and core routing disagree");
+            }
+        }
+    }
+
+    #[pg_test]
+    fn the_direct_index_read_has_an_off_switch_and_the_sql_path_answers_the_same() {
+        use crate::pg::index_read::text_by_uuid_key;
+        attached_tables();
+        run(&format!("UPDATE public.workspaces SET kind = 'platform' WHERE id = '{WS}'"));
+        let table = Spi::get_one::<pg_sys::Oid>("SELECT 'public.workspaces'::regclass::oid").unwrap().unwrap();
+        assert_eq!(text_by_uuid_key(table, c"id", c"kind", &id(WS)), Some(Some("platform".to_string())));
+        run("SET LOCAL secretgate.direct_index_read = off");
+        assert_eq!(text_by_uuid_key(table, c"id", c"kind", &id(WS)), None, "off: the direct read must not answer");
+        // The gate still reads the kind (through SQL) and refuses an agent's write.
+        run("SET LOCAL secretgate.caller = 'agent'");
+        let refused = sqlstate_of(&format!(
+            "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) VALUES ('{WS}', 'K', '\\x00', 1)"
+        ));
+        assert_eq!(refused.as_deref(), Some("SG101"));
+        run("RESET secretgate.caller");
+        run("RESET secretgate.direct_index_read");
     }
 }

@@ -1,18 +1,29 @@
 //! The one place secretgate talks to Postgres' error system.
 //!
-//! pgrx's `PgSqlErrorCode` only knows standard SQLSTATEs, so refusals
-//! (`SG001`…) are raised through Postgres' own `errstart`/`errfinish`.
-//! `errfinish` at ERROR does not return (it longjmps), so callers build a
-//! [`Failure`], let every Rust value they own go out of scope, and raise at
-//! the SQL boundary with [`Failure::raise`]: only the message strings are
-//! live then, and they are dropped before the jump.
+//! Every SQL entry point runs its work through [`run`]: the work returns a
+//! [`Failure`] (a refusal built by the core's `policy`, or an error with a
+//! standard SQLSTATE), and [`run`] raises it. A Postgres error raised inside
+//! the work by anyone (an application's trigger, a constraint, a racing gate
+//! of ours) keeps its own SQLSTATE, message and HINT.
+//!
+//! pgrx's `PgSqlErrorCode` only knows standard SQLSTATEs: a caught error with
+//! another code (`SG101`, an application's `AB001`) reaches it as XX000. So
+//! while the work runs, an error-context callback notes the code of every
+//! error Postgres reports, and [`run`] puts the real code back. Refusals are
+//! raised through Postgres' own `errstart`/`errfinish`; `errfinish` at ERROR
+//! does not return (it longjmps), so only the message strings are live then,
+//! and they are dropped before the jump.
 
+use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
-use pgrx::{PgLogLevel, PgTryBuilder};
-use secretgate_core::Code;
-use serde_json::{Map, Value};
+use pgrx::{PgLogLevel, PgSqlErrorCode, PgTryBuilder};
+use secretgate_core::policy::{self, Refusal};
+use secretgate_core::{Code, Error as CoreError, Scope};
+use serde_json::Value;
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::ffi::{c_char, c_int, CString};
+use std::panic::Location;
 
 unsafe extern "C-unwind" {
     fn errstart(elevel: c_int, domain: *const c_char) -> bool;
@@ -24,7 +35,8 @@ unsafe extern "C-unwind" {
     fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
 }
 
-/// An error on its way to the client: SQLSTATE, message, optional DETAIL and HINT.
+/// An error on its way to the client: SQLSTATE, message, optional DETAIL and
+/// HINT, the audit line it writes, and the place in the code that made it.
 #[derive(Debug)]
 pub struct Failure {
     sqlstate: Cow<'static, str>,
@@ -33,25 +45,38 @@ pub struct Failure {
     hint: Option<String>,
     /// The `secretgate audit:` line this failure writes when raised.
     audit: Option<String>,
+    location: &'static Location<'static>,
 }
 
 pub type Result<T> = std::result::Result<T, Failure>;
 
 impl Failure {
-    /// A secretgate refusal: message `WORD: reason`, DETAIL a JSON object
-    /// with `code`, `sqlstate`, `reason` and whatever [`Refusal::with`] adds.
-    pub fn refusal(code: Code, reason: impl Into<String>) -> Refusal {
-        let reason = reason.into();
-        let mut detail = Map::new();
-        detail.insert("code".into(), code.word().into());
-        detail.insert("sqlstate".into(), code.sqlstate().into());
-        detail.insert("reason".into(), reason.clone().into());
-        Refusal { code, reason, detail, hint: None, audit: None }
+    /// An error with a standard SQLSTATE, named by pgrx's table.
+    #[track_caller]
+    pub fn sql(code: PgSqlErrorCode, message: impl Into<String>) -> Failure {
+        let sqlstate = policy::unpack_sqlstate(code as i32);
+        Failure::with_sqlstate(sqlstate.into(), message.into())
     }
 
-    /// An error with a standard SQLSTATE (`55000`, `42703`, …).
-    pub fn sql(sqlstate: &'static str, message: impl Into<String>) -> Failure {
-        Failure { sqlstate: sqlstate.into(), message: message.into(), detail: None, hint: None, audit: None }
+    #[track_caller]
+    fn with_sqlstate(sqlstate: Cow<'static, str>, message: String) -> Failure {
+        Failure { sqlstate, message, detail: None, hint: None, audit: None, location: Location::caller() }
+    }
+
+    /// A refusal, with its audit line naming `caller` when it is audited.
+    #[track_caller]
+    pub fn refused(refusal: Refusal, caller: Value) -> Failure {
+        let mut failure = Failure::with_sqlstate(refusal.code().sqlstate().into(), refusal.message());
+        failure.detail = Some(refusal.detail_json());
+        failure.hint = refusal.hint_text().map(str::to_string);
+        failure.audit = refusal.audit_json(caller);
+        failure
+    }
+
+    /// A crypto or keyring error about one row (or none).
+    #[track_caller]
+    pub fn core(e: &CoreError, scope: Option<Scope>, key: Option<&str>) -> Failure {
+        Failure::from(Refusal::from_core(e, scope, key))
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Failure {
@@ -61,16 +86,21 @@ impl Failure {
 
     /// Raises this failure as an ERROR. Does not return.
     pub fn raise(self) -> ! {
-        let Failure { sqlstate, message, detail, hint, audit } = self;
+        let Failure { sqlstate, message, detail, hint, audit, location } = self;
         if let Some(audit) = audit {
             log_line(&audit);
         }
+        let code = policy::pack_sqlstate(&sqlstate).unwrap_or(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32);
         let message = c_string(message);
         let detail = detail.map(c_string);
         let hint = hint.map(c_string);
+        let file = c_string(location.file().to_string());
+        // SAFETY: errstart/errcode/errmsg/errdetail/errhint/errfinish are
+        // Postgres' ereport() sequence; every string is a valid NUL-terminated
+        // C string that Postgres copies into its ErrorData before errfinish.
         unsafe {
             if errstart(PgLogLevel::ERROR as c_int, std::ptr::null()) {
-                errcode(make_sqlstate(&sqlstate));
+                errcode(code);
                 errmsg_internal(c"%s".as_ptr(), message.as_ptr());
                 if let Some(detail) = &detail {
                     errdetail_internal(c"%s".as_ptr(), detail.as_ptr());
@@ -79,125 +109,130 @@ impl Failure {
                     errhint(c"%s".as_ptr(), hint.as_ptr());
                 }
             }
-            // Postgres copied the strings; free ours before the longjmp.
-            drop((message, detail, hint));
-            errfinish(c"secretgate".as_ptr(), 0, c"secretgate".as_ptr());
         }
+        // Postgres copied the strings, except the file name, which it keeps a
+        // pointer to: leak that one (an error path; a few bytes).
+        drop((message, detail, hint));
+        let file = file.into_raw();
+        // SAFETY: errfinish(ERROR) longjmps out; no Rust value with a
+        // destructor is live in this frame any more.
+        unsafe { errfinish(file, location.line() as c_int, std::ptr::null()) };
         unreachable!("errfinish(ERROR) returned")
-    }
-
-    /// `Ok(v)` → `v`; `Err(f)` → raise `f`.
-    pub fn unwrap_or_raise<T>(result: Result<T>) -> T {
-        result.unwrap_or_else(|f| f.raise())
-    }
-}
-
-/// What replaces the DETAIL of a Postgres error raised inside a write of a
-/// ciphertext (see [`withholding_row_detail`]).
-pub const WITHHELD_DETAIL: &str =
-    "secretgate: Postgres' DETAIL is withheld, as it can show the row being written, ciphertext included";
-
-/// Runs `work`, which writes ciphertexts through SPI. An ERROR Postgres raises
-/// inside it (a CHECK, NOT NULL, unique or foreign-key violation on an
-/// attached table, a lock timeout…) comes back as a [`Failure`] with its own
-/// SQLSTATE, message and HINT, but not its DETAIL: for a row being written,
-/// Postgres' DETAIL can show the whole row ("Failing row contains (…)") or a
-/// key, ciphertext included, and it would reach the client and the server
-/// log. A secretgate refusal raised by a trigger inside `work` keeps its JSON
-/// DETAIL (it never holds a value).
-pub fn withholding_row_detail<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
-    PgTryBuilder::new(std::panic::AssertUnwindSafe(work))
-        .catch_others(|caught| match caught {
-            CaughtError::PostgresError(report) if matches!(report.level(), PgLogLevel::ERROR) => {
-                let caught = unpack_sqlstate(report.sql_error_code() as c_int);
-                // A secretgate refusal raised by a trigger inside `work` (a
-                // concurrent commit changed what the pre-check saw) comes back
-                // from pgrx as XX000: it knows only Postgres' own codes. Its
-                // message and JSON DETAIL name the real one.
-                let refusal = refusal_code(report.message(), report.detail());
-                let (sqlstate, detail) = match refusal {
-                    Some(code) => (Cow::Borrowed(code.sqlstate()), report.detail().map(str::to_string)),
-                    None => (Cow::Owned(caught), report.detail().map(|_| WITHHELD_DETAIL.to_string())),
-                };
-                Err(Failure {
-                    sqlstate,
-                    message: report.message().to_string(),
-                    detail,
-                    hint: report.hint().map(str::to_string),
-                    audit: None,
-                })
-            }
-            other => other.rethrow(),
-        })
-        .execute()
-}
-
-/// The code of a secretgate refusal, recognised by its shape: a message
-/// starting with the code word and a JSON DETAIL naming the same SQLSTATE.
-fn refusal_code(message: &str, detail: Option<&str>) -> Option<Code> {
-    let detail: Value = serde_json::from_str(detail?).ok()?;
-    let code = Code::from_sqlstate(detail.get("sqlstate")?.as_str()?)?;
-    let word_matches = detail.get("code").and_then(Value::as_str) == Some(code.word())
-        && message.strip_prefix(code.word()).is_some_and(|rest| rest.starts_with(": "));
-    word_matches.then_some(code)
-}
-
-/// Builder for a refusal's JSON DETAIL.
-pub struct Refusal {
-    code: Code,
-    reason: String,
-    detail: Map<String, Value>,
-    hint: Option<String>,
-    audit: Option<(String, Value)>,
-}
-
-impl Refusal {
-    /// Writes an audit line when raised: the DETAIL's fields plus `event`
-    /// and `caller`. The DETAIL never holds a value, so neither does this.
-    pub fn audit(mut self, event: &str, caller: Value) -> Refusal {
-        self.audit = Some((event.into(), caller));
-        self
-    }
-
-    /// Adds a DETAIL field (`workspace_id`, `key`, `provider`, …). Never a secret value.
-    pub fn with(mut self, field: &str, value: impl Into<Value>) -> Refusal {
-        self.detail.insert(field.into(), value.into());
-        self
-    }
-
-    pub fn hint(mut self, hint: impl Into<String>) -> Refusal {
-        self.hint = Some(hint.into());
-        self
     }
 }
 
 impl From<Refusal> for Failure {
-    fn from(r: Refusal) -> Failure {
-        let audit = r.audit.map(|(event, caller)| {
-            let mut line = r.detail.clone();
-            line.insert("event".into(), event.into());
-            line.insert("caller".into(), caller);
-            Value::Object(line).to_string()
-        });
-        Failure {
-            sqlstate: r.code.sqlstate().into(),
-            message: format!("{}: {}", r.code.word(), r.reason),
-            detail: Some(Value::Object(r.detail).to_string()),
-            hint: r.hint,
-            audit,
-        }
+    #[track_caller]
+    fn from(refusal: Refusal) -> Failure {
+        Failure::refused(refusal, Value::Null)
     }
+}
+
+impl From<pgrx::spi::Error> for Failure {
+    /// pgrx's own SPI failures (a type mismatch, no tuple table) are bugs
+    /// in secretgate, not user errors: XX000 says so. A Postgres error
+    /// raised inside SPI does not come this way: [`run`] catches it.
+    #[track_caller]
+    fn from(e: pgrx::spi::Error) -> Failure {
+        Failure::sql(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("secretgate: internal SPI error: {e}"))
+    }
+}
+
+/// What replaces the DETAIL of a Postgres error raised inside secretgate's
+/// work: for a row being written, Postgres' DETAIL can show the whole row
+/// ("Failing row contains (…)"), ciphertext included, and it would reach
+/// the client and the server log. A secretgate refusal keeps its JSON DETAIL
+/// (it never holds a value).
+pub const WITHHELD_DETAIL: &str =
+    "secretgate: Postgres' DETAIL is withheld, as it can show the row being written, ciphertext included";
+
+thread_local! {
+    /// The SQLSTATE of the last error Postgres reported while [`run`]'s work ran.
+    static LAST_CODE: Cell<c_int> = const { Cell::new(0) };
+}
+
+/// Error-context callback: Postgres calls it while it builds every report
+/// (before the longjmp), so the code is known before pgrx flattens it.
+unsafe extern "C-unwind" fn note_code(_arg: *mut std::ffi::c_void) {
+    // SAFETY: called by errfinish with an error report on Postgres' error
+    // stack, which is what geterrcode() reads; it neither allocates nor raises.
+    LAST_CODE.set(unsafe { pg_sys::geterrcode() });
+}
+
+/// Puts the error-context callback back where it was, also when unwinding.
+struct ContextGuard(*mut pg_sys::ErrorContextCallback);
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        // SAFETY: the pointer is the callback pushed by `run`, still alive
+        // on its stack frame (the guard is dropped first).
+        unsafe { pg_sys::error_context_stack = (*self.0).previous };
+    }
+}
+
+/// Runs one SQL entry point's work and raises its failure, if any. An ERROR
+/// Postgres raises inside it comes back with its own SQLSTATE, message and
+/// HINT; a secretgate refusal also keeps its JSON DETAIL, any other error's
+/// DETAIL is withheld ([`WITHHELD_DETAIL`]).
+pub fn run<T>(work: impl FnOnce() -> Result<T>) -> T {
+    let mut callback = pg_sys::ErrorContextCallback {
+        // SAFETY: reading Postgres' global error-context stack pointer.
+        previous: unsafe { pg_sys::error_context_stack },
+        callback: Some(note_code),
+        arg: std::ptr::null_mut(),
+    };
+    // SAFETY: `callback` outlives the guard, which pops it on every path.
+    unsafe { pg_sys::error_context_stack = &mut callback };
+    let guard = ContextGuard(&mut callback);
+    LAST_CODE.set(0);
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(work))
+        .catch_others(|caught| match caught {
+            CaughtError::PostgresError(report) if matches!(report.level(), PgLogLevel::ERROR) => {
+                let code = match report.sql_error_code() {
+                    // pgrx's name for "a code it does not know": the noted one is the real code.
+                    PgSqlErrorCode::ERRCODE_INTERNAL_ERROR if LAST_CODE.get() != 0 => LAST_CODE.get(),
+                    known => known as c_int,
+                };
+                let sqlstate = policy::unpack_sqlstate(code);
+                let ours = Code::from_sqlstate(&sqlstate).is_some();
+                let detail = match report.detail() {
+                    Some(detail) if ours => Some(detail.to_string()),
+                    Some(_) => Some(WITHHELD_DETAIL.to_string()),
+                    None => None,
+                };
+                Err(Failure {
+                    sqlstate: sqlstate.into(),
+                    message: report.message().to_string(),
+                    detail,
+                    hint: report.hint().map(str::to_string),
+                    audit: None,
+                    location: Location::caller(),
+                })
+            }
+            other => other.rethrow(),
+        })
+        .execute();
+    drop(guard);
+    result.unwrap_or_else(|f| f.raise())
+}
+
+/// [`run`] for work that runs no SQL (nothing inside can raise a Postgres
+/// error to catch): `Ok(v)` → `v`; `Err(f)` → raise `f`.
+pub fn raise_on<T>(result: Result<T>) -> T {
+    result.unwrap_or_else(|f| f.raise())
 }
 
 /// Writes `secretgate audit: {json}` to the server log only (never to the
 /// client), without the statement text next to it. Log lines survive a rollback.
 pub fn log_line(json: &str) {
     let line = c_string(format!("secretgate audit: {json}"));
+    // SAFETY: the ereport() sequence at LOG_SERVER_ONLY, which returns;
+    // `line` outlives it.
     unsafe {
         if errstart(PgLogLevel::LOG_SERVER_ONLY as c_int, std::ptr::null()) {
             errmsg_internal(c"%s".as_ptr(), line.as_ptr());
             errhidestmt(true);
-            errfinish(c"secretgate".as_ptr(), 0, c"secretgate".as_ptr());
+            errfinish(std::ptr::null(), 0, std::ptr::null());
         }
     }
 }
@@ -210,40 +245,14 @@ fn c_string(s: String) -> CString {
     })
 }
 
-/// Postgres' MAKE_SQLSTATE: six bits per character.
-fn make_sqlstate(sqlstate: &str) -> c_int {
-    sqlstate
-        .bytes()
-        .take(5)
-        .enumerate()
-        .fold(0, |acc, (i, ch)| acc | ((((ch as c_int) - ('0' as c_int)) & 0x3F) << (6 * i)))
-}
-
-/// The five characters of a SQLSTATE packed by MAKE_SQLSTATE.
-fn unpack_sqlstate(code: c_int) -> String {
-    (0..5).map(|i| (((code >> (6 * i)) & 0x3F) as u8 + b'0') as char).collect()
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn make_sqlstate_matches_postgres_encoding() {
-        // ERRCODE_INTERNAL_ERROR is MAKE_SQLSTATE('X','X','0','0','0').
-        assert_eq!(super::make_sqlstate("XX000"), pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32);
-        assert_eq!(super::make_sqlstate("42703"), pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN as i32);
-        for code in ["XX000", "23514", "SG101", "55P03", "40P01"] {
-            assert_eq!(super::unpack_sqlstate(super::make_sqlstate(code)), code);
-        }
-    }
+    use secretgate_core::policy::{pack_sqlstate, unpack_sqlstate};
 
     #[test]
-    fn refusal_code_needs_message_and_detail_to_agree() {
-        use secretgate_core::Code;
-        let detail = r#"{"code":"CONCIERGE_SELF_WRITE_BLOCKED","sqlstate":"SG101","reason":"r"}"#;
-        let code = super::refusal_code("CONCIERGE_SELF_WRITE_BLOCKED: r", Some(detail));
-        assert_eq!(code.map(Code::sqlstate), Some("SG101"));
-        assert!(super::refusal_code("something else: r", Some(detail)).is_none());
-        assert!(super::refusal_code("CONCIERGE_SELF_WRITE_BLOCKED: r", Some("Failing row contains (x)")).is_none());
-        assert!(super::refusal_code("CONCIERGE_SELF_WRITE_BLOCKED: r", None).is_none());
+    fn sqlstate_packing_matches_pgrx() {
+        assert_eq!(pack_sqlstate("XX000"), Some(pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32));
+        assert_eq!(pack_sqlstate("42703"), Some(pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN as i32));
+        assert_eq!(unpack_sqlstate(pgrx::PgSqlErrorCode::ERRCODE_TRIGGERED_ACTION_EXCEPTION as i32), "09000");
     }
 }

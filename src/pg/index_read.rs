@@ -15,7 +15,7 @@
 
 use pgrx::itemptr::item_pointer_get_block_number_no_check;
 use pgrx::pg_sys::{self, Oid};
-use pgrx::FromDatum;
+use pgrx::{FromDatum, GucContext, GucFlags, GucRegistry, GucSetting};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -28,6 +28,22 @@ pub const UUID_BTREE_FAM_OID: Oid = Oid::from_u32(2968);
 /// Rows remembered per table and backend (about 40 bytes each, so at most
 /// about 320 kB); past this, start over.
 const MAX_REMEMBERED: usize = 8_192;
+
+/// `secretgate.direct_index_read`: a superuser's off switch for this read
+/// (the SQL path answers instead), for a table access method or a server
+/// build where the direct read is in doubt.
+pub static DIRECT_INDEX_READ: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+pub fn register_guc() {
+    GucRegistry::define_bool_guc(
+        c"secretgate.direct_index_read",
+        c"Whether the gates read a workspace's kind straight through its primary key (on) or through SQL (off).",
+        c"Off is slower and answers the same; it exists to rule the direct read out.",
+        &DIRECT_INDEX_READ,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
 
 thread_local! {
     /// By table, then by key: where the row was last found.
@@ -50,6 +66,11 @@ pub(crate) fn forget(relid: Oid) {
 /// `None` when this read is not possible (use SPI), `Some(None)` when there
 /// is no such row, and a NULL column as `Some(Some(""))`.
 pub fn text_by_uuid_key(table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
+    if !DIRECT_INDEX_READ.get() {
+        return None;
+    }
+    // SAFETY: the table is opened and closed here, locked AccessShare as the
+    // executor would; `read` gets a valid open relation.
     unsafe {
         let rel = pg_sys::table_open(table, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let found = read(rel, table, id, column, key);
@@ -59,38 +80,46 @@ pub fn text_by_uuid_key(table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) ->
     }
 }
 
+/// # Safety
+/// `rel` must be an open relation with oid `table`.
 unsafe fn read(rel: pg_sys::Relation, table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
-    if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION {
-        return None;
-    }
-    let id_att = attribute(rel, id, pg_sys::UUIDOID)?;
-    let column_att = attribute(rel, column, pg_sys::TEXTOID)?;
-    let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
-    if pk == pg_sys::InvalidOid {
-        return None;
-    }
-    let snapshot = push_snapshot_as_spi();
-    let remembered = if (*(*rel).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID {
-        FOUND_AT.with_borrow(|found| found.get(&table).and_then(|rows| rows.get(key)).copied())
-    } else {
-        None
-    };
-    let value = match remembered.and_then(|tid| fetch_at(rel, tid, snapshot, id_att, column_att, key)) {
-        Some(value) => Some(Some(value)),
-        None => {
-            let index = pg_sys::index_open(pk, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let found =
-                if plain_uuid_key(index, id_att) { Some(scan(rel, index, snapshot, column_att, key)) } else { None };
-            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-            found.map(|row| {
-                let (value, tid) = row.unzip();
-                remember(table, key, tid);
-                value
-            })
+    // SAFETY: `rel` is an open relation (the caller's contract); index, slot, scan and snapshot are opened and closed in pairs here.
+    unsafe {
+        if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION {
+            return None;
         }
-    };
-    pg_sys::PopActiveSnapshot();
-    value
+        let id_att = attribute(rel, id, pg_sys::UUIDOID)?;
+        let column_att = attribute(rel, column, pg_sys::TEXTOID)?;
+        let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
+        if pk == pg_sys::InvalidOid {
+            return None;
+        }
+        let snapshot = push_snapshot_as_spi();
+        let remembered = if (*(*rel).rd_rel).relam == pg_sys::HEAP_TABLE_AM_OID {
+            FOUND_AT.with_borrow(|found| found.get(&table).and_then(|rows| rows.get(key)).copied())
+        } else {
+            None
+        };
+        let value = match remembered.and_then(|tid| fetch_at(rel, tid, snapshot, id_att, column_att, key)) {
+            Some(value) => Some(Some(value)),
+            None => {
+                let index = pg_sys::index_open(pk, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+                let found = if plain_uuid_key(index, id_att) {
+                    Some(scan(rel, index, snapshot, column_att, key))
+                } else {
+                    None
+                };
+                pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                found.map(|row| {
+                    let (value, tid) = row.unzip();
+                    remember(table, key, tid);
+                    value
+                })
+            }
+        };
+        pg_sys::PopActiveSnapshot();
+        value
+    }
 }
 
 /// Remembers (or, with `None`, forgets) where the row with `key` is.
@@ -112,24 +141,36 @@ pub(crate) fn remember(table: Oid, key: &[u8; 16], tid: Option<pg_sys::ItemPoint
 }
 
 /// The attribute number of a live column of the given type.
+/// # Safety
+/// `rel` must be an open relation.
 unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_oid: Oid) -> Option<i16> {
-    let desc = (*rel).rd_att;
-    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-    let att = attrs.iter().find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)?;
-    (att.atttypid == type_oid).then_some(att.attnum)
+    // SAFETY: `rel` is an open relation; its tuple descriptor holds `natts` attributes.
+    unsafe {
+        let desc = (*rel).rd_att;
+        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+        let att = attrs.iter().find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)?;
+        (att.atttypid == type_oid).then_some(att.attnum)
+    }
 }
 
 /// A valid btree index on exactly that one uuid column, with uuid's own `=`.
+/// # Safety
+/// `index` must be an open index relation.
 unsafe fn plain_uuid_key(index: pg_sys::Relation, att: i16) -> bool {
-    let form = (*index).rd_index;
-    (*form).indnatts == 1
-        && (*form).indisvalid
-        && (*form).indkey.values.as_slice(1)[0] == att
-        && (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
-        && *(*index).rd_opfamily == UUID_BTREE_FAM_OID
+    // SAFETY: `index` is an open index relation, whose rd_index and rd_opfamily are set.
+    unsafe {
+        let form = (*index).rd_index;
+        (*form).indnatts == 1
+            && (*form).indisvalid
+            && (*form).indkey.values.as_slice(1)[0] == att
+            && (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && *(*index).rd_opfamily == UUID_BTREE_FAM_OID
+    }
 }
 
 /// The column of the visible row with that key, and where the row is.
+/// # Safety
+/// `rel` and `index` must be open, `index` a btree on the uuid key.
 unsafe fn scan(
     rel: pg_sys::Relation,
     index: pg_sys::Relation,
@@ -137,32 +178,37 @@ unsafe fn scan(
     column_att: i16,
     key: &[u8; 16],
 ) -> Option<(String, pg_sys::ItemPointerData)> {
-    let mut scankey = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
-    pg_sys::ScanKeyInit(
-        scankey.as_mut_ptr(),
-        1,
-        pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-        Oid::from_u32(pg_sys::F_UUID_EQ),
-        pg_sys::Datum::from(key.as_ptr()),
-    );
-    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-    let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
-    pg_sys::index_rescan(scan, scankey.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
-    let found = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-        pg_sys::slot_getsomeattrs_int(slot, column_att.into());
-        let at = (column_att - 1) as usize;
-        let (datum, null) = (*(*slot).tts_values.add(at), *(*slot).tts_isnull.add(at));
-        Some((String::from_datum(datum, null).unwrap_or_default(), (*slot).tts_tid))
-    } else {
-        None
-    };
-    pg_sys::index_endscan(scan);
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    found
+    // SAFETY: `rel` and `index` are open; the scan key points at `key`, which outlives the scan; the slot's arrays hold `column_att` attributes once slot_getsomeattrs has run.
+    unsafe {
+        let mut scankey = MaybeUninit::<pg_sys::ScanKeyData>::uninit();
+        pg_sys::ScanKeyInit(
+            scankey.as_mut_ptr(),
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            Oid::from_u32(pg_sys::F_UUID_EQ),
+            pg_sys::Datum::from(key.as_ptr()),
+        );
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        pg_sys::index_rescan(scan, scankey.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
+        let found = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            pg_sys::slot_getsomeattrs_int(slot, column_att.into());
+            let at = (column_att - 1) as usize;
+            let (datum, null) = (*(*slot).tts_values.add(at), *(*slot).tts_isnull.add(at));
+            Some((String::from_datum(datum, null).unwrap_or_default(), (*slot).tts_tid))
+        } else {
+            None
+        };
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        found
+    }
 }
 
 /// The column of the heap tuple at `tid`, if that tuple is in the table's
 /// file, visible to the snapshot and is the row with that key.
+/// # Safety
+/// `rel` must be open and `id_att`, `column_att` its uuid and text attributes.
 unsafe fn fetch_at(
     rel: pg_sys::Relation,
     tid: pg_sys::ItemPointerData,
@@ -171,43 +217,51 @@ unsafe fn fetch_at(
     column_att: i16,
     key: &[u8; 16],
 ) -> Option<String> {
-    // A block past the end (VACUUM truncated the table) would be an error to read.
-    let blocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
-    if item_pointer_get_block_number_no_check(tid) >= blocks {
-        return None;
+    // SAFETY: `rel` is open; the block is checked to be in the file before heap_fetch, which pins a buffer only when it returns true, and that pin is released; the id attribute is a uuid (16 bytes, checked by `attribute`).
+    unsafe {
+        // A block past the end (VACUUM truncated the table) would be an error to read.
+        let blocks = pg_sys::RelationGetNumberOfBlocksInFork(rel, pg_sys::ForkNumber::MAIN_FORKNUM);
+        if item_pointer_get_block_number_no_check(tid) >= blocks {
+            return None;
+        }
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_self = tid;
+        let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        // Not visible (or no tuple at that offset): false, and no buffer kept.
+        if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false) {
+            return None;
+        }
+        let desc = (*rel).rd_att;
+        let mut null = false;
+        let id = pg_sys::heap_getattr(&mut tuple, id_att.into(), desc, &mut null);
+        let same_row = !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == key;
+        let value = if same_row {
+            let datum = pg_sys::heap_getattr(&mut tuple, column_att.into(), desc, &mut null);
+            Some(String::from_datum(datum, null).unwrap_or_default())
+        } else {
+            None
+        };
+        pg_sys::ReleaseBuffer(buffer);
+        value
     }
-    let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-    tuple.t_self = tid;
-    let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
-    // Not visible (or no tuple at that offset): false, and no buffer kept.
-    if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false) {
-        return None;
-    }
-    let desc = (*rel).rd_att;
-    let mut null = false;
-    let id = pg_sys::heap_getattr(&mut tuple, id_att.into(), desc, &mut null);
-    let same_row = !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == key;
-    let value = if same_row {
-        let datum = pg_sys::heap_getattr(&mut tuple, column_att.into(), desc, &mut null);
-        Some(String::from_datum(datum, null).unwrap_or_default())
-    } else {
-        None
-    };
-    pg_sys::ReleaseBuffer(buffer);
-    value
 }
 
 /// Pushes, and returns, the snapshot SPI gives a query run by pgrx's
 /// `select`: the active one while the transaction has written nothing (a
 /// read-only execution); after a write, one that sees every command so far
 /// (the command counter advanced), fresh under READ COMMITTED.
+/// # Safety
+/// Inside a transaction; the caller must pop the snapshot.
 unsafe fn push_snapshot_as_spi() -> pg_sys::Snapshot {
-    if pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId && pg_sys::ActiveSnapshotSet() {
-        pg_sys::PushActiveSnapshot(pg_sys::GetActiveSnapshot());
-    } else {
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        pg_sys::CommandCounterIncrement();
-        pg_sys::UpdateActiveSnapshotCommandId();
+    // SAFETY: called inside a transaction; the caller pops the snapshot it pushes.
+    unsafe {
+        if pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId && pg_sys::ActiveSnapshotSet() {
+            pg_sys::PushActiveSnapshot(pg_sys::GetActiveSnapshot());
+        } else {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            pg_sys::CommandCounterIncrement();
+            pg_sys::UpdateActiveSnapshotCommandId();
+        }
+        pg_sys::GetActiveSnapshot()
     }
-    pg_sys::GetActiveSnapshot()
 }

@@ -2,7 +2,7 @@
 //! re-read whenever the file (or the setting) changes.
 
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
-use secretgate_core::{Error as CoreError, Keyring};
+use secretgate_core::{Error as CoreError, Keyring, Scope};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -52,6 +52,7 @@ thread_local! {
 /// runs is picked up by the next one (a `stat` per row cost more than the
 /// decryption). The file is parsed and its ciphers expanded only when it changed.
 pub fn current() -> Result<Rc<Keyring>, CoreError> {
+    // SAFETY: reads the current statement's start time; no side effect.
     let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     let same_statement = |l: &&Loaded| statement != 0 && l.checked_in == statement;
     if let Some(keyring) = LOADED.with_borrow(|l| l.as_ref().filter(same_statement).map(|l| l.keyring.clone())) {
@@ -99,4 +100,23 @@ fn configured_path() -> Result<PathBuf, CoreError> {
 /// A broken keyring is never served from the cache (fail closed).
 fn forget() {
     LOADED.set(None);
+}
+
+/// A stored row as read: ciphertext and key version, either possibly NULL.
+pub type StoredValue = (Option<Vec<u8>>, Option<i32>);
+
+/// Decrypts a stored row with the current keyring: the plaintext, or the
+/// reason it cannot be had. NULL columns fail decryption: a row is never "unset".
+pub fn open(row: StoredValue, scope: Scope, key: &str) -> Result<String, CoreError> {
+    let (Some(blob), Some(version)) = row else {
+        return Err(CoreError::DecryptFailed {
+            reason: "the stored row has a NULL encrypted_value or encryption_version",
+        });
+    };
+    current()?.decrypt(&blob, version, scope, key)
+}
+
+/// Encrypts under the current key version: `(version, ciphertext)`.
+pub fn seal(value: &str, scope: Scope, key: &str) -> Result<(i32, Vec<u8>), CoreError> {
+    current()?.encrypt(value.as_bytes(), scope, key)
 }

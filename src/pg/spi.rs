@@ -1,3 +1,6 @@
+//! SPI: statements planned once per backend and kept, and the owner's
+//! context the gates read in.
+//!
 //! Statements planned once per backend and kept. Every gate and every read
 //! runs the same few statements, and planning them on each call cost more
 //! than the work itself. A plan is keyed by its text (which names the
@@ -76,6 +79,7 @@ fn plan(
 
 /// The search_path setting as it stands (no copy).
 fn search_path() -> &'static [u8] {
+    // SAFETY: reads the GUC variable's pointer; it is null or a C string.
     let path = unsafe { pg_sys::namespace_search_path };
     if path.is_null() {
         return &[];
@@ -113,9 +117,12 @@ pub fn update<'conn>(
 /// a read-only transaction". Without it pgrx's `update` first asks for a
 /// transaction id, which a standby refuses with an internal error (XX000).
 pub fn prevent_if_read_only(sql: &str) {
+    // SAFETY: reads a Postgres global flag.
     if unsafe { pg_sys::XactReadOnly } {
         let command = sql.split_whitespace().next().unwrap_or("a write").to_ascii_uppercase();
         let command = std::ffi::CString::new(command).unwrap_or_default();
+        // SAFETY: a C string that outlives the call; the 25006 it raises
+        // reaches Rust as a panic through pgrx's FFI guard.
         unsafe { pg_sys::PreventCommandIfReadOnly(command.as_ptr()) };
     }
 }
@@ -123,14 +130,61 @@ pub fn prevent_if_read_only(sql: &str) {
 /// The search_path every statement of the gates is planned under.
 const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 
-/// `Spi::connect` under the pinned search_path, restored afterwards (on an
-/// error, by the (sub)transaction's abort, as for a function's own `SET`).
-/// The per-row secret gates are SECURITY DEFINER without `SET search_path`:
-/// applying it on every row was a fifth of their cost, and a row usually
-/// runs no SQL at all. Every lookup they can make on a cold cache, or for a
-/// MODEL value, comes through here, so a writer's path never binds their SQL.
-pub fn connect_pinned<T, E>(f: impl FnOnce(&SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
+thread_local! {
+    /// The owner of the `secretgate` schema (the extension's owner), as last
+    /// looked up; forgotten on any namespace change ([`forget_owner`]).
+    static OWNER: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Called from the namespace invalidation callback.
+pub fn forget_owner() {
+    OWNER.set(pg_sys::InvalidOid);
+}
+
+/// The owner of the `secretgate` schema: the role the gates read as.
+fn extension_owner() -> pg_sys::Oid {
+    let cached = OWNER.get();
+    if cached != pg_sys::InvalidOid {
+        return cached;
+    }
+    // SAFETY: a syscache lookup of the schema by oid; the tuple is released
+    // before return and its struct is read while it is held.
+    let owner = unsafe {
+        let schema = pg_sys::get_namespace_oid(c"secretgate".as_ptr(), false);
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
+            pg_sys::Datum::from(schema),
+        );
+        if tuple.is_null() {
+            return pg_sys::BOOTSTRAP_SUPERUSERID.into();
+        }
+        let form = pg_sys::GETSTRUCT(tuple) as pg_sys::Form_pg_namespace;
+        let owner = (*form).nspowner;
+        pg_sys::ReleaseSysCache(tuple);
+        owner
+    };
+    OWNER.set(owner);
+    owner
+}
+
+/// `Spi::connect` as the extension's owner, under the pinned search_path,
+/// both restored afterwards (on an error, by the (sub)transaction's abort,
+/// as for a function's own `SET` and as for PostgreSQL's foreign-key
+/// triggers). The per-row secret gates run as the invoker, so that applying
+/// SECURITY DEFINER's context on every row costs nothing: the reads they
+/// make on a cold cache, or for a MODEL value, come through here, so
+/// neither the writer's privileges nor its search_path bind their SQL.
+pub fn as_owner<T, E>(f: impl FnOnce(&SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
+    let owner = extension_owner();
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: saves the current user and security context, switches to the
+    // owner for local reads (SECURITY_LOCAL_USERID_CHANGE, as ri_triggers.c
+    // does), and opens a GUC nest level for the pinned search_path; both are
+    // undone below, or by the transaction's abort on an error.
     let nest_level = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
         let level = pg_sys::NewGUCNestLevel();
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
@@ -145,6 +199,10 @@ pub fn connect_pinned<T, E>(f: impl FnOnce(&SpiClient<'_>) -> Result<T, E>) -> R
         level
     };
     let result = Spi::connect(f);
-    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
+    // SAFETY: the nest level and the saved context are the ones opened above.
+    unsafe {
+        pg_sys::AtEOXact_GUC(true, nest_level);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+    }
     result
 }

@@ -1,165 +1,100 @@
-//! The triggers `attach_gates` creates on the platform's tables. Each one is
-//! a thin adapter: read the row, call the check in `gates`, raise its failure.
+//! The trigger functions `attach_gates` puts on the platform's tables. Each
+//! one is a thin adapter: read the row, call the check in `gates`, raise
+//! its failure. A trigger function called as a plain function raises 39P01.
 
-use crate::gates::{self, Caller, Write, MODEL};
-use crate::plans;
-use crate::report::{self, Failure};
-use crate::tables::{self, Attached};
-use crate::{keyring, secrets};
+use crate::gates::caller::Caller;
+use crate::gates::{byok, identity, secret_write};
+use crate::pg::error::{self, Failure, Result};
+use crate::pg::keyring;
+use crate::store::attached::{self, Attached};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{AllocatedByPostgres, PgTrigger};
+use pgrx::{AllocatedByPostgres, PgSqlErrorCode, PgTrigger};
+use secretgate_core::policy::{Write, MODEL};
 use secretgate_core::{uuid::Uuid as CoreUuid, Scope};
-use std::convert::Infallible;
 
 type Row<'a> = PgHeapTuple<'a, AllocatedByPostgres>;
-type TriggerResult<'a> = std::result::Result<Option<Row<'a>>, Infallible>;
 
-/// Every trigger `attach_gates` creates: (name, table role, SQL after `ON <table>`).
-/// The identity triggers are deferred constraint triggers: they check at
-/// commit, so a workspace and its MODEL may be created in one transaction.
-pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
-    (
-        "secretgate_secret_write",
-        TableRole::Secrets,
-        "BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_secret_write()",
-    ),
-    (
-        "secretgate_global_secret_write",
-        TableRole::GlobalSecrets,
-        "BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_global_secret_write()",
-    ),
-    (
-        "secretgate_workspace_write",
-        TableRole::Workspaces,
-        "BEFORE UPDATE OF kind OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_workspace_write()",
-    ),
-    (
-        "secretgate_platform_identity",
-        TableRole::Workspaces,
-        "AFTER INSERT OR UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (NEW.kind = 'platform' AND NEW.status = 'online') EXECUTE FUNCTION secretgate.gate_platform_identity()",
-    ),
-    (
-        "secretgate_byok_insert",
-        TableRole::Workspaces,
-        "AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (NEW.kind IS DISTINCT FROM 'external') EXECUTE FUNCTION secretgate.gate_byok()",
-    ),
-    (
-        "secretgate_byok_update",
-        TableRole::Workspaces,
-        "AFTER UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (NEW.kind IS DISTINCT FROM 'external' AND ((NEW.status = 'online' AND OLD.status IS DISTINCT FROM 'online') \
-               OR NEW.model IS DISTINCT FROM OLD.model OR NEW.runtime IS DISTINCT FROM OLD.runtime \
-               OR NEW.kind IS DISTINCT FROM OLD.kind)) \
-         EXECUTE FUNCTION secretgate.gate_byok()",
-    ),
-    (
-        "secretgate_model_removed",
-        TableRole::Secrets,
-        "AFTER UPDATE OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (OLD.key = 'MODEL') EXECUTE FUNCTION secretgate.gate_model_removed()",
-    ),
-    (
-        "secretgate_secrets_truncate",
-        TableRole::Secrets,
-        "BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION secretgate.gate_secrets_truncate()",
-    ),
-];
+/// Declares a trigger function's C entry point (`<name>_wrapper`, the
+/// symbol the SQL function names) around `body`, which gets the trigger's
+/// data and returns the row to pass on (or `None`).
+macro_rules! trigger_entry {
+    ($finfo:ident, $entry:ident, $body:path) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
 
-#[derive(Clone, Copy)]
-pub enum TableRole {
-    Workspaces,
-    Secrets,
-    GlobalSecrets,
+        /// # Safety
+        /// Called by Postgres' function manager with a valid `fcinfo`.
+        #[no_mangle]
+        #[doc(hidden)]
+        pub unsafe extern "C-unwind" fn $entry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+            // SAFETY: the guard turns a panic or a Postgres error inside into
+            // a Postgres ERROR, so nothing unwinds into C.
+            unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || dispatch(fcinfo, $body)) }
+        }
+    };
 }
 
-/// `CREATE [CONSTRAINT] TRIGGER` statements for the attached tables.
-pub fn create_statements(attached: &Attached) -> Vec<String> {
-    TRIGGERS
-        .iter()
-        .map(|(name, role, body)| {
-            let table = match role {
-                TableRole::Workspaces => &attached.workspaces,
-                TableRole::Secrets => &attached.secrets,
-                TableRole::GlobalSecrets => &attached.global_secrets,
-            };
-            let kind = if body.contains("DEFERRABLE") { "CONSTRAINT TRIGGER" } else { "TRIGGER" };
-            format!("CREATE {kind} {name} {}", body.replace("{table}", table))
-        })
-        .collect()
+/// Runs a trigger's body on the trigger data `fcinfo` carries.
+fn dispatch(
+    fcinfo: pg_sys::FunctionCallInfo,
+    body: for<'a> fn(&'a PgTrigger<'a>) -> Result<Option<Row<'a>>>,
+) -> pg_sys::Datum {
+    // SAFETY: Postgres passes a valid (or null) fcinfo; from_fcinfo checks
+    // that its context is trigger data before reading any of it.
+    let trigger = match unsafe { fcinfo.as_ref() }.map(|f| unsafe { PgTrigger::from_fcinfo(f) }) {
+        Some(Ok(trigger)) => trigger,
+        _ => not_called_as_trigger(),
+    };
+    match error::run(|| body(&trigger)).and_then(|row| row.into_trigger_datum()) {
+        Some(datum) => datum,
+        None => pg_sys::Datum::from(0),
+    }
 }
 
-pub fn drop_statements(attached: &Attached) -> Vec<String> {
-    TRIGGERS
-        .iter()
-        .map(|(name, role, _)| {
-            let table = match role {
-                TableRole::Workspaces => &attached.workspaces,
-                TableRole::Secrets => &attached.secrets,
-                TableRole::GlobalSecrets => &attached.global_secrets,
-            };
-            format!("DROP TRIGGER IF EXISTS {name} ON {table}")
-        })
-        .collect()
+fn not_called_as_trigger() -> ! {
+    Failure::sql(
+        PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+        "secretgate: trigger functions can only be called as triggers",
+    )
+    .raise()
 }
 
-fn uuid_col(row: &Row<'_>, col: &str) -> report::Result<Option<CoreUuid>> {
-    let id = row
-        .get_by_name::<pgrx::Uuid>(col)
-        .map_err(|e| Failure::sql("XX000", format!("secretgate: reading column {col}: {e}")))?;
+fn uuid_col(row: &Row<'_>, col: &str) -> Result<Option<CoreUuid>> {
+    let id = row.get_by_name::<pgrx::Uuid>(col).map_err(|e| column_error(col, e))?;
     Ok(id.map(|id| CoreUuid::from_bytes(*id)))
 }
 
-fn text_col(row: &Row<'_>, col: &str) -> report::Result<Option<String>> {
-    row.get_by_name::<String>(col).map_err(|e| Failure::sql("XX000", format!("secretgate: reading column {col}: {e}")))
+fn text_col(row: &Row<'_>, col: &str) -> Result<Option<String>> {
+    row.get_by_name::<String>(col).map_err(|e| column_error(col, e))
+}
+
+#[track_caller]
+fn column_error(col: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::sql(
+        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+        format!("secretgate: the attached table's column {col} cannot be read: {e}"),
+    )
 }
 
 /// The plaintext a row writes, for the MODEL value check. A MODEL that does
 /// not decrypt is refused with its decrypt error (fail closed).
-fn written_model(row: &Row<'_>, scope: Scope) -> report::Result<Option<String>> {
+fn written_model(row: &Row<'_>, scope: Scope) -> Result<Option<String>> {
     let blob = row.get_by_name::<&[u8]>("encrypted_value").ok().flatten().map(<[u8]>::to_vec);
     let version = row.get_by_name::<i32>("encryption_version").ok().flatten();
-    keyring::current()
-        .and_then(|k| secrets::open(&k, (blob, version), scope, MODEL))
-        .map(Some)
-        .map_err(|e| gates::refusal_for_core(e, scope, MODEL))
+    keyring::open((blob, version), scope, MODEL).map(Some).map_err(|e| Failure::core(&e, Some(scope), Some(MODEL)))
 }
 
-fn with_attached<T>(f: impl FnOnce(&mut SpiClient<'_>, &Attached) -> report::Result<T>) -> report::Result<T> {
+fn with_attached<T>(f: impl FnOnce(&mut SpiClient<'_>, &Attached) -> Result<T>) -> Result<T> {
     Spi::connect_mut(|client| {
-        let attached = tables::attached()?;
+        let attached = attached::attached()?;
         f(client, &attached)
     })
-}
-
-/// Self-write, forbidden keys and MODEL values for one secret row.
-fn check_secret_row(
-    op: Write,
-    scope_of: impl Fn(&Row<'_>) -> report::Result<Scope>,
-    trigger: &PgTrigger<'_>,
-) -> report::Result<()> {
-    let caller = Caller::current();
-    // No SPI connection of its own: the common write needs none (see `gates::workspace_kind`).
-    let attached = tables::attached()?;
-    let new = trigger.new().filter(|_| op != Write::Delete);
-    let new_scope = new.as_ref().map(&scope_of).transpose()?;
-    if let Some(old) = trigger.old().filter(|_| op != Write::Insert) {
-        let scope = scope_of(&old)?;
-        // Deleting a row, or moving it away, is a write to the workspace it leaves.
-        if new_scope != Some(scope) {
-            let key = text_col(&old, "key")?.unwrap_or_default();
-            gates::check_secret_write(&attached, Write::Delete, scope, &key, None, &caller)?;
-        }
-    }
-    if let (Some(new), Some(scope)) = (new, new_scope) {
-        let key = text_col(&new, "key")?.unwrap_or_default();
-        let value = if key == MODEL { written_model(&new, scope)? } else { None };
-        gates::check_secret_write(&attached, op, scope, &key, value.as_deref(), &caller)?;
-    }
-    Ok(())
 }
 
 fn operation(trigger: &PgTrigger<'_>) -> Write {
@@ -182,126 +117,140 @@ fn pass<'a>(trigger: &'a PgTrigger<'a>, op: Write) -> Option<Row<'a>> {
     }
 }
 
-fn workspace_scope(row: &Row<'_>) -> report::Result<Scope> {
+/// Self-write, forbidden keys and MODEL values for one secret row.
+fn check_secret_row<'a>(
+    trigger: &'a PgTrigger<'a>,
+    scope_of: impl Fn(&Row<'_>) -> Result<Scope>,
+) -> Result<Option<Row<'a>>> {
+    let op = operation(trigger);
+    let caller = Caller::current();
+    // No SPI connection of its own: the common write needs none (see `store::workspaces::kind`).
+    let attached = attached::attached()?;
+    let new = trigger.new().filter(|_| op != Write::Delete);
+    let new_scope = new.as_ref().map(&scope_of).transpose()?;
+    if let Some(old) = trigger.old().filter(|_| op != Write::Insert) {
+        let scope = scope_of(&old)?;
+        // Deleting a row, or moving it away, is a write to the workspace it leaves.
+        if new_scope != Some(scope) {
+            let key = text_col(&old, "key")?.unwrap_or_default();
+            secret_write::check_secret_write(&attached, Write::Delete, scope, &key, None, &caller)?;
+        }
+    }
+    if let (Some(new), Some(scope)) = (new, new_scope) {
+        let key = text_col(&new, "key")?.unwrap_or_default();
+        let value = if key == MODEL { written_model(&new, scope)? } else { None };
+        secret_write::check_secret_write(&attached, op, scope, &key, value.as_deref(), &caller)?;
+    }
+    Ok(pass(trigger, op))
+}
+
+fn workspace_scope(row: &Row<'_>) -> Result<Scope> {
     // A NULL workspace_id cannot name a workspace: its kind is unknown.
     Ok(uuid_col(row, "workspace_id")?.map_or(Scope::Workspace(CoreUuid::nil()), Scope::Workspace))
 }
 
-#[pg_trigger]
-fn gate_secret_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    let op = operation(trigger);
-    Failure::unwrap_or_raise(check_secret_row(op, workspace_scope, trigger));
-    Ok(pass(trigger, op))
+fn secret_write<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    check_secret_row(trigger, workspace_scope)
 }
 
-#[pg_trigger]
-fn gate_global_secret_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    let op = operation(trigger);
-    Failure::unwrap_or_raise(check_secret_row(op, |_| Ok(Scope::Global), trigger));
-    Ok(pass(trigger, op))
+fn global_secret_write<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    check_secret_row(trigger, |_| Ok(Scope::Global))
 }
 
-#[pg_trigger]
-fn gate_workspace_write<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+fn workspace_write<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
     let op = operation(trigger);
-    let check = || -> report::Result<()> {
-        let Some(old) = trigger.old() else {
-            return Ok(());
-        };
+    if let Some(old) = trigger.old() {
         let id = uuid_col(&old, "id")?.map_or(Scope::Global, Scope::Workspace);
         let new_kind = match trigger.new().filter(|_| op == Write::Update) {
             Some(new) => Some(text_col(&new, "kind")?),
             None => None,
         };
         let old_kind = text_col(&old, "kind")?;
-        gates::check_workspace_write(
+        secret_write::check_workspace_write(
             id,
             old_kind.as_deref(),
             new_kind.as_ref().map(Option::as_deref),
             &Caller::current(),
-        )
-    };
-    Failure::unwrap_or_raise(check());
+        )?;
+    }
     Ok(pass(trigger, op))
 }
 
 /// The platform-identity invariant for the workspace a row names.
-fn identity_at_commit(row: Option<Row<'_>>, id_column: &str) -> report::Result<()> {
+fn identity_at_commit(row: Option<Row<'_>>, id_column: &str) -> Result<()> {
     let Some(row) = row else { return Ok(()) };
     let Some(id) = uuid_col(&row, id_column)? else {
         return Ok(());
     };
     let caller = Caller::current();
-    with_attached(|client, attached| gates::check_platform_identity(client, attached, Scope::Workspace(id), &caller))
+    with_attached(|client, attached| identity::check_platform_identity(client, attached, Scope::Workspace(id), &caller))
 }
 
 /// At commit: a workspace inserted or updated as platform + online.
-#[pg_trigger]
-fn gate_platform_identity<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    Failure::unwrap_or_raise(identity_at_commit(trigger.new(), "id"));
-    Ok(None)
+fn platform_identity<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    identity_at_commit(trigger.new(), "id").map(|()| None)
 }
 
 /// At commit: a MODEL row deleted, emptied, renamed or moved away.
-#[pg_trigger]
-fn gate_model_removed<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    Failure::unwrap_or_raise(identity_at_commit(trigger.old(), "workspace_id"));
-    Ok(None)
+fn model_removed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    identity_at_commit(trigger.old(), "workspace_id").map(|()| None)
 }
 
 /// At commit: a workspace created, set online, or given another model or
 /// runtime needs a usable credential its provider accepts (SG103/SG104).
-#[pg_trigger]
-fn gate_byok<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    let check = || -> report::Result<()> {
-        let Some(new) = trigger.new() else {
-            return Ok(());
-        };
-        let Some(id) = uuid_col(&new, "id")? else {
-            return Ok(());
-        };
-        let caller = Caller::current();
-        with_attached(|client, attached| crate::byok::check_at_commit(client, attached, Scope::Workspace(id), &caller))
+fn byok_at_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    let Some(id) = trigger.new().map(|new| uuid_col(&new, "id")).transpose()?.flatten() else {
+        return Ok(None);
     };
-    Failure::unwrap_or_raise(check());
+    let caller = Caller::current();
+    with_attached(|client, attached| byok::check_at_commit(client, attached, Scope::Workspace(id), &caller))?;
     Ok(None)
 }
 
 /// TRUNCATE removes every MODEL at once: refused while any platform workspace is online.
-#[pg_trigger]
-fn gate_secrets_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    let check = || -> report::Result<()> {
-        let caller = Caller::current();
-        with_attached(|client, attached| {
-            let online = plans::select(
-                client,
-                &format!("SELECT 1 FROM {} WHERE kind = 'platform' AND status = 'online' LIMIT 1", attached.workspaces),
-                Some(1),
-                &[],
-            )?;
-            if online.is_empty() {
-                return Ok(());
-            }
-            let refusal = Failure::refusal(
-                secretgate_core::Code::PlatformAgentIdentityGate,
-                "TRUNCATE would leave online platform workspaces without a MODEL",
-            );
-            Err(gates::audited(refusal, "secret.truncate.refused", &caller))
-        })
-    };
-    Failure::unwrap_or_raise(check());
+fn secrets_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    let caller = Caller::current();
+    with_attached(|client, attached| identity::check_truncate(client, attached, &caller))?;
     Ok(None)
 }
 
 /// After any change to `secretgate.forbidden_keys`: the backends that keep
-/// the table in memory (`gates::forbidden_reason`) drop it, this one at once
-/// and the others when the change commits.
-#[pg_trigger]
-fn registry_changed<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+/// the table in memory drop it, this one at once and the others when the
+/// change commits.
+fn forbidden_keys_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
     match trigger.relation() {
+        // SAFETY: the trigger's relation is open for the trigger's duration.
         Ok(relation) => unsafe { pg_sys::CacheInvalidateRelcache(relation.as_ptr()) },
         // Never keep a stale copy: drop every relcache entry instead.
+        // SAFETY: no argument; queues an invalidation of every relcache entry.
         Err(_) => unsafe { pg_sys::CacheInvalidateRelcacheAll() },
     }
     Ok(None)
 }
+
+trigger_entry!(pg_finfo_gate_secret_write_wrapper, gate_secret_write_wrapper, secret_write);
+trigger_entry!(pg_finfo_gate_global_secret_write_wrapper, gate_global_secret_write_wrapper, global_secret_write);
+trigger_entry!(pg_finfo_gate_workspace_write_wrapper, gate_workspace_write_wrapper, workspace_write);
+trigger_entry!(pg_finfo_gate_platform_identity_wrapper, gate_platform_identity_wrapper, platform_identity);
+trigger_entry!(pg_finfo_gate_model_removed_wrapper, gate_model_removed_wrapper, model_removed);
+trigger_entry!(pg_finfo_gate_byok_wrapper, gate_byok_wrapper, byok_at_commit);
+trigger_entry!(pg_finfo_gate_secrets_truncate_wrapper, gate_secrets_truncate_wrapper, secrets_truncate);
+trigger_entry!(pg_finfo_registry_changed_wrapper, registry_changed_wrapper, forbidden_keys_changed);
+
+// The SQL functions the entry points above implement (pgrx's #[pg_trigger]
+// would make them too, but its entry point cannot refuse a plain call with
+// a clear error: it panics, which reaches the client as XX000).
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION secretgate."gate_secret_write"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_secret_write_wrapper';
+CREATE FUNCTION secretgate."gate_global_secret_write"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_global_secret_write_wrapper';
+CREATE FUNCTION secretgate."gate_workspace_write"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_workspace_write_wrapper';
+CREATE FUNCTION secretgate."gate_platform_identity"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_platform_identity_wrapper';
+CREATE FUNCTION secretgate."gate_model_removed"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_model_removed_wrapper';
+CREATE FUNCTION secretgate."gate_byok"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_byok_wrapper';
+CREATE FUNCTION secretgate."gate_secrets_truncate"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_secrets_truncate_wrapper';
+CREATE FUNCTION secretgate."registry_changed"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'registry_changed_wrapper';
+"#,
+    name = "trigger_functions",
+    requires = ["bootstrap"],
+);

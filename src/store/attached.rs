@@ -1,10 +1,12 @@
 //! The platform's tables that secretgate guards: validated and recorded by
 //! `attach_gates`, looked up by every function that reads or writes secrets.
 
-use crate::plans;
-use crate::report::{Failure, Result};
+use crate::pg::error::{Failure, Result};
+use crate::pg::spi as plans;
+use crate::store::trigger_ddl;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::PgSqlErrorCode;
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -38,9 +40,9 @@ fn cached() -> Option<Rc<Attached>> {
     })
 }
 
-unsafe extern "C-unwind" fn relation_changed(arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    crate::gates::forget_forbidden_keys(arg, relid);
-    crate::index_read::forget(relid);
+/// Forgets the cached tables when one of them (or, with `InvalidOid`, any
+/// relation) is invalidated; called from `store::invalidation`.
+pub fn forget(relid: pg_sys::Oid) {
     CACHED.with(|c| {
         let attached = c.take();
         let concerned = relid == pg_sys::InvalidOid || attached.as_ref().is_some_and(|a| a.oids.contains(&relid));
@@ -50,22 +52,9 @@ unsafe extern "C-unwind" fn relation_changed(arg: pg_sys::Datum, relid: pg_sys::
     });
 }
 
-unsafe extern "C-unwind" fn schema_changed(_arg: pg_sys::Datum, _cacheid: std::ffi::c_int, _hash: u32) {
+/// Forgets the cached tables (a schema was renamed: their names changed).
+pub fn forget_all() {
     CACHED.with(|c| c.set(None));
-}
-
-/// Registers the invalidation callbacks; once per process (from `_PG_init`).
-pub fn register_invalidation() {
-    unsafe {
-        // One relcache callback for both caches: Postgres has only ten slots
-        // for every extension loaded into a server.
-        pg_sys::CacheRegisterRelcacheCallback(Some(relation_changed), pg_sys::Datum::from(0));
-        pg_sys::CacheRegisterSyscacheCallback(
-            pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
-            Some(schema_changed),
-            pg_sys::Datum::from(0),
-        );
-    }
 }
 
 /// Columns secretgate relies on, with their types as `format_type` spells them.
@@ -84,7 +73,7 @@ const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname
 pub fn attached() -> Result<Rc<Attached>> {
     match cached() {
         Some(attached) => Ok(attached),
-        None => plans::connect_pinned(load),
+        None => plans::as_owner(load),
     }
 }
 
@@ -109,13 +98,16 @@ fn load(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
             CACHED.with(|c| c.set(Some(attached.clone())));
             Ok(attached)
         }
-        _ => Err(Failure::sql("55000", "secretgate: an attached table no longer exists")
-            .hint("call secretgate.detach_gates(), then secretgate.attach_gates(...) with the current tables")),
+        _ => Err(Failure::sql(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "secretgate: an attached table no longer exists",
+        )
+        .hint("call secretgate.detach_gates(), then secretgate.attach_gates(...) with the current tables")),
     }
 }
 
 fn not_attached() -> Failure {
-    Failure::sql("55000", "secretgate: no tables are attached")
+    Failure::sql(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, "secretgate: no tables are attached")
         .hint("call secretgate.attach_gates(workspaces, secrets, global_secrets) first (the migrations do)")
 }
 
@@ -144,7 +136,7 @@ pub fn attach(
             Ok(())
         } else {
             Err(Failure::sql(
-                "55000",
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
                 "secretgate: other tables are already attached in this database (one set per database)",
             )
             .hint("call secretgate.detach_gates() first"))
@@ -157,7 +149,7 @@ pub fn attach(
         &[workspaces.into(), secrets.into(), global.into()],
     )?;
     let attached = attached()?;
-    for statement in crate::triggers::create_statements(&attached) {
+    for statement in trigger_ddl::create_statements(&attached) {
         client.update(&statement, None, &[])?;
     }
     Ok(())
@@ -170,7 +162,7 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
         return Ok(());
     }
     let attached = attached()?;
-    for statement in crate::triggers::drop_statements(&attached) {
+    for statement in trigger_ddl::drop_statements(&attached) {
         plans::prevent_if_read_only(&statement);
         client.update(&statement, None, &[])?;
     }
@@ -194,10 +186,18 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
     let found = if rel.is_empty() { (None, None) } else { rel.first().get_two::<String, String>()? };
     let (name, relkind) = match found {
         (Some(name), Some(kind)) => (name, kind),
-        _ => return Err(Failure::sql("42P01", format!("secretgate: relation with oid {table:?} does not exist"))),
+        _ => {
+            return Err(Failure::sql(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("secretgate: relation with oid {table:?} does not exist"),
+            ))
+        }
     };
     if relkind != "r" && relkind != "p" {
-        return Err(Failure::sql("42809", format!("secretgate: {name} is not a table")));
+        return Err(Failure::sql(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("secretgate: {name} is not a table"),
+        ));
     }
     for (column, want) in columns {
         let found = plans::select(
@@ -212,13 +212,13 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         match found {
             None => {
                 return Err(Failure::sql(
-                    "42703",
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
                     format!("secretgate: table {name} has no column \"{column}\" ({want})"),
                 ))
             }
             Some(got) if got != *want => {
                 return Err(Failure::sql(
-                    "42804",
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
                     format!("secretgate: column {name}.\"{column}\" is {got}; secretgate needs {want}"),
                 ))
             }
@@ -242,15 +242,9 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         .unwrap_or(false);
     if !has_key {
         return Err(Failure::sql(
-            "42P10",
+            PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE,
             format!("secretgate: table {name} needs a primary key or unique constraint on ({})", unique_key.join(", ")),
         ));
     }
     Ok(())
-}
-
-impl From<pgrx::spi::Error> for Failure {
-    fn from(e: pgrx::spi::Error) -> Failure {
-        Failure::sql("XX000", format!("secretgate: internal SPI error: {e}"))
-    }
 }

@@ -1,0 +1,79 @@
+-- secretgate 0.3.0 -> 0.4.0
+\echo Use "ALTER EXTENSION secretgate UPDATE TO '0.4.0'" to load this file. \quit
+
+-- The two per-row secret gates run as the invoker; they switch to the
+-- extension's owner, with search_path pinned, in code around the SQL they run.
+ALTER FUNCTION secretgate.gate_secret_write() SECURITY INVOKER;
+ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY INVOKER;
+
+-- Liveness verdicts are kept per provider: two providers that accept the
+-- same key name no longer overwrite each other's verdict. A verdict recorded
+-- before is kept for every provider that accepts its key name (a dead key
+-- stays dead for each of them until the next probe).
+ALTER TABLE secretgate.liveness DROP CONSTRAINT liveness_workspace_id_key_key;
+ALTER TABLE secretgate.liveness ADD COLUMN provider text;
+INSERT INTO secretgate.liveness (workspace_id, key, ciphertext_sha256, verdict, http_status, checked_at, provider)
+SELECT l.workspace_id, l.key, l.ciphertext_sha256, l.verdict, l.http_status, l.checked_at, p.name
+  FROM secretgate.liveness l JOIN secretgate.providers p ON l.key = ANY (p.auth_env)
+ WHERE l.provider IS NULL;
+DELETE FROM secretgate.liveness WHERE provider IS NULL;
+ALTER TABLE secretgate.liveness ALTER COLUMN provider SET NOT NULL;
+ALTER TABLE secretgate.liveness ADD UNIQUE NULLS NOT DISTINCT (workspace_id, key, provider);
+
+DROP FUNCTION secretgate.record_liveness(uuid, text, integer);
+CREATE FUNCTION secretgate."record_liveness"(
+	"workspace_id" uuid,
+	"key" TEXT,
+	"http_status" INT,
+	"provider" TEXT DEFAULT NULL
+) RETURNS TEXT
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'record_liveness_wrapper';
+ALTER FUNCTION secretgate.record_liveness(uuid, text, integer, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer, text) FROM PUBLIC;
+
+CREATE FUNCTION secretgate."byok_credentials"() RETURNS TABLE (
+	"workspace_id" uuid,
+	"provider" TEXT,
+	"key" TEXT,
+	"scope" TEXT
+)
+STABLE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'byok_credentials_wrapper';
+
+-- The header form of a credential key name, overriding its provider's.
+CREATE TABLE secretgate.credential_auth (
+    key         text PRIMARY KEY,
+    auth_header text NOT NULL,
+    auth_scheme text NOT NULL
+);
+INSERT INTO secretgate.credential_auth (key, auth_header, auth_scheme) VALUES
+    ('CLAUDE_CODE_OAUTH_TOKEN', 'Authorization', 'Bearer');
+GRANT SELECT ON secretgate.credential_auth TO PUBLIC;
+CREATE OR REPLACE FUNCTION secretgate.registry_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'providers' THEN
+        UPDATE secretgate.providers
+           SET is_platform = NEW.is_platform, auth_env = NEW.auth_env, base_url = NEW.base_url,
+               auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
+         WHERE name = NEW.name;
+    ELSIF TG_TABLE_NAME = 'model_routes' THEN
+        UPDATE secretgate.model_routes SET provider = NEW.provider
+         WHERE pattern = NEW.pattern AND runtime IS NOT DISTINCT FROM NEW.runtime;
+    ELSIF TG_TABLE_NAME = 'credential_auth' THEN
+        UPDATE secretgate.credential_auth SET auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
+         WHERE key = NEW.key;
+    ELSE
+        UPDATE secretgate.forbidden_keys SET reason = NEW.reason WHERE key = NEW.key;
+    END IF;
+    IF FOUND THEN
+        RETURN NULL;  -- the existing row now holds the inserted values
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.credential_auth
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');

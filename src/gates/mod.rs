@@ -1,0 +1,12 @@
+//! The checks: each gathers facts from `store`, asks the core's `policy`
+//! for the decision, and turns a refusal into a [`Failure`](crate::pg::error::Failure)
+//! with its audit line. Also the work of the SQL functions that write
+//! through the gates (registration, the concierge helpers, maintenance).
+
+pub mod byok;
+pub mod caller;
+pub mod concierge;
+pub mod identity;
+pub mod maintenance;
+pub mod secret_write;
+pub mod secrets;

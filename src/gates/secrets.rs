@@ -1,0 +1,81 @@
+//! Reading and writing secrets through the gates: a write is checked
+//! before anything is written, so a refusal is raised with its own SQLSTATE
+//! rather than from the trigger inside SPI; the trigger stays the backstop
+//! for direct writes.
+
+use crate::gates::caller::Caller;
+use crate::gates::secret_write;
+use crate::pg::error::{Failure, Result};
+use crate::pg::keyring;
+use crate::store::attached::{self, Attached};
+use crate::store::secrets::{self, OnConflict, Row};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use secretgate_core::policy::{Seed, Write};
+use secretgate_core::{Error as CoreError, Scope};
+
+/// A read's three states: a value, unset (`None`), or the error.
+pub type Read = std::result::Result<Option<String>, CoreError>;
+
+/// Reads a secret on an open connection.
+pub fn read_with(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<Read> {
+    Ok(match secrets::fetch(client, attached, scope, key)? {
+        None => Ok(None),
+        Some(row) => keyring::open(row, scope, key).map(Some),
+    })
+}
+
+/// Reads a secret. Infrastructure failures (no attached tables, an SPI
+/// error) are the outer `Err`; crypto and keyring errors the inner.
+pub fn read(scope: Scope, key: &str) -> Result<Read> {
+    Spi::connect(|client| read_with(client, &*attached::attached()?, scope, key))
+}
+
+/// Reads a secret, raising a crypto or keyring error.
+pub fn read_or_fail(scope: Scope, key: &str) -> Result<Option<String>> {
+    read(scope, key)?.map_err(|e| Failure::core(&e, Some(scope), Some(key)))
+}
+
+/// Upserts a secret.
+pub fn write(scope: Scope, key: &str, value: &str) -> Result<()> {
+    store(scope, key, value, OnConflict::Replace).map(|_| ())
+}
+
+/// Seeds a value; false when a row already existed and was kept.
+pub fn seed(scope: Scope, key: &str, value: &str, how: Seed) -> Result<bool> {
+    let on_conflict = match how {
+        Seed::IfAbsent => OnConflict::Keep,
+        Seed::ReplaceEmpty => OnConflict::Replace,
+    };
+    store(scope, key, value, on_conflict)
+}
+
+fn store(scope: Scope, key: &str, value: &str, on_conflict: OnConflict) -> Result<bool> {
+    Spi::connect_mut(|client| {
+        let attached = attached::attached()?;
+        let caller = Caller::current();
+        secret_write::check_secret_write(&attached, Write::Insert, scope, key, Some(value), &caller)?;
+        let (version, blob) =
+            keyring::seal(value, scope, key).map_err(|e| Failure::core(&e, Some(scope), Some(key)))?;
+        secrets::put(client, &attached, scope, key, (version, &blob), on_conflict)
+    })
+}
+
+/// Every stored secret with whether it decrypts: `None` or the error.
+pub fn verify() -> Result<Vec<(Row, Option<CoreError>)>> {
+    const BATCH: i64 = 1000;
+    Spi::connect(|client| {
+        let attached = attached::attached()?;
+        let keyring = keyring::current();
+        let mut out = Vec::new();
+        secrets::each_row(client, &attached, BATCH, |row| {
+            let result = match (&keyring, row.value()) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(k), (Some(blob), Some(version))) => k.decrypt(&blob, version, row.scope, &row.key).map(|_| ()),
+                (Ok(_), value) => keyring::open(value, row.scope, &row.key).map(|_| ()),
+            };
+            out.push((row, result.err()));
+        })?;
+        Ok(out)
+    })
+}

@@ -1,0 +1,8 @@
+//! The bottom layer: everything that touches Postgres' C interfaces and SPI
+//! directly. Nothing here knows what a gate is.
+
+pub mod args;
+pub mod error;
+pub mod index_read;
+pub mod keyring;
+pub mod spi;

@@ -1,0 +1,77 @@
+//! Liveness verdicts (`secretgate.liveness`): one per credential (scope and
+//! key name) and provider, bound to the ciphertext it was given for.
+
+use crate::pg::args::sql_uuid;
+use crate::pg::error::Result;
+use crate::pg::spi;
+use pgrx::spi::SpiClient;
+use secretgate_core::{Scope, Verdict};
+
+/// The verdict on this ciphertext of the credential, for `provider`.
+pub fn verdict(
+    client: &SpiClient<'_>,
+    scope: Scope,
+    key: &str,
+    provider: &str,
+    digest: &[u8],
+) -> Result<Option<Verdict>> {
+    let row = spi::select(
+        client,
+        // Not IS NOT DISTINCT FROM: it looks `=` up on the caller's search_path.
+        "SELECT verdict FROM secretgate.liveness \
+         WHERE (workspace_id OPERATOR(pg_catalog.=) $1 OR (workspace_id IS NULL AND $1 IS NULL)) \
+         AND key OPERATOR(pg_catalog.=) $2 AND provider OPERATOR(pg_catalog.=) $3 \
+         AND ciphertext_sha256 OPERATOR(pg_catalog.=) $4",
+        Some(1),
+        &[sql_uuid(scope).into(), key.into(), provider.into(), digest.into()],
+    )?;
+    let verdict = if row.is_empty() { None } else { row.first().get_one::<String>()? };
+    Ok(match verdict.as_deref() {
+        Some("dead") => Some(Verdict::Dead),
+        Some("transient") => Some(Verdict::Transient),
+        Some("ok") => Some(Verdict::Ok),
+        _ => None,
+    })
+}
+
+/// Stores a verdict for the credential's current ciphertext and provider.
+pub fn record(
+    client: &mut SpiClient<'_>,
+    scope: Scope,
+    key: &str,
+    provider: &str,
+    digest: &[u8],
+    verdict: Verdict,
+    http_status: i32,
+) -> Result<()> {
+    spi::update(
+        client,
+        "INSERT INTO secretgate.liveness (workspace_id, key, provider, ciphertext_sha256, verdict, http_status) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (workspace_id, key, provider) DO UPDATE SET ciphertext_sha256 = EXCLUDED.ciphertext_sha256, \
+           verdict = EXCLUDED.verdict, http_status = EXCLUDED.http_status, checked_at = pg_catalog.now()",
+        None,
+        &[
+            sql_uuid(scope).into(),
+            key.into(),
+            provider.into(),
+            digest.into(),
+            verdict.as_str().into(),
+            http_status.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Moves a credential's verdicts (every provider's) to its re-encrypted ciphertext.
+pub fn carry(client: &mut SpiClient<'_>, scope: Scope, key: &str, old: &[u8], new: &[u8]) -> Result<()> {
+    spi::update(
+        client,
+        "UPDATE secretgate.liveness SET ciphertext_sha256 = $4 \
+         WHERE (workspace_id OPERATOR(pg_catalog.=) $1 OR (workspace_id IS NULL AND $1 IS NULL)) \
+         AND key OPERATOR(pg_catalog.=) $2 AND ciphertext_sha256 OPERATOR(pg_catalog.=) $3",
+        None,
+        &[sql_uuid(scope).into(), key.into(), old.into(), new.into()],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The triggers `attach_gates` creates on the platform's tables, as DDL.
+//! The functions they call are in `sql::triggers`.
+
+use crate::store::attached::Attached;
+
+/// Every trigger `attach_gates` creates: (name, table role, SQL after `ON <table>`).
+/// The identity triggers are deferred constraint triggers: they check at
+/// commit, so a workspace and its MODEL may be created in one transaction.
+pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
+    (
+        "secretgate_secret_write",
+        TableRole::Secrets,
+        "BEFORE INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_secret_write()",
+    ),
+    (
+        "secretgate_global_secret_write",
+        TableRole::GlobalSecrets,
+        "BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_global_secret_write()",
+    ),
+    (
+        "secretgate_workspace_write",
+        TableRole::Workspaces,
+        "BEFORE UPDATE OF kind OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_workspace_write()",
+    ),
+    (
+        "secretgate_platform_identity",
+        TableRole::Workspaces,
+        "AFTER INSERT OR UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.kind = 'platform' AND NEW.status = 'online') EXECUTE FUNCTION secretgate.gate_platform_identity()",
+    ),
+    (
+        "secretgate_byok_insert",
+        TableRole::Workspaces,
+        "AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.kind IS DISTINCT FROM 'external') EXECUTE FUNCTION secretgate.gate_byok()",
+    ),
+    (
+        "secretgate_byok_update",
+        TableRole::Workspaces,
+        "AFTER UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.kind IS DISTINCT FROM 'external' AND ((NEW.status = 'online' AND OLD.status IS DISTINCT FROM 'online') \
+               OR NEW.model IS DISTINCT FROM OLD.model OR NEW.runtime IS DISTINCT FROM OLD.runtime \
+               OR NEW.kind IS DISTINCT FROM OLD.kind)) \
+         EXECUTE FUNCTION secretgate.gate_byok()",
+    ),
+    (
+        "secretgate_model_removed",
+        TableRole::Secrets,
+        "AFTER UPDATE OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (OLD.key = 'MODEL') EXECUTE FUNCTION secretgate.gate_model_removed()",
+    ),
+    (
+        "secretgate_secrets_truncate",
+        TableRole::Secrets,
+        "BEFORE TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION secretgate.gate_secrets_truncate()",
+    ),
+];
+
+#[derive(Clone, Copy)]
+pub enum TableRole {
+    Workspaces,
+    Secrets,
+    GlobalSecrets,
+}
+
+/// `CREATE [CONSTRAINT] TRIGGER` statements for the attached tables.
+pub fn create_statements(attached: &Attached) -> Vec<String> {
+    TRIGGERS
+        .iter()
+        .map(|(name, role, body)| {
+            let table = match role {
+                TableRole::Workspaces => &attached.workspaces,
+                TableRole::Secrets => &attached.secrets,
+                TableRole::GlobalSecrets => &attached.global_secrets,
+            };
+            let kind = if body.contains("DEFERRABLE") { "CONSTRAINT TRIGGER" } else { "TRIGGER" };
+            format!("CREATE {kind} {name} {}", body.replace("{table}", table))
+        })
+        .collect()
+}
+
+pub fn drop_statements(attached: &Attached) -> Vec<String> {
+    TRIGGERS
+        .iter()
+        .map(|(name, role, _)| {
+            let table = match role {
+                TableRole::Workspaces => &attached.workspaces,
+                TableRole::Secrets => &attached.secrets,
+                TableRole::GlobalSecrets => &attached.global_secrets,
+            };
+            format!("DROP TRIGGER IF EXISTS {name} ON {table}")
+        })
+        .collect()
+}

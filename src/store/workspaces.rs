@@ -1,0 +1,117 @@
+//! Rows of the attached workspaces table: every read and write of one.
+
+use crate::pg::args::sql_uuid;
+use crate::pg::error::Result;
+use crate::pg::{index_read, spi};
+use crate::store::attached::Attached;
+use pgrx::spi::SpiClient;
+use secretgate_core::Scope;
+
+/// The kind of a workspace: `None` when there is no such row. Read through
+/// the primary key without SPI when the table allows it (and
+/// `secretgate.direct_index_read` is on), else through SQL as the owner.
+pub fn kind(attached: &Attached, id: Scope) -> Result<Option<String>> {
+    let Scope::Workspace(id) = id else {
+        return Ok(None);
+    };
+    if let Some(kind) = index_read::text_by_uuid_key(attached.workspaces_oid(), c"id", c"kind", id.as_bytes()) {
+        return Ok(kind);
+    }
+    spi::as_owner(|client| {
+        let table = spi::select(
+            client,
+            &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+            Some(1),
+            &[sql_uuid(Scope::Workspace(id)).into()],
+        )?;
+        Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
+    })
+}
+
+/// What the BYOK rule reads of a workspace: kind, runtime, model.
+pub type Routing = (Option<String>, Option<String>, Option<String>);
+
+/// Kind, runtime and model of a workspace; `None` when there is no such row.
+pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) -> Result<Option<Routing>> {
+    let row = spi::select(
+        client,
+        &format!("SELECT kind, runtime, model FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+        Some(1),
+        &[sql_uuid(workspace).into()],
+    )?;
+    if row.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(row.first().get_three::<String, String, String>()?))
+}
+
+/// Kind and status, the row locked FOR SHARE (the platform-identity gate:
+/// a concurrent transaction that sets it online waits for this one).
+pub fn kind_and_status_for_share(
+    client: &mut SpiClient<'_>,
+    attached: &Attached,
+    workspace: Scope,
+) -> Result<Option<(Option<String>, Option<String>)>> {
+    let row = spi::update(
+        client,
+        &format!("SELECT kind, status FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE", attached.workspaces),
+        Some(1),
+        &[sql_uuid(workspace).into()],
+    )?;
+    if row.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(row.first().get_two::<String, String>()?))
+}
+
+/// The kind, the row locked FOR UPDATE (registration); `None`: no such row.
+pub fn kind_for_update(
+    client: &mut SpiClient<'_>,
+    attached: &Attached,
+    workspace: Scope,
+) -> Result<Option<Option<String>>> {
+    let row = spi::update(
+        client,
+        &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", attached.workspaces),
+        Some(1),
+        &[sql_uuid(workspace).into()],
+    )?;
+    if row.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(row.first().get_one::<String>()?))
+}
+
+/// The statuses secretgate itself sets.
+#[derive(Clone, Copy)]
+pub enum Status {
+    Online,
+    Failed,
+}
+
+/// Sets a workspace's status.
+/// The status is spliced in as a literal, which Postgres coerces to the column's type.
+pub fn set_status(client: &mut SpiClient<'_>, attached: &Attached, workspace: Scope, status: Status) -> Result<()> {
+    let status = match status {
+        Status::Online => "online",
+        Status::Failed => "failed",
+    };
+    spi::update(
+        client,
+        &format!("UPDATE {} SET status = '{status}' WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+        None,
+        &[sql_uuid(workspace).into()],
+    )?;
+    Ok(())
+}
+
+/// Whether any platform workspace is online.
+pub fn platform_online(client: &SpiClient<'_>, attached: &Attached) -> Result<bool> {
+    let online = spi::select(
+        client,
+        &format!("SELECT 1 FROM {} WHERE kind = 'platform' AND status = 'online' LIMIT 1", attached.workspaces),
+        Some(1),
+        &[],
+    )?;
+    Ok(!online.is_empty())
+}
