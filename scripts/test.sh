@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: every tier, from scratch, on a fresh or warm machine.
-#   1. pure core         cargo test -p secretgate-core
+#   0. house rules       cargo fmt --check, clippy -D warnings, scripts/check-layers.sh
+#   1. pure core         cargo test -p secretgate-core (and a plain `cargo test`: no Postgres)
 #   2. in-server         cargo pgrx test pg15 (a throwaway cluster run as `postgres`)
 #   3. black-box (sqlx)  cargo test -p secretgate-tests (each binary starts its own cluster)
 #   4. fuzz              scripts/fuzz.sh: each secretgate-core fuzz target for a
@@ -10,8 +11,13 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PGRX_HOME="$PWD/pgrx-config"
 
+echo "== tier 0: house rules"
+cargo fmt --all --check
+scripts/check-layers.sh
+cargo clippy --workspace --all-targets -- -D warnings
+
 echo "== tier 1: pure core"
-cargo test -p secretgate-core
+cargo test
 
 echo "== tier 2: in-server (#[pg_test])"
 pgtest=$(mktemp -d /tmp/secretgate-pgtest.XXXXXX)

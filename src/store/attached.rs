@@ -22,6 +22,11 @@ impl Attached {
     pub fn workspaces_oid(&self) -> pg_sys::Oid {
         self.oids[0]
     }
+
+    /// The three qualified names, workspaces first.
+    pub fn names(&self) -> trigger_ddl::Tables<'_> {
+        [&self.workspaces, &self.secrets, &self.global_secrets]
+    }
 }
 
 thread_local! {
@@ -149,7 +154,7 @@ pub fn attach(
         &[workspaces.into(), secrets.into(), global.into()],
     )?;
     let attached = attached()?;
-    for statement in trigger_ddl::create_statements(&attached) {
+    for statement in trigger_ddl::create_statements(attached.names()) {
         client.update(&statement, None, &[])?;
     }
     Ok(())
@@ -162,7 +167,7 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
         return Ok(());
     }
     let attached = attached()?;
-    for statement in trigger_ddl::drop_statements(&attached) {
+    for statement in trigger_ddl::drop_statements(attached.names()) {
         plans::prevent_if_read_only(&statement);
         client.update(&statement, None, &[])?;
     }

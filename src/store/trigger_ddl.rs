@@ -1,8 +1,6 @@
 //! The triggers `attach_gates` creates on the platform's tables, as DDL.
 //! The functions they call are in `sql::triggers`.
 
-use crate::store::attached::Attached;
-
 /// Every trigger `attach_gates` creates: (name, table role, SQL after `ON <table>`).
 /// The identity triggers are deferred constraint triggers: they check at
 /// commit, so a workspace and its MODEL may be created in one transaction.
@@ -64,14 +62,17 @@ pub enum TableRole {
 }
 
 /// `CREATE [CONSTRAINT] TRIGGER` statements for the attached tables.
-pub fn create_statements(attached: &Attached) -> Vec<String> {
+/// The attached tables' qualified names: workspaces, secrets, global secrets.
+pub type Tables<'a> = [&'a str; 3];
+
+pub fn create_statements([workspaces, secrets, global_secrets]: Tables<'_>) -> Vec<String> {
     TRIGGERS
         .iter()
         .map(|(name, role, body)| {
             let table = match role {
-                TableRole::Workspaces => &attached.workspaces,
-                TableRole::Secrets => &attached.secrets,
-                TableRole::GlobalSecrets => &attached.global_secrets,
+                TableRole::Workspaces => workspaces,
+                TableRole::Secrets => secrets,
+                TableRole::GlobalSecrets => global_secrets,
             };
             let kind = if body.contains("DEFERRABLE") { "CONSTRAINT TRIGGER" } else { "TRIGGER" };
             format!("CREATE {kind} {name} {}", body.replace("{table}", table))
@@ -79,14 +80,14 @@ pub fn create_statements(attached: &Attached) -> Vec<String> {
         .collect()
 }
 
-pub fn drop_statements(attached: &Attached) -> Vec<String> {
+pub fn drop_statements([workspaces, secrets, global_secrets]: Tables<'_>) -> Vec<String> {
     TRIGGERS
         .iter()
         .map(|(name, role, _)| {
             let table = match role {
-                TableRole::Workspaces => &attached.workspaces,
-                TableRole::Secrets => &attached.secrets,
-                TableRole::GlobalSecrets => &attached.global_secrets,
+                TableRole::Workspaces => workspaces,
+                TableRole::Secrets => secrets,
+                TableRole::GlobalSecrets => global_secrets,
             };
             format!("DROP TRIGGER IF EXISTS {name} ON {table}")
         })
