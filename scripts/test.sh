@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: every tier, from scratch, on a fresh or warm machine.
 #   0. house rules       cargo fmt --check, clippy -D warnings, scripts/check-layers.sh
-#   1. pure core         cargo test -p secretgate-core (and a plain `cargo test`: no Postgres)
+#   1. pure core         cargo test -p secretgate-core -p secretgate-cli (no Postgres)
 #   2. in-server         cargo pgrx test pg15 (a throwaway cluster run as `postgres`)
 #   3. black-box (sqlx)  cargo test -p secretgate-tests (each binary starts its own cluster)
 #   4. fuzz              scripts/fuzz.sh: each secretgate-core fuzz target for a
@@ -17,7 +17,7 @@ scripts/check-layers.sh
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== tier 1: pure core"
-cargo test
+cargo test -p secretgate-core -p secretgate-cli
 
 echo "== tier 2: in-server (#[pg_test])"
 pgtest=$(mktemp -d /tmp/secretgate-pgtest.XXXXXX)
