@@ -30,6 +30,7 @@ fn main() {
         app_trigger_error_keeps_its_sqlstate_through_register_workspace,
         register_workspace_racing_model_delete_under_immediate_constraints_is_sg102,
         register_workspace_racing_a_second_session_never_goes_online,
+        model_delete_racing_register_workspace_waits_then_is_sg102,
         trigger_functions_called_directly_are_refused,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
@@ -279,7 +280,8 @@ async fn wait_until_blocked(observer: &mut PgConnection, pid: i32) -> Result<()>
 /// the workspace row without committing; A (constraints immediate) registers
 /// the workspace: its MVCC pre-check still sees the MODEL, then it waits for
 /// B's row lock (wherever it takes one). B commits; A must not bring the
-/// workspace online: SG102 raised, or the failure reported and committed.
+/// workspace online: SG102 raised, or the failure reported and committed
+/// (0.4.0 does the latter: it locks the workspace row before its pre-check).
 async fn register_workspace_racing_a_second_session_never_goes_online(cluster: Arc<Cluster>) -> Result<()> {
     let mut db = db(&cluster, "e_race2").await?;
     let model = model_value(&cluster);
@@ -331,25 +333,88 @@ async fn register_workspace_racing_a_second_session_never_goes_online(cluster: A
     Ok(())
 }
 
+/// A MODEL delete cannot land between register_workspace's pre-check and its
+/// UPDATE: register_workspace locks the workspace row first, and a MODEL
+/// delete's gate waits for that lock. Made deterministic with an application
+/// BEFORE UPDATE trigger taking an advisory lock B holds: A (constraints
+/// immediate) is inside its UPDATE, C's delete waits for A; B lets go, A
+/// brings the workspace online and commits, and C's delete is then refused
+/// with SG102 (the workspace is online now). Never online without MODEL.
+async fn model_delete_racing_register_workspace_waits_then_is_sg102(cluster: Arc<Cluster>) -> Result<()> {
+    let mut db = db(&cluster, "e_race3").await?;
+    let model = model_value(&cluster);
+    let p = db.platform("provisioning", Some(&model)).await?;
+    let lock_key = i64::from_le_bytes(random_bytes(8).try_into().expect("8 bytes"));
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION public.bb_app_waits() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM pg_advisory_xact_lock({lock_key});
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER bb_app_waits BEFORE UPDATE ON public.workspaces
+             FOR EACH ROW EXECUTE FUNCTION public.bb_app_waits();"
+    ))
+    .execute(&mut db.conn)
+    .await
+    .described("the application's BEFORE UPDATE trigger")?;
+    let mut a = PgConnection::connect(&db.url).await.context("connect A")?;
+    let mut b = PgConnection::connect(&db.url).await.context("connect B")?;
+    let mut c = PgConnection::connect(&db.url).await.context("connect C")?;
+    let a_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut a).await.described("A's pid")?;
+    let c_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut c).await.described("C's pid")?;
+
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(lock_key).execute(&mut b).await.described("B: take the lock")?;
+    sqlx::raw_sql("BEGIN; SET CONSTRAINTS ALL IMMEDIATE").execute(&mut a).await.described("A: BEGIN")?;
+    let registering = tokio::spawn(async move {
+        let r = register(&mut a, p).await;
+        (a, r)
+    });
+    wait_until_blocked(&mut db.conn, a_pid).await.context("A should wait inside its UPDATE")?;
+    let deleting = tokio::spawn(async move {
+        let r = execute_with(
+            &mut c,
+            "DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'",
+            &[Arg::Id(p)],
+        )
+        .await;
+        (c, r)
+    });
+    wait_until_blocked(&mut db.conn, c_pid).await.context("C's MODEL delete should wait for A")?;
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock_key).execute(&mut b).await.described("B: let go")?;
+    let (mut a, r) = tokio::time::timeout(Duration::from_secs(30), registering)
+        .await
+        .map_err(|_| anyhow::anyhow!("A did not finish within 30 s after B let go"))??;
+    let registered = r.described("A: register_workspace")?;
+    ensure!(registered == ("online".to_string(), None), "A: register_workspace returned {registered:?}");
+    sqlx::raw_sql("COMMIT").execute(&mut a).await.described("A: COMMIT")?;
+    let (_c, r) = tokio::time::timeout(Duration::from_secs(30), deleting)
+        .await
+        .map_err(|_| anyhow::anyhow!("C did not finish within 30 s after A committed"))??;
+    let e = expect_sg(r, Code::PlatformAgentIdentityGate).context("C's MODEL delete after A brought it online")?;
+    e.assert_no_leak(&[&model])?;
+    ensure!(status_of(&mut db.conn, p).await? == "online", "A's registration should have committed");
+    db.expect_value(p, "MODEL", &model, "after the refused delete").await
+}
+
 // ---------------------------------------------------------------------------
 // Trigger functions called directly
 
-/// The trigger functions the contract names; every other trigger function of
-/// the extension is called too.
-const TRIGGER_FUNCTIONS: &[&str] = &[
-    "gate_secret_write",
-    "gate_global_secret_write",
-    "gate_workspace_write",
-    "gate_platform_identity",
-    "gate_byok",
-    "gate_model_removed",
-    "gate_secrets_truncate",
-    "registry_changed",
+/// The trigger functions the contract names, and what each raises when
+/// called directly on 0.4.0 (the Rust gates: 39P01,
+/// E_R_I_E_TRIGGER_PROTOCOL_VIOLATED; a PL/pgSQL one: PL/pgSQL's own 0A000,
+/// "trigger functions can only be called as triggers"). Any other trigger
+/// function of the extension may raise either standard code, never XX000.
+const TRIGGER_FUNCTIONS: &[(&str, &str)] = &[
+    ("gate_secret_write", "39P01"),
+    ("gate_global_secret_write", "39P01"),
+    ("gate_workspace_write", "39P01"),
+    ("gate_platform_identity", "39P01"),
+    ("gate_byok", "39P01"),
+    ("gate_model_removed", "39P01"),
+    ("gate_secrets_truncate", "39P01"),
+    ("registry_changed", "39P01"),
+    ("registry_upsert", "0A000"),
 ];
-
-/// What a trigger function called outside a trigger raises on 0.4.0:
-/// E_R_I_E_TRIGGER_PROTOCOL_VIOLATED ("trigger functions can only be called as triggers").
-const CALLED_DIRECTLY: &str = "39P01";
 
 async fn trigger_functions_called_directly_are_refused(cluster: Arc<Cluster>) -> Result<()> {
     let (_url, mut conn) = migrated_database(&cluster, &db_name("e_direct")).await?;
@@ -362,24 +427,31 @@ async fn trigger_functions_called_directly_are_refused(cluster: Arc<Cluster>) ->
     .fetch_all(&mut conn)
     .await
     .described("the extension's trigger functions")?;
-    for f in TRIGGER_FUNCTIONS {
+    for (f, _) in TRIGGER_FUNCTIONS {
         ensure!(found.iter().any(|g| g == f), "secretgate.{f}() is not a trigger function of the extension: {found:?}");
     }
     let mut wrong = Vec::new();
     for f in &found {
         let sql = format!("SELECT secretgate.{f}()");
         let r = sqlx::raw_sql(&sql).execute(&mut conn).await;
-        match expect_sqlstate(r, CALLED_DIRECTLY) {
-            Ok(e) => {
-                e.assert_no_ciphertext()?;
-            }
+        let want = match TRIGGER_FUNCTIONS.iter().find(|t| t.0 == f) {
+            Some((_, code)) => *code,
+            // Not named by the contract: either standard code.
+            None => match r.as_ref().err().and_then(sqlstate).as_deref() {
+                Some("0A000") => "0A000",
+                _ => "39P01",
+            },
+        };
+        let checked = expect_sqlstate(r, want);
+        match checked {
+            Ok(e) => e.assert_no_ciphertext()?,
             Err(e) => wrong.push(format!("{sql}: {e:#}")),
         }
     }
     ensure!(wrong.is_empty(), "trigger functions called directly:\n{}", wrong.join("\n"));
     // Inside a transaction too, and the session is usable afterwards.
     let mut tx = conn.begin().await.described("BEGIN")?;
-    expect_sqlstate(sqlx::query("SELECT secretgate.gate_secret_write()").execute(&mut *tx).await, CALLED_DIRECTLY)?;
+    expect_sqlstate(sqlx::query("SELECT secretgate.gate_secret_write()").execute(&mut *tx).await, "39P01")?;
     tx.rollback().await.described("ROLLBACK")?;
     let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await.described("the session afterwards")?;
     ensure!(one == 1, "the session should be usable");
