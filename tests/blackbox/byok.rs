@@ -521,10 +521,11 @@ async fn liveness_is_kept_per_provider(cluster: Arc<Cluster>) -> Result<()> {
     .execute(&mut conn)
     .await
     .described("a second provider of ANTHROPIC_API_KEY")?;
-    let resolved: Option<String> = sqlx::query_scalar("SELECT secretgate.resolve_provider(NULL, 'other:bb-model')")
-        .fetch_one(&mut conn)
-        .await
-        .described("resolve_provider")?;
+    let resolved: Option<String> =
+        sqlx::query_scalar("SELECT secretgate.resolve_provider('bb-runtime', 'other:bb-model')")
+            .fetch_one(&mut conn)
+            .await
+            .described("resolve_provider")?;
     ensure!(resolved.as_deref() == Some("other"), "the route to 'other': {resolved:?}");
 
     let key = cluster.fresh_secret();

@@ -180,6 +180,7 @@ async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<Attempt<'_>>, le
 const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.attach_gates(regclass,regclass,regclass)", false, false, true),
     ("secretgate.byok_credential_present(uuid,text)", true, false, false),
+    ("secretgate.byok_credentials()", true, false, false),
     ("secretgate.check_byok(uuid)", true, false, false),
     ("secretgate.current_key_version()", true, false, false),
     ("secretgate.decrypt(bytea,integer,uuid,text)", false, false, false),
@@ -202,7 +203,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.has_model_secret(uuid)", true, false, false),
     ("secretgate.read_global_secret(text)", true, false, false),
     ("secretgate.read_secret(uuid,text)", true, false, false),
-    ("secretgate.record_liveness(uuid,text,integer)", false, true, true),
+    ("secretgate.record_liveness(uuid,text,integer,text)", false, true, true),
     ("secretgate.reencrypt(integer)", false, false, false),
     ("secretgate.register_workspace(uuid)", true, false, false),
     ("secretgate.registry_changed()", true, false, false),
@@ -1048,7 +1049,11 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
                 .fetch_all(&mut conn)
                 .await
                 .described("SHOW ALL")?;
-        ensure!(all == vec!["secretgate.caller".to_string()], "SHOW ALL lists {all:?} to a {role_kind}");
+        // The caller and (0.4.0) direct_index_read are no secret; the keyring is not listed.
+        ensure!(
+            all == vec!["secretgate.caller".to_string(), "secretgate.direct_index_read".to_string()],
+            "SHOW ALL lists {all:?} to a {role_kind}"
+        );
         // The keyring still works for the role (it never needed to see it).
         let v: i32 = sqlx::query_scalar("SELECT secretgate.current_key_version()")
             .fetch_one(&mut conn)
