@@ -41,15 +41,13 @@ pub fn check_platform_identity(
     let Some((kind, status)) = workspaces::kind_and_status_for_share(client, attached, scope)? else {
         return Ok(());
     };
-    let mut model = Ok(Ok(false));
+    let mut model: Result<ModelState> = Ok(Ok(false));
     let online = status.as_deref() == Some("online");
     let decided = policy::platform_identity(scope, kind.as_deref(), online, || {
         model = model_usable(client, attached, scope);
         model.as_ref().map_or(Ok(false), Clone::clone)
     });
-    if let Err(f) = model {
-        return Err(f);
-    }
+    model.map(drop)?;
     decided.map_err(|r| Failure::refused(r, caller.to_json()))
 }
 

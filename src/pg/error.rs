@@ -37,8 +37,13 @@ unsafe extern "C-unwind" {
 
 /// An error on its way to the client: SQLSTATE, message, optional DETAIL and
 /// HINT, the audit line it writes, and the place in the code that made it.
+/// Boxed: it travels up every `Result` of the extension, and the happy
+/// path should not carry its size.
 #[derive(Debug)]
-pub struct Failure {
+pub struct Failure(Box<Report>);
+
+#[derive(Debug)]
+struct Report {
     sqlstate: Cow<'static, str>,
     message: String,
     detail: Option<String>,
@@ -60,16 +65,23 @@ impl Failure {
 
     #[track_caller]
     fn with_sqlstate(sqlstate: Cow<'static, str>, message: String) -> Failure {
-        Failure { sqlstate, message, detail: None, hint: None, audit: None, location: Location::caller() }
+        Failure(Box::new(Report {
+            sqlstate,
+            message,
+            detail: None,
+            hint: None,
+            audit: None,
+            location: Location::caller(),
+        }))
     }
 
     /// A refusal, with its audit line naming `caller` when it is audited.
     #[track_caller]
     pub fn refused(refusal: Refusal, caller: Value) -> Failure {
         let mut failure = Failure::with_sqlstate(refusal.code().sqlstate().into(), refusal.message());
-        failure.detail = Some(refusal.detail_json());
-        failure.hint = refusal.hint_text().map(str::to_string);
-        failure.audit = refusal.audit_json(caller);
+        failure.0.detail = Some(refusal.detail_json());
+        failure.0.hint = refusal.hint_text().map(str::to_string);
+        failure.0.audit = refusal.audit_json(caller);
         failure
     }
 
@@ -80,13 +92,13 @@ impl Failure {
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Failure {
-        self.hint = Some(hint.into());
+        self.0.hint = Some(hint.into());
         self
     }
 
     /// Raises this failure as an ERROR. Does not return.
     pub fn raise(self) -> ! {
-        let Failure { sqlstate, message, detail, hint, audit, location } = self;
+        let Report { sqlstate, message, detail, hint, audit, location } = *self.0;
         if let Some(audit) = audit {
             log_line(&audit);
         }
@@ -200,14 +212,14 @@ pub fn run<T>(work: impl FnOnce() -> Result<T>) -> T {
                     Some(_) => Some(WITHHELD_DETAIL.to_string()),
                     None => None,
                 };
-                Err(Failure {
+                Err(Failure(Box::new(Report {
                     sqlstate: sqlstate.into(),
                     message: report.message().to_string(),
                     detail,
                     hint: report.hint().map(str::to_string),
                     audit: None,
                     location: Location::caller(),
-                })
+                })))
             }
             other => other.rethrow(),
         })

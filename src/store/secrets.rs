@@ -111,7 +111,7 @@ pub fn put(
             &[key.into(), blob.into(), version.into()],
         )?,
     };
-    Ok(written.len() > 0)
+    Ok(!written.is_empty())
 }
 
 /// Inserts a new row (fails on a duplicate, as any INSERT).
