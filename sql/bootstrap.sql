@@ -113,7 +113,7 @@ CREATE TABLE secretgate.liveness (
     verdict           text NOT NULL CHECK (verdict IN ('ok', 'dead', 'transient')),
     http_status       int NOT NULL,
     checked_at        timestamptz NOT NULL DEFAULT now(),
-    provider          text NOT NULL,   -- the provider that gave the verdict
+    provider          text,            -- the provider that gave it; NULL: no provider accepts the key name
     UNIQUE NULLS NOT DISTINCT (workspace_id, key, provider)
 );
 GRANT SELECT ON secretgate.liveness TO PUBLIC;

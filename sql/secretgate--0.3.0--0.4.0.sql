@@ -9,15 +9,16 @@ ALTER FUNCTION secretgate.gate_global_secret_write() SECURITY INVOKER;
 -- Liveness verdicts are kept per provider: two providers that accept the
 -- same key name no longer overwrite each other's verdict. A verdict recorded
 -- before is kept for every provider that accepts its key name (a dead key
--- stays dead for each of them until the next probe).
+-- stays dead for each of them until the next probe); one whose key name no
+-- provider accepts stays, with no provider.
 ALTER TABLE secretgate.liveness DROP CONSTRAINT liveness_workspace_id_key_key;
 ALTER TABLE secretgate.liveness ADD COLUMN provider text;
 INSERT INTO secretgate.liveness (workspace_id, key, ciphertext_sha256, verdict, http_status, checked_at, provider)
 SELECT l.workspace_id, l.key, l.ciphertext_sha256, l.verdict, l.http_status, l.checked_at, p.name
   FROM secretgate.liveness l JOIN secretgate.providers p ON l.key = ANY (p.auth_env)
  WHERE l.provider IS NULL;
-DELETE FROM secretgate.liveness WHERE provider IS NULL;
-ALTER TABLE secretgate.liveness ALTER COLUMN provider SET NOT NULL;
+DELETE FROM secretgate.liveness l WHERE l.provider IS NULL
+   AND EXISTS (SELECT 1 FROM secretgate.providers p WHERE l.key = ANY (p.auth_env));
 ALTER TABLE secretgate.liveness ADD UNIQUE NULLS NOT DISTINCT (workspace_id, key, provider);
 
 DROP FUNCTION secretgate.record_liveness(uuid, text, integer);

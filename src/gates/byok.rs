@@ -123,31 +123,33 @@ pub fn record_liveness(scope: Scope, key: &str, http_status: i32, provider: Opti
             ));
         };
         let provider = match provider {
-            Some(name) => registry::provider_named(client, name)?.map(|p| p.name).ok_or_else(|| {
+            Some(name) => Some(registry::provider_named(client, name)?.map(|p| p.name).ok_or_else(|| {
                 Failure::sql(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                     format!("secretgate: unknown provider {name:?}"),
                 )
-            })?,
+            })?),
             None => default_provider(client, &attached, scope, key)?,
         };
-        liveness::record(client, scope, key, &provider, &ciphertext_digest(&blob), verdict, http_status)?;
+        liveness::record(client, scope, key, provider.as_deref(), &ciphertext_digest(&blob), verdict, http_status)?;
         Ok(verdict.as_str().to_string())
     })
 }
 
-/// The provider a verdict given without one is for.
-fn default_provider(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<String> {
+/// The provider a verdict given without one is for: the workspace's routed
+/// provider when it accepts the key name, else the one provider that does;
+/// `None` when none does (such a verdict never bears on a gate).
+fn default_provider(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<Option<String>> {
     if let Some((_, runtime, model)) = workspaces::routing(client, attached, scope)? {
         if let Some(p) = registry::routed_provider(client, runtime.as_deref(), model.as_deref())? {
             if p.auth_env.iter().any(|k| k == key) {
-                return Ok(p.name);
+                return Ok(Some(p.name));
             }
         }
     }
     let mut accepting = registry::providers_accepting(client, key)?;
-    if accepting.len() == 1 {
-        return Ok(accepting.remove(0));
+    if accepting.len() <= 1 {
+        return Ok(accepting.pop());
     }
     Err(Failure::sql(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

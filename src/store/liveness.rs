@@ -35,11 +35,12 @@ pub fn verdict(
 }
 
 /// Stores a verdict for the credential's current ciphertext and provider.
+/// `provider` is `None` for a key name no provider accepts.
 pub fn record(
     client: &mut SpiClient<'_>,
     scope: Scope,
     key: &str,
-    provider: &str,
+    provider: Option<&str>,
     digest: &[u8],
     verdict: Verdict,
     http_status: i32,
