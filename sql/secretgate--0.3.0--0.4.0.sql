@@ -30,7 +30,7 @@ CREATE FUNCTION secretgate."record_liveness"(
 ) RETURNS TEXT
 VOLATILE
 LANGUAGE c
-AS 'MODULE_PATHNAME', 'record_liveness_wrapper';
+AS 'MODULE_PATHNAME', 'record_liveness_by_provider_wrapper';
 ALTER FUNCTION secretgate.record_liveness(uuid, text, integer, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer, text) FROM PUBLIC;
 
@@ -40,7 +40,7 @@ CREATE FUNCTION secretgate."byok_credentials"() RETURNS TABLE (
 	"key" TEXT,
 	"scope" TEXT
 )
-STABLE
+STABLE STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'byok_credentials_wrapper';
 

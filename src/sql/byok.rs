@@ -43,8 +43,8 @@ fn check_byok(workspace_id: Option<pgrx::Uuid>) {
     })
 }
 
-#[pg_extern(volatile)]
-fn record_liveness(
+#[pg_extern(volatile, name = "record_liveness")]
+fn record_liveness_by_provider(
     workspace_id: Option<pgrx::Uuid>,
     key: Option<&str>,
     http_status: Option<i32>,
@@ -54,6 +54,14 @@ fn record_liveness(
         let scope = scope_of(workspace_id);
         byok::record_liveness(scope, required(key, "key")?, required(http_status, "http_status")?, provider)
     })
+}
+
+/// The three-argument entry point that extension scripts before 0.4.0 name
+/// (`record_liveness_wrapper`): a database still on that SQL keeps working
+/// with this library until `ALTER EXTENSION secretgate UPDATE`.
+#[pg_extern(volatile, sql = false)]
+fn record_liveness(workspace_id: Option<pgrx::Uuid>, key: Option<&str>, http_status: Option<i32>) -> String {
+    record_liveness_by_provider(workspace_id, key, http_status, None)
 }
 
 /// What `secretgate probe` checks: every BYOK credential of the attached
