@@ -14,11 +14,8 @@ use secretgate_core::policy::Write;
 use secretgate_core::{ciphertext_digest, Keyring};
 
 fn open(keyring: &Keyring, row: &Row) -> Result<String> {
-    let fail = |e: secretgate_core::Error| Failure::core(&e, Some(row.scope), Some(&row.key));
-    let (Some(blob), Some(version)) = row.value() else {
-        return keyring::open(row.value(), row.scope, &row.key).map_err(fail);
-    };
-    keyring.decrypt(&blob, version, row.scope, &row.key).map_err(fail)
+    keyring::open_with(keyring, row.blob.as_deref(), row.version, row.scope, &row.key)
+        .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))
 }
 
 fn current_keyring() -> Result<std::rc::Rc<Keyring>> {

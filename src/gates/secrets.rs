@@ -69,10 +69,9 @@ pub fn verify() -> Result<Vec<(Row, Option<CoreError>)>> {
         let keyring = keyring::current();
         let mut out = Vec::new();
         secrets::each_row(client, &attached, BATCH, |row| {
-            let result = match (&keyring, row.value()) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(k), (Some(blob), Some(version))) => k.decrypt(&blob, version, row.scope, &row.key).map(|_| ()),
-                (Ok(_), value) => keyring::open(value, row.scope, &row.key).map(|_| ()),
+            let result = match &keyring {
+                Err(e) => Err(e.clone()),
+                Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key).map(|_| ()),
             };
             out.push((row, result.err()));
         })?;

@@ -108,12 +108,28 @@ pub type StoredValue = (Option<Vec<u8>>, Option<i32>);
 /// Decrypts a stored row with the current keyring: the plaintext, or the
 /// reason it cannot be had. NULL columns fail decryption: a row is never "unset".
 pub fn open(row: StoredValue, scope: Scope, key: &str) -> Result<String, CoreError> {
-    let (Some(blob), Some(version)) = row else {
-        return Err(CoreError::DecryptFailed {
-            reason: "the stored row has a NULL encrypted_value or encryption_version",
-        });
+    if row.0.is_none() || row.1.is_none() {
+        return Err(null_row());
+    }
+    open_with(&current()?, row.0.as_deref(), row.1, scope, key)
+}
+
+/// [`open`] with a keyring already in hand (a batch of rows).
+pub fn open_with(
+    keyring: &Keyring,
+    blob: Option<&[u8]>,
+    version: Option<i32>,
+    scope: Scope,
+    key: &str,
+) -> Result<String, CoreError> {
+    let (Some(blob), Some(version)) = (blob, version) else {
+        return Err(null_row());
     };
-    current()?.decrypt(&blob, version, scope, key)
+    keyring.decrypt(blob, version, scope, key)
+}
+
+fn null_row() -> CoreError {
+    CoreError::DecryptFailed { reason: "the stored row has a NULL encrypted_value or encryption_version" }
 }
 
 /// Encrypts under the current key version: `(version, ciphertext)`.

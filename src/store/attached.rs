@@ -2,7 +2,7 @@
 //! `attach_gates`, looked up by every function that reads or writes secrets.
 
 use crate::pg::error::{Failure, Result};
-use crate::pg::spi as plans;
+use crate::pg::spi;
 use crate::store::trigger_ddl;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -78,7 +78,7 @@ const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname
 pub fn attached() -> Result<Rc<Attached>> {
     match cached() {
         Some(attached) => Ok(attached),
-        None => plans::as_owner(load),
+        None => spi::as_owner(load),
     }
 }
 
@@ -90,7 +90,7 @@ fn load(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
         QUALIFIED.replace("{col}", "secrets"),
         QUALIFIED.replace("{col}", "global_secrets"),
     );
-    let row = plans::select(client, &q, Some(1), &[])?;
+    let row = spi::select(client, &q, Some(1), &[])?;
     if row.is_empty() {
         return Err(not_attached());
     }
@@ -127,7 +127,7 @@ pub fn attach(
     validate(client, secrets, SECRET_COLUMNS, &["key", "workspace_id"])?;
     validate(client, global, GLOBAL_SECRET_COLUMNS, &["key"])?;
 
-    let current = plans::select(
+    let current = spi::select(
         client,
         "SELECT workspaces::oid, secrets::oid, global_secrets::oid FROM secretgate.attached_tables",
         Some(1),
@@ -147,7 +147,7 @@ pub fn attach(
             .hint("call secretgate.detach_gates() first"))
         };
     }
-    plans::update(
+    spi::update(
         client,
         "INSERT INTO secretgate.attached_tables (workspaces, secrets, global_secrets) VALUES ($1::pg_catalog.oid, $2::pg_catalog.oid, $3::pg_catalog.oid)",
         None,
@@ -162,16 +162,16 @@ pub fn attach(
 
 /// Drops the gates' triggers and forgets the tables; a no-op when none are attached.
 pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
-    let current = plans::select(client, "SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
+    let current = spi::select(client, "SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
     if current.is_empty() {
         return Ok(());
     }
     let attached = attached()?;
     for statement in trigger_ddl::drop_statements(attached.names()) {
-        plans::prevent_if_read_only(&statement);
+        spi::prevent_if_read_only(&statement);
         client.update(&statement, None, &[])?;
     }
-    plans::update(client, "DELETE FROM secretgate.attached_tables", None, &[])?;
+    spi::update(client, "DELETE FROM secretgate.attached_tables", None, &[])?;
     Ok(())
 }
 
@@ -179,7 +179,7 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
 /// are fine) and a plain unique index on exactly `unique_key`, which
 /// `set_secret`'s upsert uses as its conflict target.
 fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)], unique_key: &[&str]) -> Result<()> {
-    let rel = plans::select(
+    let rel = spi::select(
         client,
         &format!(
             "SELECT {}, c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
@@ -205,7 +205,7 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         ));
     }
     for (column, want) in columns {
-        let found = plans::select(
+        let found = spi::select(
             client,
             "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \

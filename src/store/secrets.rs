@@ -178,12 +178,6 @@ pub struct Row {
     pub version: Option<i32>,
 }
 
-impl Row {
-    pub fn value(&self) -> StoredValue {
-        (self.blob.clone(), self.version)
-    }
-}
-
 /// How maintenance reads rows: waiting for concurrent writers, or skipping
 /// the rows they hold (a later batch takes them).
 #[derive(Clone, Copy, PartialEq, Eq)]
