@@ -111,7 +111,7 @@ pub fn open(row: StoredValue, scope: Scope, key: &str) -> Result<String, CoreErr
     if row.0.is_none() || row.1.is_none() {
         return Err(null_row());
     }
-    open_with(&current()?, row.0.as_deref(), row.1, scope, key)
+    open_with(&*current()?, row.0.as_deref(), row.1, scope, key)
 }
 
 /// [`open`] with a keyring already in hand (a batch of rows).
