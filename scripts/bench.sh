@@ -37,11 +37,11 @@ else
     rev=$(git rev-parse --short=12 HEAD)
     pkg="$ROOT/target/bench-pkg/worktree"
     cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" --out-dir "$pkg"
-    dirty=$(git status --porcelain -- src sql core Cargo.toml secretgate.control | wc -l)
+    dirty=$(git status --porcelain -- extension core Cargo.toml | wc -l)
     if [ "$dirty" = 0 ]; then
         export BENCH_BUILT_REV=$rev BENCH_SOURCE="working tree at $rev, clean"
     else
-        export BENCH_BUILT_REV="$rev+dirty" BENCH_SOURCE="working tree at $rev with $dirty changed file(s) in src, sql, core"
+        export BENCH_BUILT_REV="$rev+dirty" BENCH_SOURCE="working tree at $rev with $dirty changed file(s) in extension, core"
     fi
 fi
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the layer rule of src/ (see src/lib.rs): sql -> gates -> store -> pg.
+# Checks the layer rule of extension/src/ (see extension/src/lib.rs): sql -> gates -> store -> pg.
 # A module may use modules of its own layer or the layers below, never above,
 # and no modules may use each other in a circle. Exits 1 on a violation.
 set -euo pipefail
@@ -10,9 +10,9 @@ import os, re, sys
 LAYERS = ["pg", "store", "gates", "sql"]          # bottom to top
 modules = {}                                        # "gates::byok" -> path
 for layer in LAYERS:
-    for name in sorted(os.listdir(os.path.join("src", layer))):
+    for name in sorted(os.listdir(os.path.join("extension", "src", layer))):
         if name.endswith(".rs") and name != "mod.rs":
-            modules[f"{layer}::{name[:-3]}"] = os.path.join("src", layer, name)
+            modules[f"{layer}::{name[:-3]}"] = os.path.join("extension", "src", layer, name)
 
 edges = {m: set() for m in modules}
 bad = []

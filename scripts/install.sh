@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build and install the extension into Debian's PostgreSQL 15, plus the frozen
-# full scripts of released versions (sql/released/) so that an older version
+# full scripts of released versions (extension/sql/released/) so that an older version
 # can be installed and upgraded with ALTER EXTENSION ... UPDATE.
 #
 # Files are put in place with `install`, which unlinks the old file first: a
@@ -22,7 +22,7 @@ cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" "${flag[@]}" --out-dir
     install -D -m 0644 "$out/${f#./}" "/${f#./}"
 done
 extdir="$("$PG_CONFIG" --sharedir)/extension"
-for f in sql/released/secretgate--*.sql; do
+for f in extension/sql/released/secretgate--*.sql; do
     [ -e "$f" ] && install -m 0644 "$f" "$extdir/"
 done
 echo "installed secretgate ($profile) into $extdir"

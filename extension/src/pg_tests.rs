@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 mod tests {
     use pgrx::prelude::*;
 
-    const VECTORS: &str = include_str!("../tests/vectors/aes256gcm.json");
+    const VECTORS: &str = include_str!("../../tests/vectors/aes256gcm.json");
     const KEYRING_PATH: &str = "/tmp/secretgate-pgtest-keyring.json";
     const WS: &str = "6f1c2d3e-4b5a-4798-8a7b-0c1d2e3f4a5b";
     const OTHER_WS: &str = "00000000-0000-4000-8000-000000000002";
