@@ -11,11 +11,29 @@ use std::path::Path;
 use zeroize::{Zeroize, Zeroizing};
 
 pub const KEY_LEN: usize = 32;
+/// Length of a key check value (HMAC-SHA256).
+pub const CHECK_LEN: usize = 32;
 
-/// Versioned keys, each expanded into its AES-256-GCM cipher once, at load.
+/// The fixed label a key check value authenticates. Changing it would make
+/// every recorded check differ: it is part of the stored format.
+const CHECK_LABEL: &[u8] = b"secretgate key check v1";
+
+/// The key check value of a key: HMAC-SHA256 of a fixed label under it. It
+/// tells two keys apart and reveals nothing about either (HMAC is a PRF).
+pub fn key_check_value(key: &[u8]) -> [u8; CHECK_LEN] {
+    use hmac::{Hmac, Mac};
+    // HMAC takes a key of any length: this cannot fail.
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(CHECK_LABEL);
+    mac.finalize().into_bytes().into()
+}
+
+/// Versioned keys, each expanded into its AES-256-GCM cipher, and its key
+/// check value computed, once, at load.
 pub struct Keyring {
     current_version: i32,
     ciphers: BTreeMap<i32, Aes256Gcm>,
+    checks: BTreeMap<i32, [u8; CHECK_LEN]>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +63,7 @@ impl Keyring {
 
     fn from_file(file: &KeyringFile) -> Result<Keyring, Error> {
         let mut ciphers = BTreeMap::new();
+        let mut checks = BTreeMap::new();
         for (name, encoded) in &file.keys {
             let version: i32 =
                 name.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
@@ -64,6 +83,7 @@ impl Keyring {
             let cipher = Aes256Gcm::new_from_slice(&bytes)
                 .map_err(|_| Error::keyring(format!("keyring key version {version} is not a valid AES-256 key")))?;
             ciphers.insert(version, cipher);
+            checks.insert(version, key_check_value(&bytes));
         }
         if !ciphers.contains_key(&file.current_version) {
             return Err(Error::keyring(format!(
@@ -71,7 +91,7 @@ impl Keyring {
                 file.current_version
             )));
         }
-        Ok(Keyring { current_version: file.current_version, ciphers })
+        Ok(Keyring { current_version: file.current_version, ciphers, checks })
     }
 
     /// Reads and parses the keyring file at `path`: an absolute path to a
@@ -99,8 +119,71 @@ impl Keyring {
         self.ciphers.keys().copied()
     }
 
+    /// The key check value of `version`'s key; `None` when the keyring has
+    /// no key for it.
+    pub fn check_value(&self, version: i32) -> Option<&[u8; CHECK_LEN]> {
+        self.checks.get(&version)
+    }
+
+    /// Whether `version`'s key matches the check value a database recorded
+    /// for it: `KeyMismatch` when it does not. A version without a key here
+    /// (unknown, or one that has no key) has nothing to compare.
+    pub fn verify_check(&self, version: i32, recorded: &[u8]) -> Result<(), Error> {
+        match self.check_value(version) {
+            Some(mine) if mine.as_slice() != recorded => Err(Error::KeyMismatch { version }),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn cipher(&self, version: i32) -> Result<&Aes256Gcm, Error> {
         self.ciphers.get(&version).ok_or(Error::UnknownKeyVersion { version })
+    }
+}
+
+/// How one key version stands between a server's keyring and a database
+/// (`secretgate keyring check`, `secretgate.key_check_status()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// The keyring's key matches the database's check value.
+    Ok,
+    /// The keyring's key differs from the one the database recorded: SG004.
+    Mismatch,
+    /// Rows use the version and the keyring has no key for it: SG002.
+    MissingFromKeyring,
+    /// No row uses the version: its key may be retired.
+    Unused,
+    /// Rows use it and the keyring has its key, but no check value was
+    /// recorded yet (a database from before 0.4.0, until the version is used).
+    Unchecked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Ok => "ok",
+            KeyStatus::Mismatch => "mismatch",
+            KeyStatus::MissingFromKeyring => "missing from keyring",
+            KeyStatus::Unused => "unused",
+            KeyStatus::Unchecked => "unchecked",
+        }
+    }
+
+    /// Whether the status is a problem to fix (`keyring check` exits 1).
+    pub fn is_problem(self) -> bool {
+        matches!(self, KeyStatus::Mismatch | KeyStatus::MissingFromKeyring)
+    }
+}
+
+/// The status of one version: `in_keyring` is the keyring's check value for
+/// it, `recorded` the database's, `rows` how many secrets use it. A wrong key
+/// is reported even when no row uses it (the next write would fail).
+pub fn key_status(in_keyring: Option<&[u8]>, recorded: Option<&[u8]>, rows: i64) -> KeyStatus {
+    match (in_keyring, recorded) {
+        (Some(mine), Some(theirs)) if mine != theirs => KeyStatus::Mismatch,
+        _ if rows == 0 => KeyStatus::Unused,
+        (None, _) => KeyStatus::MissingFromKeyring,
+        (Some(_), Some(_)) => KeyStatus::Ok,
+        (Some(_), None) => KeyStatus::Unchecked,
     }
 }
 
@@ -182,6 +265,46 @@ mod tests {
         let k = Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}"}}}}"#).as_bytes()).unwrap();
         let debug = format!("{k:?}");
         assert!(!debug.contains("AQEB") && debug.contains("current_version: 1"), "{debug}");
+    }
+
+    const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    #[test]
+    fn check_values_tell_keys_apart_and_are_stable() {
+        let a =
+            Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}","2":"{K2}"}}}}"#).as_bytes()).unwrap();
+        let b = Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K2}"}}}}"#).as_bytes()).unwrap();
+        let a1 = *a.check_value(1).unwrap();
+        assert_ne!(a1, *a.check_value(2).unwrap());
+        assert_eq!(a.check_value(2), b.check_value(1));
+        assert_eq!(a.check_value(3), None);
+        // A known answer: HMAC-SHA256(key = 32 bytes of 0x01, "secretgate key check v1").
+        assert_eq!(hex::encode(a1), hex::encode(key_check_value(&[1u8; 32])));
+        assert_eq!(a.verify_check(1, &a1), Ok(()));
+        assert_eq!(b.verify_check(1, &a1), Err(Error::KeyMismatch { version: 1 }));
+        assert_eq!(b.verify_check(1, &a1).unwrap_err().code(), Code::KeyMismatch);
+        // Nothing to compare for a version the keyring has no key for.
+        assert_eq!(b.verify_check(9, &a1), Ok(()));
+        // The check value is not the key, nor derived from it by a plain hash.
+        assert!(!hex::encode(a1).contains("0101010101"));
+        use sha2::Digest;
+        assert_ne!(a1.as_slice(), sha2::Sha256::digest([1u8; 32]).as_slice());
+    }
+
+    #[test]
+    fn key_status_per_version() {
+        let (x, y) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(key_status(Some(&x), Some(&x), 5), KeyStatus::Ok);
+        assert_eq!(key_status(Some(&x), Some(&y), 5), KeyStatus::Mismatch);
+        assert_eq!(key_status(Some(&x), Some(&y), 0), KeyStatus::Mismatch);
+        assert_eq!(key_status(None, Some(&y), 3), KeyStatus::MissingFromKeyring);
+        assert_eq!(key_status(None, None, 3), KeyStatus::MissingFromKeyring);
+        assert_eq!(key_status(None, Some(&y), 0), KeyStatus::Unused);
+        assert_eq!(key_status(Some(&x), Some(&x), 0), KeyStatus::Unused);
+        assert_eq!(key_status(Some(&x), None, 2), KeyStatus::Unchecked);
+        assert!(KeyStatus::Mismatch.is_problem() && KeyStatus::MissingFromKeyring.is_problem());
+        assert!(!KeyStatus::Unused.is_problem() && !KeyStatus::Unchecked.is_problem());
+        assert_eq!(KeyStatus::MissingFromKeyring.as_str(), "missing from keyring");
     }
 
     #[test]
