@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
 
 mod db;
+mod keyring;
 mod migrate;
 mod probe;
 mod rotate;
@@ -37,6 +38,9 @@ enum Command {
     /// Re-encrypt every secret under the current key version, in batches, with a progress bar;
     /// resumable after an interruption; ends with the verification pass
     Rotate(rotate::RotateArgs),
+    /// Make a keyring file (new), add a current key version (add-version FILE), or compare the
+    /// server's keyring with the database's key check values (check)
+    Keyring(keyring::KeyringArgs),
 }
 
 /// An error and the exit code it maps to.
@@ -67,6 +71,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if let Command::Keyring(args) = cli.command {
+            return keyring::main(cli.database_url.as_deref(), args).await;
+        }
         let url = cli.database_url.ok_or_else(|| {
             Failure::usage(anyhow::anyhow!("no database given: pass --database-url or set DATABASE_URL"))
         })?;
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
             Command::Probe(args) => probe::main(&url, args).await,
             Command::Verify => verify::main(&url).await,
             Command::Rotate(args) => rotate::main(&url, args).await,
+            Command::Keyring(_) => unreachable!("handled above"),
         }
     });
     match result {

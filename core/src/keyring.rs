@@ -140,6 +140,56 @@ impl Keyring {
     }
 }
 
+/// A fresh random 32-byte key, base64 (the operating system's generator).
+pub fn new_key_base64() -> Zeroizing<String> {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    aes_gcm::aead::OsRng.fill_bytes(&mut key[..]);
+    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&key[..]))
+}
+
+/// A new keyring's JSON: version 1, current, with a fresh random key.
+pub fn new_keyring_json() -> Zeroizing<String> {
+    let key = new_key_base64();
+    Zeroizing::new(format!("{{\"current_version\": 1, \"keys\": {{\"1\": \"{}\"}}}}\n", key.as_str()))
+}
+
+/// Adds a fresh random key to keyring JSON as the next version (one above
+/// the highest) and makes it current, keeping every other entry as it is.
+/// Returns the new JSON and the new version. The result must parse.
+pub fn add_version_json(json: &[u8]) -> Result<(Zeroizing<String>, i32), Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
+        Error::keyring(format!("the keyring file is not valid JSON (line {}, column {})", e.line(), e.column()))
+    })?;
+    let result = add_version_to(&mut value);
+    scrub(&mut value);
+    result
+}
+
+fn add_version_to(value: &mut serde_json::Value) -> Result<(Zeroizing<String>, i32), Error> {
+    let keys = value
+        .get_mut("keys")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| Error::keyring("the keyring file has no \"keys\" object"))?;
+    let highest = keys.keys().filter_map(|k| k.parse::<i32>().ok()).max().unwrap_or(0);
+    let version = highest.checked_add(1).ok_or_else(|| Error::keyring("the keyring has no version number left"))?;
+    keys.insert(version.to_string(), serde_json::Value::String(new_key_base64().to_string()));
+    value["current_version"] = version.into();
+    let text = Zeroizing::new(format!("{}\n", serde_json::to_string_pretty(&*value).unwrap_or_default()));
+    Keyring::parse(text.as_bytes())?;
+    Ok((text, version))
+}
+
+/// Overwrites every string of a parsed keyring (its keys) before it is dropped.
+fn scrub(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+        serde_json::Value::Object(map) => map.values_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
 /// How one key version stands between a server's keyring and a database
 /// (`secretgate keyring check`, `secretgate.key_check_status()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +339,24 @@ mod tests {
         assert!(!hex::encode(a1).contains("0101010101"));
         use sha2::Digest;
         assert_ne!(a1.as_slice(), sha2::Sha256::digest([1u8; 32]).as_slice());
+    }
+
+    #[test]
+    fn new_and_added_versions_parse_and_keep_the_old_keys() {
+        let first = new_keyring_json();
+        let k = Keyring::parse(first.as_bytes()).unwrap();
+        assert_eq!((k.current_version(), k.versions().collect::<Vec<_>>()), (1, vec![1]));
+        assert_ne!(*new_keyring_json(), *first);
+        let (second, v) = add_version_json(first.as_bytes()).unwrap();
+        assert_eq!(v, 2);
+        let k2 = Keyring::parse(second.as_bytes()).unwrap();
+        assert_eq!((k2.current_version(), k2.versions().collect::<Vec<_>>()), (2, vec![1, 2]));
+        assert_eq!(k2.check_value(1), k.check_value(1));
+        assert_ne!(k2.check_value(2), k.check_value(1));
+        let gap = format!(r#"{{"current_version":1,"keys":{{"1":"{K1}","7":"{K2}"}}}}"#);
+        assert_eq!(add_version_json(gap.as_bytes()).unwrap().1, 8);
+        assert!(add_version_json(b"nope").is_err());
+        assert!(add_version_json(br#"{"current_version":1}"#).is_err());
     }
 
     #[test]

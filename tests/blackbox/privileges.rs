@@ -201,6 +201,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     // Event trigger function: callable only as an event trigger; runs as the DDL's author.
     ("secretgate.guard_attached_triggers()", true, false, true),
     ("secretgate.has_model_secret(uuid)", true, false, false),
+    ("secretgate.key_check_status()", false, false, false),
     ("secretgate.read_global_secret(text)", true, false, false),
     ("secretgate.read_secret(uuid,text)", true, false, false),
     ("secretgate.record_liveness(uuid,text,integer,text)", false, true, true),

@@ -58,8 +58,7 @@ pub fn rename(old_key: &str, new_key: &str) -> Result<i64> {
         let mut renamed = 0;
         for (scope, value) in plan {
             if let Some(value) = value {
-                let (version, blob) = keyring
-                    .encrypt(value.as_bytes(), scope, new_key)
+                let (version, blob) = keyring::seal_with(&keyring, &value, scope, new_key)
                     .map_err(|e| Failure::core(&e, Some(scope), Some(new_key)))?;
                 secrets::insert(client, &attached, scope, new_key, (version, &blob))?;
                 renamed += 1;
@@ -90,8 +89,7 @@ pub fn reencrypt(batch: i32) -> Result<i64> {
         )?;
         for row in &stale {
             let value = open(&keyring, row)?;
-            let (version, blob) = keyring
-                .encrypt(value.as_bytes(), row.scope, &row.key)
+            let (version, blob) = keyring::seal_with(&keyring, &value, row.scope, &row.key)
                 .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))?;
             secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
             let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());

@@ -5,4 +5,6 @@ pub mod args;
 pub mod error;
 pub mod index_read;
 pub mod keyring;
+pub mod keyring_checks;
+pub mod keyring_source;
 pub mod spi;

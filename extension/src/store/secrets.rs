@@ -251,3 +251,17 @@ pub fn each_row(client: &SpiClient<'_>, attached: &Attached, batch: i64, mut eac
     }
     Ok(())
 }
+
+/// How many rows of both tables use each `encryption_version` (NULL included).
+pub fn version_counts(client: &SpiClient<'_>, attached: &Attached) -> Result<Vec<(Option<i32>, i64)>> {
+    let sql = format!(
+        "SELECT encryption_version, pg_catalog.count(*) FROM \
+           (SELECT encryption_version FROM {} UNION ALL SELECT encryption_version FROM {}) v GROUP BY 1",
+        attached.secrets, attached.global_secrets
+    );
+    let mut out = Vec::new();
+    for row in spi::select(client, &sql, None, &[])? {
+        out.push((row.get::<i32>(1)?, row.get::<i64>(2)?.unwrap_or(0)));
+    }
+    Ok(out)
+}
