@@ -1007,6 +1007,17 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
         let copy = format!("COPY pg_temp.bb_k FROM '{path}'");
         let attempts: Vec<Attempt<'_>> = vec![
             ("SHOW".into(), vec![("SHOW secretgate.keyring_file", vec![])], "42501"),
+            ("SHOW the command".into(), vec![("SHOW secretgate.keyring_command", vec![])], "42501"),
+            (
+                "current_setting of the command".into(),
+                vec![("SELECT current_setting('secretgate.keyring_command')", vec![])],
+                "42501",
+            ),
+            (
+                "set_config of the command".into(),
+                vec![("SELECT set_config('secretgate.keyring_command', 'cat /tmp/x', false)", vec![])],
+                "55P02",
+            ),
             ("current_setting".into(), vec![("SELECT current_setting('secretgate.keyring_file')", vec![])], "42501"),
             (
                 "current_setting missing_ok".into(),
@@ -1050,9 +1061,14 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
                 .fetch_all(&mut conn)
                 .await
                 .described("SHOW ALL")?;
-        // The caller and (0.4.0) direct_index_read are no secret; the keyring is not listed.
+        // The caller, (0.4.0) direct_index_read and keyring_command_timeout are
+        // no secret; the keyring file and command are not listed.
         ensure!(
-            all == vec!["secretgate.caller".to_string(), "secretgate.direct_index_read".to_string()],
+            all == vec![
+                "secretgate.caller".to_string(),
+                "secretgate.direct_index_read".to_string(),
+                "secretgate.keyring_command_timeout".to_string()
+            ],
             "SHOW ALL lists {all:?} to a {role_kind}"
         );
         // The keyring still works for the role (it never needed to see it).
