@@ -39,7 +39,6 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: _PG_init runs once, before this process starts any thread.
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     pg::keyring::register_guc();
-    pg::keyring_source::init();
     pg::index_read::register_guc();
     gates::caller::register_guc();
     store::invalidation::register();

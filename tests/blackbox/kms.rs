@@ -430,7 +430,8 @@ async fn wrong_key_is_sg004_once_per_version_and_corrupt_row_sg001(cluster: Arc<
     let e = expect_sg(read(&mut conn, ws, "DAMAGED").await, Code::DecryptFailed)?;
     e.assert_no_leak(&needles)?;
 
-    let states: Vec<(Option<Uuid>, Option<String>, String, Option<String>)> =
+    type VerifyRow = (Option<Uuid>, Option<String>, String, Option<String>);
+    let states: Vec<VerifyRow> =
         sqlx::query_as("SELECT workspace_id, key, state, error_code FROM secretgate.verify_secrets()")
             .fetch_all(&mut conn)
             .await

@@ -25,6 +25,20 @@ pub fn register_guc() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
+    keyring_source::init();
+    // At start, both sources at once stop the server (on a reload, every key
+    // operation says so instead: see `current`).
+    // SAFETY: reads a Postgres global flag.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+        && keyring_source::command().is_some()
+        && file_is_set()
+    {
+        pgrx::error!("secretgate.keyring_file and secretgate.keyring_command are both set: set only one of them");
+    }
+}
+
+fn file_is_set() -> bool {
+    KEYRING_FILE.get().is_some_and(|p| !p.as_bytes().is_empty())
 }
 
 /// What identifies one version of the file: a change to any of these
@@ -58,7 +72,7 @@ thread_local! {
 pub fn current() -> Result<Rc<Keyring>, CoreError> {
     if keyring_source::command().is_some() {
         forget();
-        if KEYRING_FILE.get().is_some_and(|p| !p.as_bytes().is_empty()) {
+        if file_is_set() {
             return Err(CoreError::KeyringUnavailable {
                 reason: "secretgate.keyring_file and secretgate.keyring_command are both set: set only one of them"
                     .into(),

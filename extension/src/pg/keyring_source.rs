@@ -62,7 +62,7 @@ static GENERATION: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"secretgate key
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
 /// Defines the settings; when preloading, requests the shared memory and
-/// registers the worker; at start, refuses both keyring sources at once.
+/// registers the worker.
 #[allow(unexpected_cfgs)] // pg_shmem_init! tests features of other Postgres versions
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -87,9 +87,6 @@ pub fn init() {
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
-    if command().is_some() && file_is_set() {
-        error!("secretgate.keyring_file and secretgate.keyring_command are both set: set only one of them");
-    }
     pg_shmem_init!(SLOT = EMPTY_SLOT);
     pg_shmem_init!(GENERATION);
     BackgroundWorkerBuilder::new("secretgate keyring command")
@@ -101,10 +98,6 @@ pub fn init() {
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
     PRELOADED.store(true, Ordering::SeqCst);
-}
-
-fn file_is_set() -> bool {
-    crate::pg::keyring::KEYRING_FILE.get().is_some_and(|p| !p.as_bytes().is_empty())
 }
 
 /// The command, when set (an empty setting is unset).

@@ -88,6 +88,7 @@ type VerifyRow = (Option<pgrx::Uuid>, Option<String>, String, Option<String>);
 /// Every row and whether it decrypts; a key version whose key does not match
 /// this database's key check value is one line (NULL workspace and key,
 /// SG004) instead of one per row: `key_check_status()` names the version.
+#[allow(clippy::type_complexity)] // pgrx spells a returned table as this tuple
 #[pg_extern(stable)]
 fn verify_secrets() -> TableIterator<
     'static,
