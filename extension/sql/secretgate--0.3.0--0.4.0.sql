@@ -109,3 +109,14 @@ STRICT STABLE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'key_check_status_wrapper';
 REVOKE EXECUTE ON FUNCTION secretgate.key_check_status() FROM PUBLIC;
+-- secretgate rotate moves every readable row and leaves the others where they are.
+CREATE FUNCTION secretgate."reencrypt_skipping"(
+	"batch_size" INT
+) RETURNS TABLE (
+	"moved" bigint,
+	"skipped" bigint
+)
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reencrypt_skipping_wrapper';
+REVOKE EXECUTE ON FUNCTION secretgate.reencrypt_skipping(integer) FROM PUBLIC;

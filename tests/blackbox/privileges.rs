@@ -206,6 +206,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.read_secret(uuid,text)", true, false, false),
     ("secretgate.record_liveness(uuid,text,integer,text)", false, true, true),
     ("secretgate.reencrypt(integer)", false, false, false),
+    ("secretgate.reencrypt_skipping(integer)", false, false, false),
     ("secretgate.register_workspace(uuid)", true, false, false),
     ("secretgate.registry_changed()", true, false, false),
     ("secretgate.registry_upsert()", true, false, true),
