@@ -471,6 +471,20 @@ async fn wrong_key_is_sg004_once_per_version_and_corrupt_row_sg001(cluster: Arc<
         "keyring check should show version 1 mismatched and 2 ok:\n{out}"
     );
 
+    // A rotation leaves the version-1 rows where they are and says so once.
+    let out = run_cli(Some(&url), &["rotate"]).await?;
+    ensure!(out.code == Some(1), "rotate over a mismatched version should exit 1:\n{out}");
+    ensure!(
+        out.stdout.contains("3 secret(s) could not be decrypted and were left on their key version")
+            && out.stdout.lines().filter(|l| l.contains("SG004")).count() == 1,
+        "rotate should skip version 1's 3 rows and name SG004 once:\n{out}"
+    );
+    let v1_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM public.workspace_secrets WHERE encryption_version = 1")
+        .fetch_one(&mut conn)
+        .await
+        .described("count version 1")?;
+    ensure!(v1_rows == 3, "the version-1 rows stay on version 1: {v1_rows}");
+
     // Writes under a current version with a wrong key are refused too.
     let mut wrong2 = keys.clone();
     wrong2.keys.insert(2, random_bytes(32));
