@@ -70,7 +70,7 @@ thread_local! {
 /// runs is picked up by the next one (a `stat` per row cost more than the
 /// decryption). The file is parsed and its ciphers expanded only when it changed.
 pub fn current() -> Result<Rc<Keyring>, CoreError> {
-    if keyring_source::command().is_some() {
+    if keyring_source::command_is_set() {
         forget();
         if file_is_set() {
             return Err(CoreError::KeyringUnavailable {

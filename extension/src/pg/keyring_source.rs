@@ -100,6 +100,16 @@ pub fn init() {
     PRELOADED.store(true, Ordering::SeqCst);
 }
 
+/// Whether the command is set, without copying it (checked on every key use).
+pub fn command_is_set() -> bool {
+    // SAFETY: reads the GUC's string pointer, which is null or a C string
+    // Postgres keeps until the setting changes; only its first byte is read.
+    unsafe {
+        let value = *KEYRING_COMMAND.as_ptr();
+        !value.is_null() && *value != 0
+    }
+}
+
 /// The command, when set (an empty setting is unset).
 pub fn command() -> Option<String> {
     KEYRING_COMMAND.get().filter(|c| !c.as_bytes().is_empty()).map(|c| c.to_string_lossy().into_owned())
