@@ -3,12 +3,14 @@
 //! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
 
 mod db;
+mod manual;
 mod migrate;
 mod probe;
 mod rotate;
 mod verify;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -37,6 +39,13 @@ enum Command {
     /// Re-encrypt every secret under the current key version, in batches, with a progress bar;
     /// resumable after an interruption; ends with the verification pass
     Rotate(rotate::RotateArgs),
+    /// Write the man pages and shell completions into a folder (used by scripts/package.sh)
+    #[command(hide = true)]
+    GenerateManual {
+        /// Folder to write `man/` and `completions/` into
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// An error and the exit code it maps to.
@@ -59,6 +68,15 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateManual { out } = &cli.command {
+        return match manual::write(out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -75,6 +93,7 @@ fn main() -> ExitCode {
             Command::Probe(args) => probe::main(&url, args).await,
             Command::Verify => verify::main(&url).await,
             Command::Rotate(args) => rotate::main(&url, args).await,
+            Command::GenerateManual { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
