@@ -383,7 +383,7 @@ pub(crate) fn run_pg(bin: &Path, as_postgres: bool, dir: &Path, program: &str, a
     Ok(())
 }
 
-pub(crate) fn path_str(p: &Path) -> &str {
+pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
