@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 parse_pg_flag "$@"
 export PGRX_HOME="$PWD/pgrx-config"
 PG_CONFIG=$(installed_pg_config "$PG_MAJOR")
+write_pgrx_config
 
 if [ "${ARGS[0]:-}" = --release ]; then profile=release; flag=(); else profile=debug; flag=(--debug); fi
 out="$PWD/target/$profile/secretgate-pg$PG_MAJOR"

@@ -42,3 +42,19 @@ parse_pg_flag() {
     done
     pg_config_of "$PG_MAJOR" >/dev/null
 }
+
+# Writes pgrx-config/config.toml (not committed: this machine's paths) naming
+# the pg_config of every major installed; run from the repository root.
+write_pgrx_config() {
+    mkdir -p pgrx-config
+    {
+        echo "# Written by scripts/setup.sh: the pg_config of each PostgreSQL major installed here."
+        echo "[configs]"
+        local major pg_config
+        for major in "${SUPPORTED_MAJORS[@]}"; do
+            pg_config=$(pg_config_of "$major")
+            [ ! -x "$pg_config" ] || echo "pg$major = \"$pg_config\""
+        done
+    } > pgrx-config/config.toml.new
+    mv pgrx-config/config.toml.new pgrx-config/config.toml
+}

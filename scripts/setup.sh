@@ -65,17 +65,7 @@ if [ "$PG_MAJOR" != 15 ] && [ ! -x "$(pg_config_of "$PG_MAJOR")" ]; then
   "$(pg_config_of "$PG_MAJOR")" --version >/dev/null
 fi
 
-# pgrx's configuration: every major that is installed.
-mkdir -p pgrx-config
-{
-  echo "# Written by scripts/setup.sh: the pg_config of each PostgreSQL major installed here."
-  echo "[configs]"
-  for major in "${SUPPORTED_MAJORS[@]}"; do
-    pg_config=$(pg_config_of "$major")
-    [ ! -x "$pg_config" ] || echo "pg$major = \"$pg_config\""
-  done
-} > pgrx-config/config.toml.new
-mv pgrx-config/config.toml.new pgrx-config/config.toml
+write_pgrx_config
 
 pg_config=$(installed_pg_config "$PG_MAJOR")
 echo "setup: ok ($("$pg_config" --version), cargo-pgrx $PGRX_VERSION, cargo-fuzz, PGRX_HOME=$(pwd)/pgrx-config)"
