@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+. scripts/pg-majors.sh
 export PGRX_HOME="$ROOT/pgrx-config"
 
 majors=() cli=1 rev=
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         *) echo "usage: scripts/package.sh [--pg N]... [--no-cli] [--rev REV]" >&2; exit 2 ;;
     esac
 done
-[ ${#majors[@]} -gt 0 ] || majors=(15 16 18)
+[ ${#majors[@]} -gt 0 ] || majors=("${SUPPORTED_MAJORS[@]}")
 
 # The source to package: the working tree, or a commit exported with git archive
 # (built in its own target folder, so it never disturbs the working tree's build).
@@ -49,10 +50,6 @@ command -v lintian >/dev/null && command -v dpkg-shlibdeps >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q lintian dpkg-dev >/dev/null
 }
 
-# pg_config of major N: Debian's for 15, the project's own build for the others.
-pg_config_of() {
-    if [ "$1" = 15 ]; then echo /usr/lib/postgresql/15/bin/pg_config; else scripts/setup.sh --pg "$1" | tail -n1; fi
-}
 
 # The shared-library dependencies of the ELF files given, as a Depends value.
 shlib_depends() {
@@ -111,7 +108,10 @@ EOF
 }
 
 for n in "${majors[@]}"; do
+    # The server it is built against: Debian's 15, or the project's own 16 and 18 (set up if missing).
     pg_config=$(pg_config_of "$n")
+    [ -x "$pg_config" ] || scripts/setup.sh --pg "$n" >/dev/null
+    write_pgrx_config
     stage="$work/pg$n-build"
     rm -rf "$stage"
     (cd "$src" && cargo pgrx package -p secretgate --pg-config "$pg_config" --no-default-features \
