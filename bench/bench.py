@@ -27,8 +27,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PGROOT = ROOT / "target" / "bench-pg"
-BIN = PGROOT / "usr" / "lib" / "postgresql" / "15" / "bin"
-CLUSTER = Path(os.environ.get("BENCH_CLUSTER", PGROOT / "cluster"))  # another one lets a profile run beside a suite run
+# scripts/bench.sh --pg N sets these for another major than Debian's 15.
+MAJOR = os.environ.get("BENCH_PG_MAJOR", "15")
+BIN = Path(os.environ.get("BENCH_PG_BIN", PGROOT / "usr" / "lib" / "postgresql" / "15" / "bin"))
+SERVER = os.environ.get("BENCH_PG_SERVER", "Debian's PostgreSQL 15 (`target/bench-pg/usr/...`, relocatable)")
+CLUSTER = Path(os.environ.get("BENCH_CLUSTER", PGROOT / ("cluster" if MAJOR == "15" else f"cluster-pg{MAJOR}")))  # another one lets a profile run beside a suite run
 WORK = CLUSTER.with_name(CLUSTER.name + "-work")
 PORT = int(os.environ.get("BENCH_PORT", "54391"))
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -659,7 +662,7 @@ def plots(figures, outdir):
 
 
 METHOD = """\
-- A private copy of Debian's PostgreSQL 15 (`target/bench-pg/usr/...`, relocatable) with the
+- A private copy of {server} with the
   **release** build of secretgate installed into it; one throwaway cluster run by the `postgres` OS user on
   127.0.0.1:{port}, `shared_preload_libraries = 'secretgate'`, a freshly generated 0600 keyring; torn down at
   the end. Server settings: `shared_buffers = 1GB`, `synchronous_commit = off` (measures CPU cost, not the
@@ -707,7 +710,8 @@ DETAILS = {
 
 def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
     lines = ["# secretgate benchmark report", ""]
-    command = "scripts/bench.sh" + ("" if selected == COMPARISONS else " " + " ".join(selected))
+    command = "scripts/bench.sh" + ("" if MAJOR == "15" else f" --pg {MAJOR}") \
+        + ("" if selected == COMPARISONS else " " + " ".join(selected))
     lines.append(f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command}`"
                  + (" (quick mode: `BENCH_QUICK=1`)" if QUICK else "")
                  + f"; suite run time {elapsed / 60:.1f} min.")
@@ -719,7 +723,7 @@ def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
               f"- secretgate: `{v['secretgate']}` ({v['source']}), release build, pgrx {v['pgrx']}",
               f"- {v['postgres']}; {v['pgbench']}", f"- {v['rustc']}",
               f"- Python {v['python']}, psycopg {v['psycopg']}, matplotlib {v['matplotlib']}",
-              "", "## Method", "", METHOD.format(port=PORT, runs=RUNS, duration=DURATION), ""]
+              "", "## Method", "", METHOD.format(port=PORT, runs=RUNS, duration=DURATION, server=SERVER), ""]
     for name in selected:
         lines.append(f"- **{name}**: " + DETAILS[name].format(
             rows=f"{BULK_ROWS:,}" if name == "bulk" else f"{DECRYPT_ROWS:,}", pgp=f"{PGP_ROWS:,}",
@@ -783,6 +787,10 @@ def main(argv):
         if a not in COMPARISONS:
             sys.exit(f"unknown comparison {a!r}; choose from: all {' '.join(COMPARISONS)} | profile NAME")
     selected = [c for c in COMPARISONS if c in selected]
+    sharedir = run([BIN / "pg_config", "--sharedir"]).stdout.strip()
+    if "decrypt" in selected and not Path(sharedir, "extension", "pgcrypto.control").exists():
+        sys.exit(f"the decrypt comparison needs pgcrypto, which PostgreSQL {MAJOR} here was built without; "
+                 "choose from: write_tax bulk plpgsql scale")
     started = time.monotonic()
     loads = [" ".join(open("/proc/loadavg").read().split()[:3])]
     floor = None
@@ -811,11 +819,12 @@ def main(argv):
     finally:
         teardown()
     loads.append(" ".join(open("/proc/loadavg").read().split()[:3]))
-    full = selected == COMPARISONS and not QUICK and os.environ.get("BENCH_REPORT") != "results"
+    # bench/report.md is the 15 suite's; another major's report goes with the partial ones.
+    full = selected == COMPARISONS and not QUICK and os.environ.get("BENCH_REPORT") != "results" and MAJOR == "15"
     if full:
         report, plotdir = BENCH / "report.md", BENCH / "plots"
     else:
-        tag = "-".join(selected) + ("-quick" if QUICK else "")
+        tag = ("" if MAJOR == "15" else f"pg{MAJOR}-") + "-".join(selected) + ("-quick" if QUICK else "")
         report = ROOT / "target" / "bench-results" / f"report-{tag}.md"
         plotdir = report.parent / f"plots-{tag}"
     report.parent.mkdir(parents=True, exist_ok=True)

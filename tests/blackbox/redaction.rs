@@ -321,7 +321,7 @@ async fn exec(conn: &mut PgConnection, sql: &str) -> std::result::Result<(), sql
 /// stdout and stderr together.
 fn psql(cluster: &Cluster, db: &str, script: &str) -> Result<String> {
     use std::io::Write;
-    let mut child = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+    let mut child = std::process::Command::new(cluster.bin().join("psql"))
         .args(["-X", "-h", "127.0.0.1", "-p", &cluster.port().to_string(), "-U", "postgres", "-d", db, "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

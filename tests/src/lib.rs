@@ -1,8 +1,11 @@
 //! secretgate's black-box test harness.
 //!
 //! Each test binary (`tests/blackbox/*.rs`, run with libtest-mimic) starts ONE
-//! throwaway PostgreSQL 15 cluster with [`Cluster::start`], runs its trials
+//! throwaway PostgreSQL cluster with [`Cluster::start`], runs its trials
 //! against it over sqlx and stops it with [`finish`], even when trials fail.
+//! The server is Debian's 15 unless `SECRETGATE_PG_BIN` names another
+//! major's `bin` directory ([`pg_bin`]); `majors.rs` starts one per major
+//! ([`Cluster::start_on`], [`pg_bin_of`]).
 //!
 //! Rules every test follows:
 //! * secret values are bind parameters, never SQL literals (Postgres logs the

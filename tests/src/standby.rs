@@ -18,6 +18,8 @@ pub struct Standby {
     dir: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// The primary's server `bin` directory.
+    bin: PathBuf,
     stopped: Mutex<bool>,
 }
 
@@ -28,8 +30,13 @@ impl Standby {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         primary.chown(&dir)?;
-        let standby =
-            Standby { dir, port: free_port()?, as_postgres: primary.owner.is_some(), stopped: Mutex::new(true) };
+        let standby = Standby {
+            dir,
+            port: free_port()?,
+            as_postgres: primary.owner.is_some(),
+            bin: primary.bin().to_path_buf(),
+            stopped: Mutex::new(true),
+        };
         let data = standby.data_dir();
         let primary_port = primary.port().to_string();
         standby.pg(
@@ -71,7 +78,7 @@ impl Standby {
     }
 
     fn pg(&self, program: &str, args: &[&str]) -> Result<()> {
-        run_pg(self.as_postgres, &self.dir, program, args)
+        run_pg(&self.bin, self.as_postgres, &self.dir, program, args)
     }
 
     pub fn dir(&self) -> &Path {

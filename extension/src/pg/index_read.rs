@@ -13,6 +13,7 @@
 //! truncated) the index answers and the new place is remembered. The btree
 //! descent was most of what the gate still cost per row.
 
+use super::compat;
 use pgrx::itemptr::item_pointer_get_block_number_no_check;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{FromDatum, GucContext, GucFlags, GucRegistry, GucSetting};
@@ -90,7 +91,7 @@ unsafe fn read(rel: pg_sys::Relation, table: Oid, id: &CStr, column: &CStr, key:
         }
         let id_att = attribute(rel, id, pg_sys::UUIDOID)?;
         let column_att = attribute(rel, column, pg_sys::TEXTOID)?;
-        let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
+        let pk = compat::primary_key_index(rel);
         if pk == pg_sys::InvalidOid {
             return None;
         }
@@ -146,9 +147,8 @@ pub(crate) fn remember(table: Oid, key: &[u8; 16], tid: Option<pg_sys::ItemPoint
 unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_oid: Oid) -> Option<i16> {
     // SAFETY: `rel` is an open relation; its tuple descriptor holds `natts` attributes.
     unsafe {
-        let desc = (*rel).rd_att;
-        let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let att = attrs.iter().find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)?;
+        let att = compat::attributes((*rel).rd_att)
+            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)?;
         (att.atttypid == type_oid).then_some(att.attnum)
     }
 }
@@ -189,7 +189,7 @@ unsafe fn scan(
             pg_sys::Datum::from(key.as_ptr()),
         );
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        let scan = pg_sys::index_beginscan(rel, index, snapshot, 1, 0);
+        let scan = compat::index_beginscan(rel, index, snapshot, 1, 0);
         pg_sys::index_rescan(scan, scankey.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
         let found = if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
             pg_sys::slot_getsomeattrs_int(slot, column_att.into());
