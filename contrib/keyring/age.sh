@@ -2,7 +2,7 @@
 # secretgate.keyring_command for a keyring encrypted with age
 # (https://age-encryption.org; Debian: apt-get install age).
 #
-#   secretgate.keyring_command = '/usr/share/secretgate/contrib/keyring/age.sh /etc/secretgate/identity.txt /etc/secretgate/keyring.age'
+#   secretgate.keyring_command = '/usr/local/lib/secretgate/age.sh /etc/secretgate/identity.txt /etc/secretgate/keyring.age'
 #
 # Set up once (the identity is the only secret on the host: keep it 0600 and
 # owned by the server's user; the .age file may be world-readable):

@@ -1,7 +1,7 @@
 #!/bin/sh
 # secretgate.keyring_command for a keyring encrypted with AWS KMS.
 #
-#   secretgate.keyring_command = '/usr/share/secretgate/contrib/keyring/aws-kms.sh /etc/secretgate/keyring.kms'
+#   secretgate.keyring_command = '/usr/local/lib/secretgate/aws-kms.sh /etc/secretgate/keyring.kms'
 #
 # Set up once, where the AWS CLI has kms:Encrypt on the key:
 #   secretgate keyring new --stdout > /dev/shm/keyring.json

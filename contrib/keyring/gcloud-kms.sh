@@ -1,7 +1,7 @@
 #!/bin/sh
 # secretgate.keyring_command for a keyring encrypted with Google Cloud KMS.
 #
-#   secretgate.keyring_command = '/usr/share/secretgate/contrib/keyring/gcloud-kms.sh /etc/secretgate/keyring.enc projects/P/locations/L/keyRings/R/cryptoKeys/K'
+#   secretgate.keyring_command = '/usr/local/lib/secretgate/gcloud-kms.sh /etc/secretgate/keyring.enc projects/P/locations/L/keyRings/R/cryptoKeys/K'
 #
 # Set up once, where gcloud may encrypt with the key:
 #   secretgate keyring new --stdout | gcloud kms encrypt --key projects/P/locations/L/keyRings/R/cryptoKeys/K \

@@ -1,7 +1,7 @@
 #!/bin/sh
 # secretgate.keyring_command for a keyring kept in HashiCorp Vault (KV v2).
 #
-#   secretgate.keyring_command = '/usr/share/secretgate/contrib/keyring/vault.sh secret/secretgate/keyring'
+#   secretgate.keyring_command = '/usr/local/lib/secretgate/vault.sh secret/secretgate/keyring'
 #
 # Set up once:
 #   secretgate keyring new --stdout | vault kv put secret/secretgate/keyring keyring=-
