@@ -12,7 +12,7 @@ use crate::store::secrets::{self, OnConflict, Row};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use secretgate_core::policy::{Seed, Write};
-use secretgate_core::{Error as CoreError, Scope};
+use secretgate_core::{Error as CoreError, Format, Scope};
 
 /// A read's three states: a value, unset (`None`), or the error.
 pub type Read = std::result::Result<Option<String>, CoreError>;
@@ -61,8 +61,10 @@ fn store(scope: Scope, key: &str, value: &str, on_conflict: OnConflict) -> Resul
     })
 }
 
-/// Every stored secret with whether it decrypts: `None` or the error.
-pub fn verify() -> Result<Vec<(Row, Option<CoreError>)>> {
+/// Every stored secret with whether it decrypts: `Ok(true)` when it does
+/// and is stored encrypted, `Ok(false)` when it reads but is stored
+/// unencrypted (a plaintext key version), or the error.
+pub fn verify() -> Result<Vec<(Row, std::result::Result<bool, CoreError>)>> {
     const BATCH: i64 = 1000;
     Spi::connect(|client| {
         let attached = attached::attached()?;
@@ -71,9 +73,10 @@ pub fn verify() -> Result<Vec<(Row, Option<CoreError>)>> {
         secrets::each_row(client, &attached, BATCH, |row| {
             let result = match &keyring {
                 Err(e) => Err(e.clone()),
-                Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key).map(|_| ()),
+                Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key)
+                    .map(|_| row.version.and_then(|v| k.format(v)) != Some(Format::Plaintext)),
             };
-            out.push((row, result.err()));
+            out.push((row, result));
         })?;
         Ok(out)
     })

@@ -6,3 +6,4 @@ pub mod error;
 pub mod index_read;
 pub mod keyring;
 pub mod spi;
+pub mod types;
