@@ -99,7 +99,9 @@ impl Keyring {
             }),
             Entry::Unbound(cipher) => cipher.encrypt(Nonce::from_slice(&nonce), plaintext),
             Entry::Plaintext => {
-                return Err(Error::keyring(format!("key version {version} is plaintext: secretgate never writes under it")))
+                return Err(Error::keyring(format!(
+                    "key version {version} is plaintext: secretgate never writes under it"
+                )))
             }
         }
         // aes-gcm fails only past 64 GiB of plaintext, far beyond any text value.
@@ -130,9 +132,9 @@ impl Keyring {
             .map_err(|_| Error::DecryptFailed {
                 reason: "the ciphertext does not authenticate: corrupt, or bound to another workspace or key name",
             }),
-            _ => cipher
-                .decrypt(Nonce::from_slice(nonce), sealed)
-                .map_err(|_| Error::DecryptFailed { reason: "the ciphertext does not authenticate: corrupt or truncated" }),
+            _ => cipher.decrypt(Nonce::from_slice(nonce), sealed).map_err(|_| Error::DecryptFailed {
+                reason: "the ciphertext does not authenticate: corrupt or truncated",
+            }),
         }
     }
 

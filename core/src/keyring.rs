@@ -298,7 +298,8 @@ mod tests {
         let parse = |keys: &str, current: i32| {
             Keyring::parse(format!(r#"{{"current_version":{current},"keys":{{{keys}}}}}"#).as_bytes())
         };
-        assert!(reason(parse(r#""0":{"format":"plaintext"}"#, 0)).contains("is plaintext; the current version must encrypt"));
+        assert!(reason(parse(r#""0":{"format":"plaintext"}"#, 0))
+            .contains("is plaintext; the current version must encrypt"));
         assert!(reason(parse(&format!(r#""0":{{"format":"plaintext","key":"{K1}"}},"1":"{K1}""#), 1))
             .contains("must not have a \"key\""));
         assert!(reason(parse(r#""1":{"format":"unbound"}"#, 1)).contains("has no \"key\""));

@@ -135,3 +135,25 @@ STABLE STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'attach_check_wrapper';
 ALTER FUNCTION secretgate.attach_check(regclass, regclass, regclass) SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION secretgate."adoption_rows"(
+	"secrets" regclass,
+	"global_secrets" regclass
+) RETURNS TABLE (
+	"encryption_version" INT,
+	"format" TEXT,
+	"rows" bigint,
+	"unreadable" bigint
+)
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'adoption_rows_wrapper';
+
+CREATE FUNCTION secretgate."key_formats"() RETURNS TABLE (
+	"version" INT,
+	"format" TEXT,
+	"is_current" bool
+)
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'key_formats_wrapper';

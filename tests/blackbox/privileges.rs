@@ -178,6 +178,7 @@ async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<Attempt<'_>>, le
 /// (else to its owner only), SECURITY DEFINER, search_path pinned). A new
 /// function fails this trial until it is added here: decide its grants.
 const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
+    ("secretgate.adoption_rows(regclass,regclass)", true, false, false),
     // Any role may call them; the code refuses one that is neither a superuser nor the tables' owner.
     ("secretgate.attach_check(regclass,regclass,regclass)", true, false, true),
     ("secretgate.attach_gates(regclass,regclass,regclass)", true, false, true),
@@ -204,6 +205,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     // Event trigger function: callable only as an event trigger; runs as the DDL's author.
     ("secretgate.guard_attached_triggers()", true, false, true),
     ("secretgate.has_model_secret(uuid)", true, false, false),
+    ("secretgate.key_formats()", true, false, false),
     ("secretgate.read_global_secret(text)", true, false, false),
     ("secretgate.read_secret(uuid,text)", true, false, false),
     ("secretgate.record_liveness(uuid,text,integer,text)", false, true, true),

@@ -64,7 +64,8 @@ pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) ->
         routing.model = match secrets::fetch(client, attached, workspace, MODEL)? {
             None => None,
             Some(row) => {
-                let model = keyring::open(row, workspace, MODEL).map_err(|e| Failure::core(&e, Some(workspace), Some(MODEL)))?;
+                let model = keyring::open(row, workspace, MODEL)
+                    .map_err(|e| Failure::core(&e, Some(workspace), Some(MODEL)))?;
                 Some(model).filter(|m| !m.is_empty())
             }
         };

@@ -61,8 +61,9 @@ pub fn trigger_column(data: &pg_sys::TriggerData, new: bool, column: &str) -> Re
         }
         let desc = (*data.tg_relation).rd_att;
         let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
-        let Some(att) =
-            attrs.iter().find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == column.as_bytes())
+        let Some(att) = attrs
+            .iter()
+            .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == column.as_bytes())
         else {
             return Err(format!("no column {column}"));
         };
@@ -71,6 +72,8 @@ pub fn trigger_column(data: &pg_sys::TriggerData, new: bool, column: &str) -> Re
         if null {
             return Ok(None);
         }
-        label_text(datum, att.atttypid).map(Some).ok_or_else(|| format!("column {column} is not text, varchar or an enum"))
+        label_text(datum, att.atttypid)
+            .map(Some)
+            .ok_or_else(|| format!("column {column} is not text, varchar or an enum"))
     }
 }

@@ -135,6 +135,30 @@ fn attach_check(
     }))
 }
 
+/// Rows per key version of two secrets tables, attached or not (for
+/// `secretgate adopt`): the version's format in the current keyring, the
+/// number of rows and of rows the current keyring cannot read. Read with
+/// the caller's privileges; never a value.
+#[pg_extern(stable)]
+fn adoption_rows(
+    secrets: PgRelation,
+    global_secrets: PgRelation,
+) -> TableIterator<
+    'static,
+    (name!(encryption_version, Option<i32>), name!(format, String), name!(rows, i64), name!(unreadable, i64)),
+> {
+    let oids = (secrets.oid(), global_secrets.oid());
+    drop((secrets, global_secrets));
+    TableIterator::new(error::run(|| gate::census(oids.0, oids.1)))
+}
+
+/// The current keyring's versions: format (`bound`, `unbound`,
+/// `plaintext`) and whether each is current. Never a key.
+#[pg_extern(stable)]
+fn key_formats() -> TableIterator<'static, (name!(version, i32), name!(format, String), name!(is_current, bool))> {
+    TableIterator::new(error::run(gate::key_formats))
+}
+
 #[pg_extern(volatile)]
 fn detach_gates() {
     error::run(|| Spi::connect_mut(attached::detach))

@@ -164,6 +164,17 @@ const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      WHERE c.oid OPERATOR(pg_catalog.=) {col})";
 
+/// A table's qualified, quoted name, safe to splice into SQL.
+pub fn qualified_name(client: &SpiClient<'_>, table: pg_sys::Oid) -> Result<String> {
+    let row = spi::select(client, &format!("SELECT {}", QUALIFIED.replace("{col}", "$1")), Some(1), &[table.into()])?;
+    row.first().get_one::<String>()?.ok_or_else(|| {
+        Failure::sql(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("secretgate: relation with oid {table:?} does not exist"),
+        )
+    })
+}
+
 /// The attached tables: from this backend's cache, or read through SPI.
 pub fn attached() -> Result<Rc<Attached>> {
     match cached() {
@@ -212,7 +223,12 @@ fn not_attached() -> Failure {
 /// Everything that keeps these three tables from being attached by the
 /// current role, without raising: column types, keys, ownership, and
 /// another set of tables already attached. Empty when `attach` would succeed.
-pub fn check(client: &SpiClient<'_>, workspaces: pg_sys::Oid, secrets: pg_sys::Oid, global: pg_sys::Oid) -> Result<Vec<Problem>> {
+pub fn check(
+    client: &SpiClient<'_>,
+    workspaces: pg_sys::Oid,
+    secrets: pg_sys::Oid,
+    global: pg_sys::Oid,
+) -> Result<Vec<Problem>> {
     let mut problems = Vec::new();
     problems.extend(validate(client, workspaces, WORKSPACE_COLUMNS, &["id"])?);
     problems.extend(validate(client, secrets, SECRET_COLUMNS, &["key", "workspace_id"])?);

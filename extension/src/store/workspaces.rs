@@ -95,7 +95,10 @@ pub fn kind_for_update(
 ) -> Result<Option<Option<String>>> {
     let row = spi::update(
         client,
-        &format!("SELECT kind::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", attached.workspaces),
+        &format!(
+            "SELECT kind::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+            attached.workspaces
+        ),
         Some(1),
         &[sql_uuid(workspace).into()],
     )?;
