@@ -656,14 +656,17 @@ async fn the_python_snippet_in_docs_adopting_runs(cluster: Arc<Cluster>) -> Resu
     let script = dir.join("snippet.py");
     let value = cluster.fresh_secret();
     let harness = format!(
-        "{snippet}\n\n\
-import os, sys\n\
-conninfo = os.environ['DATABASE_URL']\n\
-value = os.environ['SNIPPET_VALUE']\n\
-with psycopg.connect(conninfo, autocommit=True) as conn:\n\
-    denied = set_workspace_secret(conn, '{concierge}', 'SNIPPET_KEY', value, agent=True)\n\
-    allowed = set_workspace_secret(conn, '{ordinary}', 'SNIPPET_KEY', value, agent=True)\n\
-print(denied[0], denied[1].get('error'), allowed[0])\n"
+        r#"{snippet}
+
+
+import os
+conninfo = os.environ["DATABASE_URL"]
+value = os.environ["SNIPPET_VALUE"]
+with psycopg.connect(conninfo, autocommit=True) as conn:
+    denied = set_workspace_secret(conn, "{concierge}", "SNIPPET_KEY", value, agent=True)
+    allowed = set_workspace_secret(conn, "{ordinary}", "SNIPPET_KEY", value, agent=True)
+print(denied[0], denied[1].get("error"), allowed[0])
+"#
     );
     std::fs::write(&script, harness)?;
     let out = tokio::process::Command::new(&python)
