@@ -127,12 +127,13 @@ pub fn byok_credentials(client: &SpiClient<'_>, attached: &Attached) -> Result<V
          LEFT JOIN {secrets} s ON s.workspace_id OPERATOR(pg_catalog.=) w.id AND s.key OPERATOR(pg_catalog.=) k.key \
          LEFT JOIN {global} g ON g.key OPERATOR(pg_catalog.=) k.key \
          WHERE (w.kind IS NULL OR w.kind::pg_catalog.text OPERATOR(pg_catalog.<>) 'external') \
-           AND NOT EXISTS (SELECT 1 FROM secretgate.external_runtimes x WHERE x.runtime OPERATOR(pg_catalog.=) w.runtime::pg_catalog.text) \
+           AND NOT {external} \
            AND (s.key IS NOT NULL OR g.key IS NOT NULL) \
          ORDER BY w.id, p.name COLLATE \"C\", k.key COLLATE \"C\"",
         workspaces = attached.workspaces,
         secrets = attached.secrets,
         global = attached.global_secrets,
+        external = crate::store::workspaces::external_runtime_sql(client, "w")?,
     );
     let mut out = Vec::new();
     for row in client.select(&sql, None, &[])? {

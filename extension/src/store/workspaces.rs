@@ -39,15 +39,35 @@ pub struct Routing {
     pub external_runtime: bool,
 }
 
+/// Whether `secretgate.external_runtimes` exists: not until `ALTER
+/// EXTENSION secretgate UPDATE` has run after the library was upgraded;
+/// until then only `kind = 'external'` marks an external agent.
+pub fn external_runtimes_listed(client: &SpiClient<'_>) -> Result<bool> {
+    let found =
+        spi::select(client, "SELECT pg_catalog.to_regclass('secretgate.external_runtimes') IS NOT NULL", Some(1), &[])?;
+    Ok(found.first().get_one::<bool>()?.unwrap_or(false))
+}
+
+/// SQL: whether the runtime of workspace row `w` is listed as external.
+pub fn external_runtime_sql(client: &SpiClient<'_>, w: &str) -> Result<String> {
+    Ok(if external_runtimes_listed(client)? {
+        format!(
+            "EXISTS (SELECT 1 FROM secretgate.external_runtimes x WHERE x.runtime OPERATOR(pg_catalog.=) {w}.runtime::pg_catalog.text)"
+        )
+    } else {
+        "false".to_string()
+    })
+}
+
 /// Kind, runtime and model of a workspace; `None` when there is no such row.
 pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) -> Result<Option<Routing>> {
     let row = spi::select(
         client,
         &format!(
-            "SELECT w.kind::pg_catalog.text, w.runtime::pg_catalog.text, {}, \
-               EXISTS (SELECT 1 FROM secretgate.external_runtimes r WHERE r.runtime OPERATOR(pg_catalog.=) w.runtime::pg_catalog.text) \
+            "SELECT w.kind::pg_catalog.text, w.runtime::pg_catalog.text, {}, {} \
              FROM {} w WHERE w.id OPERATOR(pg_catalog.=) $1",
             attached.model_column("w"),
+            external_runtime_sql(client, "w")?,
             attached.workspaces
         ),
         Some(1),
