@@ -17,6 +17,10 @@ pub enum Label {
 
 /// What kind of label type `type_oid` is, `None` when it is not one.
 pub fn label(type_oid: Oid) -> Option<Label> {
+    // The common case without a catalog lookup: the gates' hot path reads a text kind.
+    if type_oid == pg_sys::TEXTOID || type_oid == pg_sys::VARCHAROID {
+        return Some(Label::Text);
+    }
     // SAFETY: catalog lookups by type oid; getBaseType returns the oid itself for a non-domain.
     unsafe {
         let base = pg_sys::getBaseType(type_oid);
