@@ -401,6 +401,68 @@ async fn the_platform_adopts_secretgate_step_by_step(cluster: Arc<Cluster>) -> R
         .await;
     expect_sg(gone, Code::PlatformAgentIdentityGate)?;
 
+    // register_workspace sets the enum status, and reports a BYOK failure as 'failed'.
+    let reg = Uuid::new_v4();
+    let reg_key = cluster.fresh_secret();
+    let mut tx = p.service.begin().await.described("begin")?;
+    sqlx::query("INSERT INTO workspaces (id, name, status) VALUES ($1, 'reg', 'provisioning'::workspace_status)")
+        .bind(reg)
+        .execute(&mut *tx)
+        .await
+        .described("reg")?;
+    sqlx::query(
+        "SELECT secretgate.set_secret($1, 'GEMINI_API_KEY', $2), secretgate.set_secret($1, 'MODEL', 'gemini-2.5-pro')",
+    )
+    .bind(reg)
+    .bind(&reg_key)
+    .execute(&mut *tx)
+    .await
+    .described("reg's credential and MODEL")?;
+    tx.commit().await.described("create with credential and MODEL in one transaction")?;
+    let registered: (String, Option<String>) =
+        sqlx::query_as("SELECT status, code FROM secretgate.register_workspace($1)")
+            .bind(reg)
+            .fetch_one(&mut p.service)
+            .await
+            .described("register_workspace")?;
+    ensure!(registered == ("online".to_string(), None), "register_workspace: {registered:?}");
+    // Revoking the credential is always allowed; the next registration fails, and that commits.
+    sqlx::query("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = 'GEMINI_API_KEY'")
+        .bind(reg)
+        .execute(&mut p.service)
+        .await
+        .described("revoke the credential")?;
+    let registered: (String, Option<String>) =
+        sqlx::query_as("SELECT status, code FROM secretgate.register_workspace($1)")
+            .bind(reg)
+            .fetch_one(&mut p.service)
+            .await
+            .described("register_workspace without its credential")?;
+    ensure!(
+        registered == ("failed".to_string(), Some("MISSING_BYOK_CREDENTIAL".to_string())),
+        "register_workspace: {registered:?}"
+    );
+    let status: String = sqlx::query_scalar("SELECT status::text FROM workspaces WHERE id = $1")
+        .bind(reg)
+        .fetch_one(&mut p.service)
+        .await
+        .described("status")?;
+    ensure!(status == "failed", "the enum status is {status} after a failed registration");
+    // Its MODEL changed: checked (refused, no credential); written again unchanged: not a change.
+    expect_sg(
+        sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', 'gemini-2.5-flash')")
+            .bind(reg)
+            .execute(&mut p.service)
+            .await,
+        Code::MissingByokCredential,
+    )?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', 'gemini-2.5-pro')")
+        .bind(reg)
+        .execute(&mut p.service)
+        .await
+        .described("the same MODEL written again")?;
+    p.rows.push(Stored { workspace: Some(reg), key: "MODEL".into(), value: "gemini-2.5-pro".into() });
+
     // A bound version becomes current: adopt says rotate.
     let bound = random_bytes(32);
     cluster.remember_secret(&b64(&bound));
@@ -416,7 +478,8 @@ async fn the_platform_adopts_secretgate_step_by_step(cluster: Arc<Cluster>) -> R
         &["keyring: version(s) 0 (plaintext), 1 (unbound), 2 (bound, current)", "secretgate rotate"],
     )?;
 
-    // secretgate rotate (the DBA's call) moves every row, plaintext ones included.
+    // secretgate rotate (the DBA's call) moves every row, plaintext ones included; re-encrypting
+    // a MODEL is no change of model, so reg (failed, without its credential) does not stop it.
     let admin_url = cluster.url(&db);
     let run = run_cli(Some(&admin_url), &["rotate"]).await?;
     ensure!(run.code == Some(0), "secretgate rotate:\n{run}");

@@ -223,6 +223,10 @@ fn byok_model_at_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>
     let Some(id) = row.map(|row| uuid_col(&row, "workspace_id")).transpose()?.flatten() else {
         return Ok(None);
     };
+    if !old && operation(trigger) == Write::Update && same_model(trigger, id)? {
+        // Re-encrypted (a rotation), not changed: the model is what it was.
+        return Ok(None);
+    }
     let caller = Caller::current();
     with_attached(|client, attached| {
         if attached.has_model {
@@ -231,6 +235,24 @@ fn byok_model_at_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>
         byok::check_at_commit(client, attached, Scope::Workspace(id), &caller)
     })?;
     Ok(None)
+}
+
+/// Whether an UPDATE of a MODEL row left the same workspace's MODEL with the
+/// same value (a re-encryption). A side that cannot be decrypted counts as a
+/// change, so the gate runs (and fails closed on it).
+fn same_model(trigger: &PgTrigger<'_>, id: CoreUuid) -> Result<bool> {
+    let (Some(old), Some(new)) = (trigger.old(), trigger.new()) else {
+        return Ok(false);
+    };
+    if uuid_col(&old, "workspace_id")? != Some(id) || text_col(&old, "key")?.as_deref() != Some(MODEL) {
+        return Ok(false);
+    }
+    let value = |row: &Row<'_>| {
+        let blob = row.get_by_name::<&[u8]>("encrypted_value").ok().flatten().map(<[u8]>::to_vec);
+        let version = row.get_by_name::<i32>("encryption_version").ok().flatten();
+        keyring::open((blob, version), Scope::Workspace(id), MODEL).ok()
+    };
+    Ok(matches!((value(&old), value(&new)), (Some(a), Some(b)) if a == b))
 }
 
 /// TRUNCATE removes every MODEL at once: refused while any platform workspace is online.
