@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
 
+mod adopt;
 mod db;
 mod manual;
 mod migrate;
@@ -39,6 +40,10 @@ enum Command {
     /// Re-encrypt every secret under the current key version, in batches, with a progress bar;
     /// resumable after an interruption; ends with the verification pass
     Rotate(rotate::RotateArgs),
+    /// Check a database before and during adoption, changing nothing: whether the tables attach
+    /// (and what blocks them), rows per key version and format, unreadable rows, where the model
+    /// comes from, which roles are agents, and the next step; exit 0 only when ready
+    Adopt(adopt::AdoptArgs),
     /// Write the man pages and shell completions into a folder (used by scripts/package.sh)
     #[command(hide = true)]
     GenerateManual {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             Command::Probe(args) => probe::main(&url, args).await,
             Command::Verify => verify::main(&url).await,
             Command::Rotate(args) => rotate::main(&url, args).await,
+            Command::Adopt(args) => adopt::main(&url, args).await,
             Command::GenerateManual { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -101,7 +101,16 @@ pub fn print(report: &Report) {
             println!("{code}: {n} secret(s): {}", hint(code));
         }
     }
-    println!("summary: {} secret(s) checked, {} failed to decrypt", report.checked, report.failed.len());
+    let unencrypted = report.failed.iter().filter(|f| f.error_code == UNENCRYPTED).count();
+    if unencrypted == 0 {
+        println!("summary: {} secret(s) checked, {} failed to decrypt", report.checked, report.failed.len());
+    } else {
+        println!(
+            "summary: {} secret(s) checked, {} failed to decrypt, {unencrypted} stored unencrypted",
+            report.checked,
+            report.failed.len() - unencrypted
+        );
+    }
 }
 
 /// `SG001 DECRYPT_FAILED`, or the code alone when it is not one of ours.
@@ -112,7 +121,13 @@ fn describe_code(code: &str) -> String {
     }
 }
 
+/// The state verify_secrets gives a row stored under a plaintext key version.
+const UNENCRYPTED: &str = "unencrypted";
+
 fn hint(code: &str) -> &'static str {
+    if code == UNENCRYPTED {
+        return "stored without encryption (a plaintext key version): make a bound version current and run secretgate rotate";
+    }
     match Code::from_sqlstate(code) {
         Some(Code::DecryptFailed) => {
             "the ciphertext does not authenticate (corrupt, truncated, or copied from another row); set the value again or delete the row"
@@ -136,7 +151,10 @@ pub async fn main(url: &str) -> Result<(), Failure> {
     if report.failed.is_empty() {
         Ok(())
     } else {
-        Err(Failure::check(anyhow!("{} secret(s) do not decrypt (listed above)", report.failed.len())))
+        Err(Failure::check(anyhow!(
+            "{} secret(s) do not decrypt or are stored unencrypted (listed above)",
+            report.failed.len()
+        )))
     }
 }
 

@@ -19,7 +19,7 @@ pub mod policy;
 
 pub use codes::Code;
 pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
-pub use keyring::{Keyring, KEY_LEN};
+pub use keyring::{Format, Keyring, KEY_LEN};
 pub use liveness::{ciphertext_digest, Verdict};
 
 use thiserror::Error;

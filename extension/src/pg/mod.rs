@@ -7,3 +7,4 @@ pub mod error;
 pub mod index_read;
 pub mod keyring;
 pub mod spi;
+pub mod types;
