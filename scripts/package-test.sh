@@ -88,7 +88,7 @@ content_check() {
     local so="$x/usr/lib/postgresql/$n/lib/secretgate.so" missing
     ! ldd "$so" | grep -q "not found" || { ldd "$so" >&2; exit 1; }
     missing=$(comm -23 <(nm -D --undefined-only "$so" | awk '{print $2}' | sed 's/@.*//' | sort -u) \
-        <({ nm -D --defined-only "$bindir/postgres"; ldd "$so" | awk '/=>/ {print $3}' | xargs -r nm -D --defined-only; } \
+        <({ nm -D --defined-only "$bindir/postgres"; ldd "$so" | grep -o '/[^ ]*' | sort -u | xargs -r nm -D --defined-only; } \
             | awk '{print $3}' | sed 's/@.*//' | sort -u) | grep -v '^__gmon_start__$\|^_ITM_\|^__cxa_finalize$' || true)
     [ -z "$missing" ] || { echo "package-test: secretgate.so for $n needs symbols PostgreSQL $n does not have: $missing" >&2; exit 1; }
     # CREATE EXTENSION on the project's server of that major, from the package's files.

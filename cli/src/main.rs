@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
 
+mod adopt;
 mod db;
 mod keyring;
 mod manual;
@@ -43,6 +44,10 @@ enum Command {
     /// Make a keyring file (new), add a current key version (add-version FILE), or compare the
     /// server's keyring with the database's key check values (check)
     Keyring(keyring::KeyringArgs),
+    /// Check a database before and during adoption, changing nothing: whether the tables attach
+    /// (and what blocks them), rows per key version and format, unreadable rows, where the model
+    /// comes from, which roles are agents, and the next step; exit 0 only when ready
+    Adopt(adopt::AdoptArgs),
     /// Write the man pages and shell completions into a folder (used by scripts/package.sh)
     #[command(hide = true)]
     GenerateManual {
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
             Command::Verify => verify::main(&url).await,
             Command::Rotate(args) => rotate::main(&url, args).await,
             Command::Keyring(_) => unreachable!("handled above"),
+            Command::Adopt(args) => adopt::main(&url, args).await,
             Command::GenerateManual { .. } => unreachable!("handled before the runtime starts"),
         }
     });

@@ -133,11 +133,14 @@ pub fn print(report: &Report) {
     let lines = report.failed.iter().filter(|f| f.mismatch).count() as i64;
     let under_wrong_key: i64 =
         if report.mismatched.is_empty() { lines } else { report.mismatched.iter().map(|m| m.1).sum() };
-    println!(
-        "summary: {} secret(s) checked, {} failed to decrypt",
-        report.checked - lines + under_wrong_key,
-        rows.len() as i64 + under_wrong_key
-    );
+    let checked = report.checked - lines + under_wrong_key;
+    let unencrypted = rows.iter().filter(|f| f.error_code == UNENCRYPTED).count() as i64;
+    let failed = rows.len() as i64 - unencrypted + under_wrong_key;
+    if unencrypted == 0 {
+        println!("summary: {checked} secret(s) checked, {failed} failed to decrypt");
+    } else {
+        println!("summary: {checked} secret(s) checked, {failed} failed to decrypt, {unencrypted} stored unencrypted");
+    }
 }
 
 /// `SG001 DECRYPT_FAILED`, or the code alone when it is not one of ours.
@@ -148,7 +151,13 @@ fn describe_code(code: &str) -> String {
     }
 }
 
+/// The state verify_secrets gives a row stored under a plaintext key version.
+const UNENCRYPTED: &str = "unencrypted";
+
 fn hint(code: &str) -> &'static str {
+    if code == UNENCRYPTED {
+        return "stored without encryption (a plaintext key version): make a bound version current and run secretgate rotate";
+    }
     match Code::from_sqlstate(code) {
         Some(Code::DecryptFailed) => {
             "the ciphertext does not authenticate (corrupt, truncated, or copied from another row); set the value again or delete the row"
@@ -175,7 +184,10 @@ pub async fn main(url: &str) -> Result<(), Failure> {
     if report.failed.is_empty() {
         Ok(())
     } else {
-        Err(Failure::check(anyhow!("{} secret(s) do not decrypt (listed above)", report.failed.len())))
+        Err(Failure::check(anyhow!(
+            "{} secret(s) do not decrypt or are stored unencrypted (listed above)",
+            report.failed.len()
+        )))
     }
 }
 

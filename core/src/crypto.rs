@@ -1,5 +1,6 @@
 //! The ciphertext layout and the associated data that binds it to its row.
 
+use crate::keyring::Entry;
 use crate::{Error, Keyring};
 use aes_gcm::aead::{Aead, AeadCore, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -81,7 +82,9 @@ impl Keyring {
     }
 
     /// Encrypts with a caller-chosen nonce. Only for known-answer vectors:
-    /// reusing a nonce under one key breaks AES-GCM.
+    /// reusing a nonce under one key breaks AES-GCM. A bound version binds
+    /// the ciphertext to its row; an unbound one does not; a plaintext
+    /// version never encrypts (secretgate never writes plaintext).
     pub fn encrypt_with_nonce(
         &self,
         version: i32,
@@ -90,10 +93,17 @@ impl Keyring {
         scope: Scope,
         key_name: &str,
     ) -> Result<Vec<u8>, Error> {
-        let cipher = self.cipher(version)?;
-        let sealed = with_associated_data(scope, key_name, |aad| {
-            cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-        })
+        let sealed = match self.entry(version)? {
+            Entry::Bound(cipher) => with_associated_data(scope, key_name, |aad| {
+                cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            }),
+            Entry::Unbound(cipher) => cipher.encrypt(Nonce::from_slice(&nonce), plaintext),
+            Entry::Plaintext => {
+                return Err(Error::keyring(format!(
+                    "key version {version} is plaintext: secretgate never writes under it"
+                )))
+            }
+        }
         // aes-gcm fails only past 64 GiB of plaintext, far beyond any text value.
         .map_err(|_| Error::DecryptFailed { reason: "the value is too long to encrypt" })?;
         let mut blob = Vec::with_capacity(NONCE_LEN + sealed.len());
@@ -103,19 +113,29 @@ impl Keyring {
     }
 
     /// Opens `nonce || ciphertext || tag` written under `version` for this
-    /// row, returning the plaintext bytes.
+    /// row, returning the plaintext bytes. A plaintext version's value is
+    /// its stored bytes.
     pub fn decrypt_bytes(&self, blob: &[u8], version: i32, scope: Scope, key_name: &str) -> Result<Vec<u8>, Error> {
-        let cipher = self.cipher(version)?;
+        let entry = self.entry(version)?;
+        let cipher = match entry {
+            Entry::Plaintext => return Ok(blob.to_vec()),
+            Entry::Bound(cipher) | Entry::Unbound(cipher) => cipher,
+        };
         if blob.len() < NONCE_LEN + TAG_LEN {
             return Err(Error::DecryptFailed { reason: "the ciphertext is truncated (shorter than nonce and tag)" });
         }
         let (nonce, sealed) = blob.split_at(NONCE_LEN);
-        with_associated_data(scope, key_name, |aad| {
-            cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
-        })
-        .map_err(|_| Error::DecryptFailed {
-            reason: "the ciphertext does not authenticate: corrupt, or bound to another workspace or key name",
-        })
+        match entry {
+            Entry::Bound(_) => with_associated_data(scope, key_name, |aad| {
+                cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+            })
+            .map_err(|_| Error::DecryptFailed {
+                reason: "the ciphertext does not authenticate: corrupt, or bound to another workspace or key name",
+            }),
+            _ => cipher.decrypt(Nonce::from_slice(nonce), sealed).map_err(|_| Error::DecryptFailed {
+                reason: "the ciphertext does not authenticate: corrupt or truncated",
+            }),
+        }
     }
 
     /// Like [`Keyring::decrypt_bytes`], for text values.
@@ -129,6 +149,7 @@ impl Keyring {
 mod tests {
     use super::*;
     use crate::Code;
+    use aes_gcm::aead::Aead;
     use proptest::prelude::*;
 
     fn keyring() -> Keyring {
@@ -170,6 +191,59 @@ mod tests {
         let blob = k.encrypt_with_nonce(1, [7; NONCE_LEN], b"v1 value", Scope::Global, "MODEL").unwrap();
         assert_eq!(k.decrypt(&blob, 1, Scope::Global, "MODEL").unwrap(), "v1 value");
         assert_eq!(k.decrypt(&blob, 2, Scope::Global, "MODEL").unwrap_err().code(), Code::DecryptFailed);
+    }
+
+    const K: [u8; 32] = [5; 32];
+
+    fn mixed_keyring() -> Keyring {
+        use base64::Engine;
+        let k = base64::engine::general_purpose::STANDARD.encode(K);
+        Keyring::parse(
+            format!(
+                r#"{{"current_version": 1, "keys": {{"0": {{"format": "plaintext"}},
+                "1": {{"key": "{k}", "format": "unbound"}}, "2": "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI="}}}}"#
+            )
+            .as_bytes(),
+        )
+        .expect("mixed keyring parses")
+    }
+
+    #[test]
+    fn unbound_rows_are_plain_aes_gcm_without_associated_data() {
+        use aes_gcm::KeyInit;
+        let k = mixed_keyring();
+        // What an application writes on its own: nonce || ct || tag, no AAD.
+        let app = Aes256Gcm::new_from_slice(&K).unwrap();
+        let nonce = [9u8; NONCE_LEN];
+        let mut blob = nonce.to_vec();
+        blob.extend(app.encrypt(Nonce::from_slice(&nonce), b"sk-app".as_slice()).unwrap());
+        // Readable under any row: nothing binds it.
+        assert_eq!(k.decrypt(&blob, 1, Scope::Workspace(WS), "OPENAI_API_KEY").unwrap(), "sk-app");
+        assert_eq!(k.decrypt(&blob, 1, Scope::Global, "OTHER").unwrap(), "sk-app");
+        // secretgate's writes under the unbound current version are what the application reads.
+        let (v, ours) = k.encrypt(b"sk-ours", Scope::Workspace(WS), "OPENAI_API_KEY").unwrap();
+        assert_eq!(v, 1);
+        let (n, sealed) = ours.split_at(NONCE_LEN);
+        assert_eq!(app.decrypt(Nonce::from_slice(n), sealed).unwrap(), b"sk-ours");
+        // Corrupt or truncated still fails.
+        let mut bad = blob.clone();
+        bad[15] ^= 1;
+        assert_eq!(k.decrypt(&bad, 1, Scope::Global, "K").unwrap_err().code(), Code::DecryptFailed);
+        assert_eq!(k.decrypt(&blob[..20], 1, Scope::Global, "K").unwrap_err().code(), Code::DecryptFailed);
+        // A bound ciphertext is not an unbound one.
+        let bound = k.encrypt_with_nonce(2, nonce, b"x", Scope::Global, "K").unwrap();
+        assert_eq!(k.decrypt(&bound, 2, Scope::Global, "K").unwrap(), "x");
+        assert_eq!(k.decrypt(&bound, 1, Scope::Global, "K").unwrap_err().code(), Code::DecryptFailed);
+    }
+
+    #[test]
+    fn plaintext_rows_read_as_stored_and_are_never_written() {
+        let k = mixed_keyring();
+        assert_eq!(k.decrypt(b"claude-sonnet-4", 0, Scope::Workspace(WS), "MODEL").unwrap(), "claude-sonnet-4");
+        assert_eq!(k.decrypt(b"", 0, Scope::Global, "K").unwrap(), "");
+        assert_eq!(k.decrypt(&[0xff], 0, Scope::Global, "K").unwrap_err().code(), Code::DecryptFailed);
+        let err = k.encrypt_with_nonce(0, [0; NONCE_LEN], b"x", Scope::Global, "K").unwrap_err();
+        assert_eq!(err.code(), Code::KeyringUnavailable);
     }
 
     #[test]

@@ -1,4 +1,10 @@
 //! The keyring file: `{"current_version": 2, "keys": {"1": "<base64>", "2": "<base64>"}}`.
+//!
+//! A key entry is a base64 key (the bound format: AES-256-GCM with the row's
+//! associated data), or an object declaring another format, for rows an
+//! application wrote before adopting secretgate:
+//! `{"key": "<base64>", "format": "unbound"}` (AES-256-GCM, no associated
+//! data) or `{"format": "plaintext"}` (no key: the value is stored as is).
 
 use crate::Error;
 use aes_gcm::{Aes256Gcm, KeyInit};
@@ -28,11 +34,49 @@ pub fn key_check_value(key: &[u8]) -> [u8; CHECK_LEN] {
     mac.finalize().into_bytes().into()
 }
 
+/// How the rows of one key version are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// secretgate's own: AES-256-GCM bound to its row by associated data.
+    Bound,
+    /// AES-256-GCM without associated data, as applications often write.
+    Unbound,
+    /// No encryption at all: the UTF-8 bytes of the value.
+    Plaintext,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Bound => "bound",
+            Format::Unbound => "unbound",
+            Format::Plaintext => "plaintext",
+        }
+    }
+}
+
+/// One key version: its format and, unless plaintext, its expanded cipher.
+pub(crate) enum Entry {
+    Bound(Aes256Gcm),
+    Unbound(Aes256Gcm),
+    Plaintext,
+}
+
+impl Entry {
+    fn format(&self) -> Format {
+        match self {
+            Entry::Bound(_) => Format::Bound,
+            Entry::Unbound(_) => Format::Unbound,
+            Entry::Plaintext => Format::Plaintext,
+        }
+    }
+}
+
 /// Versioned keys, each expanded into its AES-256-GCM cipher, and its key
-/// check value computed, once, at load.
+/// check value computed, once, at load (a plaintext version has neither).
 pub struct Keyring {
     current_version: i32,
-    ciphers: BTreeMap<i32, Aes256Gcm>,
+    entries: BTreeMap<i32, Entry>,
     checks: BTreeMap<i32, [u8; CHECK_LEN]>,
 }
 
@@ -40,7 +84,32 @@ pub struct Keyring {
 #[serde(deny_unknown_fields)]
 struct KeyringFile {
     current_version: i32,
-    keys: BTreeMap<String, String>,
+    keys: BTreeMap<String, KeyEntry>,
+}
+
+/// A key entry as written: a bare base64 string (bound), or an object.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeyEntry {
+    Bound(String),
+    Declared(DeclaredEntry),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclaredEntry {
+    #[serde(default)]
+    key: Option<String>,
+    format: String,
+}
+
+impl KeyEntry {
+    fn zeroize(&mut self) {
+        match self {
+            KeyEntry::Bound(key) | KeyEntry::Declared(DeclaredEntry { key: Some(key), .. }) => key.zeroize(),
+            KeyEntry::Declared(_) => {}
+        }
+    }
 }
 
 impl Keyring {
@@ -49,7 +118,7 @@ impl Keyring {
         let mut file: KeyringFile = serde_json::from_slice(json).map_err(|e| {
             // serde_json's message can quote input; keep only where it broke.
             Error::keyring(format!(
-                "the keyring file is not valid keyring JSON (line {}, column {}); expected {{\"current_version\": N, \"keys\": {{\"N\": \"<base64 of 32 bytes>\"}}}}",
+                "the keyring file is not valid keyring JSON (line {}, column {}); expected {{\"current_version\": N, \"keys\": {{\"N\": \"<base64 of 32 bytes>\" or {{\"key\": \"<base64>\", \"format\": \"unbound\"}} or {{\"format\": \"plaintext\"}}}}}}",
                 e.line(),
                 e.column()
             ))
@@ -62,36 +131,52 @@ impl Keyring {
     }
 
     fn from_file(file: &KeyringFile) -> Result<Keyring, Error> {
-        let mut ciphers = BTreeMap::new();
+        let mut entries = BTreeMap::new();
         let mut checks = BTreeMap::new();
-        for (name, encoded) in &file.keys {
-            let version: i32 =
-                name.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
-                    Error::keyring(format!("keyring key version \"{name}\" is not a positive integer"))
-                })?;
-            let bytes = Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(encoded.trim())
-                    .map_err(|_| Error::keyring(format!("keyring key version {version} is not valid base64")))?,
-            );
-            if bytes.len() != KEY_LEN {
-                return Err(Error::keyring(format!(
-                    "keyring key version {version} is {} bytes; AES-256 needs exactly {KEY_LEN} (head -c 32 /dev/urandom | base64)",
-                    bytes.len()
-                )));
-            }
-            let cipher = Aes256Gcm::new_from_slice(&bytes)
-                .map_err(|_| Error::keyring(format!("keyring key version {version} is not a valid AES-256 key")))?;
-            ciphers.insert(version, cipher);
-            checks.insert(version, key_check_value(&bytes));
+        let mut cipher = |version: i32, encoded: &str| -> Result<Aes256Gcm, Error> {
+            let (cipher, check) = cipher_and_check(version, encoded)?;
+            checks.insert(version, check);
+            Ok(cipher)
+        };
+        for (name, entry) in &file.keys {
+            // 0 is allowed: applications commonly mark their unencrypted rows version 0.
+            let version: i32 = name.parse().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                Error::keyring(format!("keyring key version \"{name}\" is not a non-negative integer"))
+            })?;
+            let entry = match entry {
+                KeyEntry::Bound(encoded) => Entry::Bound(cipher(version, encoded)?),
+                KeyEntry::Declared(DeclaredEntry { key, format }) => match (format.as_str(), key) {
+                    ("bound", Some(encoded)) => Entry::Bound(cipher(version, encoded)?),
+                    ("unbound", Some(encoded)) => Entry::Unbound(cipher(version, encoded)?),
+                    ("plaintext", None) => Entry::Plaintext,
+                    ("plaintext", Some(_)) => {
+                        return Err(Error::keyring(format!(
+                            "keyring key version {version} is plaintext and must not have a \"key\""
+                        )))
+                    }
+                    ("bound" | "unbound", None) => {
+                        return Err(Error::keyring(format!("keyring key version {version} has no \"key\"")))
+                    }
+                    _ => {
+                        return Err(Error::keyring(format!(
+                            "keyring key version {version} has an unknown \"format\" (bound, unbound or plaintext)"
+                        )))
+                    }
+                },
+            };
+            entries.insert(version, entry);
         }
-        if !ciphers.contains_key(&file.current_version) {
-            return Err(Error::keyring(format!(
+        match entries.get(&file.current_version) {
+            None => Err(Error::keyring(format!(
                 "the keyring's current_version {} has no key in \"keys\"",
                 file.current_version
-            )));
+            ))),
+            Some(Entry::Plaintext) => Err(Error::keyring(format!(
+                "the keyring's current_version {} is plaintext; the current version must encrypt (bound or unbound)",
+                file.current_version
+            ))),
+            Some(_) => Ok(Keyring { current_version: file.current_version, entries, checks }),
         }
-        Ok(Keyring { current_version: file.current_version, ciphers, checks })
     }
 
     /// Reads and parses the keyring file at `path`: an absolute path to a
@@ -116,7 +201,7 @@ impl Keyring {
 
     /// Every key version the keyring holds, ascending.
     pub fn versions(&self) -> impl Iterator<Item = i32> + '_ {
-        self.ciphers.keys().copied()
+        self.entries.keys().copied()
     }
 
     /// The key check value of `version`'s key; `None` when the keyring has
@@ -135,9 +220,33 @@ impl Keyring {
         }
     }
 
-    pub(crate) fn cipher(&self, version: i32) -> Result<&Aes256Gcm, Error> {
-        self.ciphers.get(&version).ok_or(Error::UnknownKeyVersion { version })
+    /// The format of a key version, `None` when the keyring has no such version.
+    pub fn format(&self, version: i32) -> Option<Format> {
+        self.entries.get(&version).map(Entry::format)
     }
+
+    pub(crate) fn entry(&self, version: i32) -> Result<&Entry, Error> {
+        self.entries.get(&version).ok_or(Error::UnknownKeyVersion { version })
+    }
+}
+
+/// The AES-256-GCM cipher of a base64 key and its key check value; errors
+/// never quote the key.
+fn cipher_and_check(version: i32, encoded: &str) -> Result<(Aes256Gcm, [u8; CHECK_LEN]), Error> {
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|_| Error::keyring(format!("keyring key version {version} is not valid base64")))?,
+    );
+    if bytes.len() != KEY_LEN {
+        return Err(Error::keyring(format!(
+            "keyring key version {version} is {} bytes; AES-256 needs exactly {KEY_LEN} (head -c 32 /dev/urandom | base64)",
+            bytes.len()
+        )));
+    }
+    let cipher = Aes256Gcm::new_from_slice(&bytes)
+        .map_err(|_| Error::keyring(format!("keyring key version {version} is not a valid AES-256 key")))?;
+    Ok((cipher, key_check_value(&bytes)))
 }
 
 /// A fresh random 32-byte key, base64 (the operating system's generator).
@@ -256,7 +365,7 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
             .field("current_version", &self.current_version)
-            .field("versions", &self.ciphers.keys().collect::<Vec<_>>())
+            .field("versions", &self.entries.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -299,9 +408,46 @@ mod tests {
             reason(Keyring::parse(br#"{"current_version":1,"keys":{"1":"!!notbase64"}}"#)).contains("not valid base64")
         );
         assert!(reason(Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"one":"{K1}"}}}}"#).as_bytes()))
-            .contains("not a positive integer"));
-        assert!(reason(Keyring::parse(format!(r#"{{"current_version":0,"keys":{{"0":"{K1}"}}}}"#).as_bytes()))
-            .contains("not a positive integer"));
+            .contains("not a non-negative integer"));
+        assert!(reason(Keyring::parse(format!(r#"{{"current_version":-1,"keys":{{"-1":"{K1}"}}}}"#).as_bytes()))
+            .contains("not a non-negative integer"));
+    }
+
+    #[test]
+    fn entries_declare_their_format() {
+        let k = Keyring::parse(
+            format!(
+                r#"{{"current_version":1,"keys":{{"0":{{"format":"plaintext"}},"1":{{"key":"{K1}","format":"unbound"}},"2":"{K1}","3":{{"key":"{K1}","format":"bound"}}}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(k.versions().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+        assert_eq!(k.format(0), Some(Format::Plaintext));
+        assert_eq!(k.format(1), Some(Format::Unbound));
+        assert_eq!(k.format(2), Some(Format::Bound));
+        assert_eq!(k.format(3), Some(Format::Bound));
+        assert_eq!(k.format(4), None);
+        // An unbound version may be current.
+        assert_eq!(k.current_version(), 1);
+    }
+
+    #[test]
+    fn rejects_malformed_declared_entries() {
+        let parse = |keys: &str, current: i32| {
+            Keyring::parse(format!(r#"{{"current_version":{current},"keys":{{{keys}}}}}"#).as_bytes())
+        };
+        assert!(reason(parse(r#""0":{"format":"plaintext"}"#, 0))
+            .contains("is plaintext; the current version must encrypt"));
+        assert!(reason(parse(&format!(r#""0":{{"format":"plaintext","key":"{K1}"}},"1":"{K1}""#), 1))
+            .contains("must not have a \"key\""));
+        assert!(reason(parse(r#""1":{"format":"unbound"}"#, 1)).contains("has no \"key\""));
+        assert!(reason(parse(&format!(r#""1":{{"key":"{K1}","format":"sealed"}}"#), 1)).contains("unknown \"format\""));
+        assert!(reason(parse(&format!(r#""1":{{"key":"{K1}","format":"unbound","x":1}}"#), 1))
+            .contains("not valid keyring JSON"));
+        assert!(reason(parse(r#""1":{"key":"AQID","format":"unbound"}"#, 1)).contains("3 bytes"));
+        let shown = reason(parse(r#""1":{"key":"c2VjcmV0LWtleS1tYXRlcmlhbA==","format":"unbound"}"#, 1));
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
     }
 
     #[test]
@@ -335,6 +481,15 @@ mod tests {
         assert_eq!(b.verify_check(1, &a1).unwrap_err().code(), Code::KeyMismatch);
         // Nothing to compare for a version the keyring has no key for.
         assert_eq!(b.verify_check(9, &a1), Ok(()));
+        // An unbound key has a check value; a plaintext version has none.
+        let f = Keyring::parse(
+            format!(r#"{{"current_version":1,"keys":{{"0":{{"format":"plaintext"}},"1":{{"key":"{K1}","format":"unbound"}}}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(f.check_value(1), Some(&a1));
+        assert_eq!(f.check_value(0), None);
+        assert_eq!(f.verify_check(0, &a1), Ok(()));
         // The check value is not the key, nor derived from it by a plain hash.
         assert!(!hex::encode(a1).contains("0101010101"));
         use sha2::Digest;

@@ -21,8 +21,8 @@ pub mod policy;
 pub use codes::Code;
 pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
 pub use keyring::{
-    add_version_json, key_check_value, key_status, new_key_base64, new_keyring_json, KeyStatus, Keyring, CHECK_LEN,
-    KEY_LEN,
+    add_version_json, key_check_value, key_status, new_key_base64, new_keyring_json, Format, KeyStatus, Keyring,
+    CHECK_LEN, KEY_LEN,
 };
 pub use liveness::{ciphertext_digest, Verdict};
 

@@ -372,6 +372,12 @@ pub enum Byok {
     },
 }
 
+/// Whether a workspace is an external agent (exempt from BYOK): kind
+/// `external`, or a runtime the DBA listed in `secretgate.external_runtimes`.
+pub fn is_external(kind: Option<&str>, runtime_listed: bool) -> bool {
+    kind == Some(EXTERNAL) || runtime_listed
+}
+
 /// Whether a workspace is outside the BYOK rule before any credential is
 /// looked at: an external agent, or a provider that is the platform's or
 /// cannot be derived.

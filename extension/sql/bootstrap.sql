@@ -104,6 +104,14 @@ AS $$
     LIMIT 1
 $$;
 
+-- Runtimes whose workspaces are external agents (exempt from BYOK, as
+-- kind = 'external' is): for platforms that mark external agents by runtime.
+CREATE TABLE secretgate.external_runtimes (
+    runtime text PRIMARY KEY
+);
+INSERT INTO secretgate.external_runtimes (runtime) VALUES ('external');
+GRANT SELECT ON secretgate.external_runtimes TO PUBLIC;
+
 -- Liveness verdicts from probes, each bound to the SHA-256 of the
 -- credential's ciphertext at the time: a rotated credential starts clean.
 CREATE TABLE secretgate.liveness (
@@ -148,6 +156,8 @@ BEGIN
     ELSIF TG_TABLE_NAME = 'credential_auth' THEN
         UPDATE secretgate.credential_auth SET auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
          WHERE key = NEW.key;
+    ELSIF TG_TABLE_NAME = 'external_runtimes' THEN
+        PERFORM FROM secretgate.external_runtimes WHERE runtime = NEW.runtime;
     ELSE
         UPDATE secretgate.forbidden_keys SET reason = NEW.reason WHERE key = NEW.key;
     END IF;
@@ -164,12 +174,15 @@ CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.forbidden_keys
     FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
 CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.credential_auth
     FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.external_runtimes
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
 
 SELECT pg_catalog.pg_extension_config_dump('secretgate.providers', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.model_routes', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.forbidden_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.liveness', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');
+SELECT pg_catalog.pg_extension_config_dump('secretgate.external_runtimes', '');
 
 -- Key check values (CONTRACT §3): a keyed hash of a fixed label under each key
 -- version, recorded when the version is first used in this database, so a

@@ -1,8 +1,14 @@
 -- Privileges on the generated functions, after they exist.
 
--- Attaching decides what is guarded: the database owner's (or a superuser's) call.
+-- Attaching decides what is guarded: a superuser's or the tables' owner's
+-- call. Any role may call them; the code refuses (42501) a role that is
+-- neither a superuser nor the owner of all three tables. (Revoked, then
+-- granted: the same privileges, spelled as the 0.3.0 -> 0.4.0 update leaves them.)
 REVOKE EXECUTE ON FUNCTION secretgate.attach_gates(regclass, regclass, regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION secretgate.detach_gates() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION secretgate.attach_gates(regclass, regclass, regclass) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION secretgate.detach_gates() TO PUBLIC;
+ALTER FUNCTION secretgate.attach_check(regclass, regclass, regclass) SET search_path = pg_catalog, pg_temp;
 -- CREATE TRIGGER binds the operators of its WHEN clauses (NEW.kind = 'platform',
 -- IS DISTINCT FROM) by the search_path in force: pinned, so a schema put
 -- before pg_catalog cannot swap them for its own and switch the gates off.
@@ -28,6 +34,7 @@ ALTER FUNCTION secretgate.gate_model_removed() SECURITY DEFINER SET search_path 
 ALTER FUNCTION secretgate.gate_secrets_truncate() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_workspace_write() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION secretgate.gate_byok() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION secretgate.gate_byok_model() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Verdicts are written only through record_liveness, by roles granted it.
 ALTER FUNCTION secretgate.record_liveness(uuid, text, integer, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

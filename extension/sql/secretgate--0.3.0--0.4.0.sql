@@ -80,6 +80,85 @@ CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.credential_auth
 SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');
 
 -- ---------------------------------------------------------------------------
+-- Adoption by a live platform (issue 13): label-typed kind/status, a model
+-- that is the MODEL secret, external runtimes, owners attach, attach_check.
+
+CREATE TABLE secretgate.external_runtimes (
+    runtime text PRIMARY KEY
+);
+INSERT INTO secretgate.external_runtimes (runtime) VALUES ('external');
+GRANT SELECT ON secretgate.external_runtimes TO PUBLIC;
+CREATE OR REPLACE FUNCTION secretgate.registry_upsert() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'providers' THEN
+        UPDATE secretgate.providers
+           SET is_platform = NEW.is_platform, auth_env = NEW.auth_env, base_url = NEW.base_url,
+               auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
+         WHERE name = NEW.name;
+    ELSIF TG_TABLE_NAME = 'model_routes' THEN
+        UPDATE secretgate.model_routes SET provider = NEW.provider
+         WHERE pattern = NEW.pattern AND runtime IS NOT DISTINCT FROM NEW.runtime;
+    ELSIF TG_TABLE_NAME = 'credential_auth' THEN
+        UPDATE secretgate.credential_auth SET auth_header = NEW.auth_header, auth_scheme = NEW.auth_scheme
+         WHERE key = NEW.key;
+    ELSIF TG_TABLE_NAME = 'external_runtimes' THEN
+        PERFORM FROM secretgate.external_runtimes WHERE runtime = NEW.runtime;
+    ELSE
+        UPDATE secretgate.forbidden_keys SET reason = NEW.reason WHERE key = NEW.key;
+    END IF;
+    IF FOUND THEN
+        RETURN NULL;  -- the existing row now holds the inserted values
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.external_runtimes
+    FOR EACH ROW EXECUTE FUNCTION secretgate.registry_upsert();
+SELECT pg_catalog.pg_extension_config_dump('secretgate.external_runtimes', '');
+
+CREATE FUNCTION secretgate."gate_byok_model"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_byok_model_wrapper';
+ALTER FUNCTION secretgate.gate_byok_model() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+GRANT EXECUTE ON FUNCTION secretgate.attach_gates(regclass, regclass, regclass) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION secretgate.detach_gates() TO PUBLIC;
+
+CREATE FUNCTION secretgate."attach_check"(
+	"workspaces" regclass,
+	"secrets" regclass,
+	"global_secrets" regclass
+) RETURNS TABLE (
+	"relation" TEXT,
+	"sqlstate" TEXT,
+	"problem" TEXT
+)
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'attach_check_wrapper';
+ALTER FUNCTION secretgate.attach_check(regclass, regclass, regclass) SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION secretgate."adoption_rows"(
+	"secrets" regclass,
+	"global_secrets" regclass
+) RETURNS TABLE (
+	"encryption_version" INT,
+	"format" TEXT,
+	"rows" bigint,
+	"unreadable" bigint
+)
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'adoption_rows_wrapper';
+
+CREATE FUNCTION secretgate."key_formats"() RETURNS TABLE (
+	"version" INT,
+	"format" TEXT,
+	"is_current" bool
+)
+STABLE STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'key_formats_wrapper';
+
+-- ---------------------------------------------------------------------------
 -- Keys from a KMS, and a wrong key told apart from a corrupt row (issue 16).
 -- Existing databases get their key check values on first use: the first
 -- time a version encrypts, or one of its rows decrypts, after this update

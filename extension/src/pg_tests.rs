@@ -222,7 +222,7 @@ mod tests {
         attached_tables();
         // Same tables again: a no-op.
         assert_eq!(sqlstate_of("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')"), None);
-        run("CREATE TABLE public.ws_missing (id uuid PRIMARY KEY, kind text, status text, runtime text)");
+        run("CREATE TABLE public.ws_missing (id uuid PRIMARY KEY, kind text, status text)");
         run("CREATE TABLE public.ws_mistyped (id uuid PRIMARY KEY, kind text, status text, runtime text, model int)");
         run("CREATE TABLE public.secrets_nokey (workspace_id uuid, key text, encrypted_value bytea, encryption_version int)");
         run("CREATE TABLE public.ws_extra (id uuid PRIMARY KEY, kind text, status text, runtime text, model text, extra jsonb)");
@@ -240,8 +240,39 @@ mod tests {
         ] {
             assert_eq!(sqlstate_of(stmt).as_deref(), Some(want), "{stmt}");
         }
+        // Labels: an enum status, a domain kind, a varchar runtime, no model column.
+        run("CREATE TYPE public.ws_state AS ENUM ('provisioning', 'online', 'hibernating')");
+        run("CREATE DOMAIN public.ws_kind AS varchar(20)");
+        run("CREATE TABLE public.ws_labels (id uuid PRIMARY KEY, kind public.ws_kind, status public.ws_state, runtime varchar)");
+        let problems = Spi::get_one::<i64>(
+            "SELECT count(*) FROM secretgate.attach_check('public.ws_labels', 'public.workspace_secrets', 'public.global_secrets')",
+        );
+        assert_eq!(problems, Ok(Some(0)));
+        let problems = Spi::get_one::<i64>(
+            "SELECT count(*) FROM secretgate.attach_check('public.ws_mistyped', 'public.secrets_nokey', 'public.global_secrets')",
+        );
+        assert_eq!(problems, Ok(Some(2)), "attach_check lists every problem");
         // Extra columns are fine.
         assert_eq!(sqlstate_of("SELECT secretgate.attach_gates('public.ws_extra', 'public.workspace_secrets', 'public.global_secrets')"), None);
+    }
+
+    #[pg_test]
+    fn direct_kind_read_takes_text_like_kinds_and_leaves_enums_to_sql() {
+        use crate::pg::index_read::text_by_uuid_key;
+        run("CREATE DOMAIN public.kind_d AS text");
+        run("CREATE TYPE public.kind_e AS ENUM ('workspace', 'platform')");
+        run("CREATE TABLE public.k_domain (id uuid PRIMARY KEY, kind public.kind_d)");
+        run("CREATE TABLE public.k_varchar (id uuid PRIMARY KEY, kind varchar(16))");
+        run("CREATE TABLE public.k_enum (id uuid PRIMARY KEY, kind public.kind_e)");
+        for t in ["k_domain", "k_varchar", "k_enum"] {
+            run(&format!("INSERT INTO public.{t} VALUES ('{WS}', 'platform')"));
+        }
+        let oid =
+            |t: &str| Spi::get_one::<pg_sys::Oid>(&format!("SELECT 'public.{t}'::regclass::oid")).unwrap().unwrap();
+        let key = *secretgate_core::uuid::Uuid::parse_str(WS).unwrap().as_bytes();
+        assert_eq!(text_by_uuid_key(oid("k_domain"), c"id", c"kind", &key), Some(Some("platform".to_string())));
+        assert_eq!(text_by_uuid_key(oid("k_varchar"), c"id", c"kind", &key), Some(Some("platform".to_string())));
+        assert_eq!(text_by_uuid_key(oid("k_enum"), c"id", c"kind", &key), None, "an enum kind goes through SQL");
     }
 
     #[pg_test]
@@ -391,11 +422,11 @@ mod tests {
         assert_eq!(read("tests.ws", WS), Some(Some("workspace".into())));
         // Shapes it does not handle: the caller goes through SPI.
         run("CREATE TABLE tests.ws_unique (id uuid UNIQUE NOT NULL, kind text)");
-        run("CREATE TABLE tests.ws_varchar (id uuid PRIMARY KEY, kind varchar)");
         run("CREATE TABLE tests.ws_pair (id uuid, n int, kind text, PRIMARY KEY (id, n))");
         run("CREATE TABLE tests.ws_parted (id uuid PRIMARY KEY, kind text) PARTITION BY HASH (id)");
         run("CREATE TABLE tests.ws_parted_0 PARTITION OF tests.ws_parted FOR VALUES WITH (MODULUS 1, REMAINDER 0)");
-        for table in ["tests.ws_unique", "tests.ws_varchar", "tests.ws_pair", "tests.ws_parted"] {
+        // (A varchar, domain or enum kind: see direct_kind_read_takes_text_like_kinds_and_leaves_enums_to_sql.)
+        for table in ["tests.ws_unique", "tests.ws_pair", "tests.ws_parted"] {
             assert_eq!(read(table, WS), None, "{table}");
         }
     }

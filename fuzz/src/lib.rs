@@ -12,7 +12,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 use base64::Engine;
 use secretgate_core::uuid::Uuid;
-use secretgate_core::{Code, Error, Keyring, Scope, NONCE_LEN, TAG_LEN};
+use secretgate_core::{Code, Error, Format, Keyring, Scope, NONCE_LEN, TAG_LEN};
 use std::sync::OnceLock;
 
 /// A fixed two-version keyring (test keys only): version 2 is current,
@@ -45,7 +45,11 @@ pub fn keyring_parse(data: &[u8]) {
         Ok(k) => {
             let versions: Vec<i32> = k.versions().collect();
             assert!(versions.contains(&k.current_version()), "current_version has no key");
-            assert!(versions.iter().all(|v| *v >= 1), "a key version below 1 was accepted");
+            assert!(versions.iter().all(|v| *v >= 0), "a negative key version was accepted");
+            assert!(
+                k.format(k.current_version()) != Some(Format::Plaintext),
+                "a plaintext current_version was accepted"
+            );
 
             let debug = format!("{k:?}");
             let expected = format!("Keyring {{ current_version: {}, versions: {versions:?} }}", k.current_version());
@@ -56,6 +60,15 @@ pub fn keyring_parse(data: &[u8]) {
 
             // Every parsed key really works, and only for its own version.
             for &v in &versions {
+                if k.format(v) == Some(Format::Plaintext) {
+                    // Read as stored; never written.
+                    assert!(k.decrypt(b"probe", v, Scope::Global, "K").as_deref() == Ok("probe"), "plaintext read");
+                    assert!(
+                        k.encrypt_with_nonce(v, [0; NONCE_LEN], b"probe", Scope::Global, "K").is_err(),
+                        "a plaintext version encrypted"
+                    );
+                    continue;
+                }
                 let blob = k
                     .encrypt_with_nonce(v, [v as u8; NONCE_LEN], b"probe", Scope::Global, "K")
                     .expect("encrypt under a parsed key");
@@ -87,7 +100,7 @@ fn key_values(data: &[u8]) -> Vec<String> {
         return Vec::new();
     };
     keys.values()
-        .filter_map(|v| v.as_str())
+        .filter_map(|v| v.as_str().or_else(|| v.get("key").and_then(|k| k.as_str())))
         .map(|v| v.trim().to_owned())
         .filter(|v| v.len() >= 16 && base64::engine::general_purpose::STANDARD.decode(v).is_ok())
         .filter(|v| !keys.keys().any(|name| name.contains(v.as_str())))

@@ -169,8 +169,9 @@ async fn walk(root: &Root) -> Result<()> {
     sqlx::query("CREATE DATABASE platform").execute(&mut admin).await?;
     root.secretgate("platform", &["migrate", "run"])?;
     let mut conn = PgConnection::connect(&root.url("platform")).await?;
-    let installed: String =
-        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'").fetch_one(&mut conn).await?;
+    let installed: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'")
+        .fetch_one(&mut conn)
+        .await?;
     ensure!(installed == previous, "the previous package created secretgate {installed}, not {previous}");
     let ws = Uuid::new_v4();
     sqlx::query("INSERT INTO workspaces (id, kind, status) VALUES ($1, 'workspace', 'provisioning')")
@@ -179,7 +180,11 @@ async fn walk(root: &Root) -> Result<()> {
         .await?;
     let value = random_hex(16);
     let global = random_hex(16);
-    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)").bind(ws).bind(&value).execute(&mut conn).await?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)")
+        .bind(ws)
+        .bind(&value)
+        .execute(&mut conn)
+        .await?;
     sqlx::query("SELECT secretgate.set_global_secret('OPENAI_API_KEY', $1)").bind(&global).execute(&mut conn).await?;
     conn.close().await?;
 
@@ -188,14 +193,18 @@ async fn walk(root: &Root) -> Result<()> {
     root.pg_ctl("restart")?;
     let mut conn = connect_when_ready(&root.url("platform"), Duration::from_secs(30)).await?;
     sqlx::query("ALTER EXTENSION secretgate UPDATE").execute(&mut conn).await?;
-    let updated: String =
-        sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'").fetch_one(&mut conn).await?;
+    let updated: String = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'")
+        .fetch_one(&mut conn)
+        .await?;
     ensure!(updated == version, "ALTER EXTENSION UPDATE left secretgate at {updated}, not {version}");
     let read: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'ANTHROPIC_API_KEY')")
         .bind(ws)
         .fetch_one(&mut conn)
         .await?;
-    ensure!(read.as_deref() == Some(value.as_str()), "a secret stored under {previous} does not read back after the update");
+    ensure!(
+        read.as_deref() == Some(value.as_str()),
+        "a secret stored under {previous} does not read back after the update"
+    );
     let read: Option<String> =
         sqlx::query_scalar("SELECT secretgate.read_global_secret('OPENAI_API_KEY')").fetch_one(&mut conn).await?;
     ensure!(read.as_deref() == Some(global.as_str()), "a global secret stored under {previous} does not read back");
@@ -283,13 +292,20 @@ async fn refusals(conn: &mut PgConnection, ws: Uuid) -> Result<()> {
     expect_sg(r, Code::ConciergeSelfWriteBlocked)?;
     tx.rollback().await?;
 
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'MODEL_PROVIDER', $2)").bind(ws).bind(random_hex(8)).execute(&mut *conn).await;
+    let r = sqlx::query("SELECT secretgate.set_secret($1, 'MODEL_PROVIDER', $2)")
+        .bind(ws)
+        .bind(random_hex(8))
+        .execute(&mut *conn)
+        .await;
     expect_sg(r, Code::ForbiddenSecretKey)?;
     let r = sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', 'anthropic')").bind(ws).execute(&mut *conn).await;
     expect_sg(r, Code::InvalidModelId)?;
 
     let mut tx = conn.begin().await?;
-    sqlx::query("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'").bind(concierge).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
+        .bind(concierge)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("UPDATE workspaces SET status = 'online' WHERE id = $1").bind(concierge).execute(&mut *tx).await?;
     expect_sg(tx.commit().await, Code::PlatformAgentIdentityGate)?;
 
@@ -301,7 +317,8 @@ async fn refusals(conn: &mut PgConnection, ws: Uuid) -> Result<()> {
     .await;
     // No ANTHROPIC_API_KEY for a new workspace, at its scope or globally (only OPENAI_API_KEY is global).
     expect_sg(r, Code::MissingByokCredential)?;
-    let rows = sqlx::query("SELECT state FROM secretgate.verify_secrets() WHERE state <> 'ok'").fetch_all(&mut *conn).await?;
+    let rows =
+        sqlx::query("SELECT state FROM secretgate.verify_secrets() WHERE state <> 'ok'").fetch_all(&mut *conn).await?;
     ensure!(rows.is_empty(), "verify_secrets lists {} row(s) that do not decrypt", rows.len());
     Ok(())
 }

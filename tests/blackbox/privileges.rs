@@ -178,13 +178,16 @@ async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<Attempt<'_>>, le
 /// (else to its owner only), SECURITY DEFINER, search_path pinned). A new
 /// function fails this trial until it is added here: decide its grants.
 const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
-    ("secretgate.attach_gates(regclass,regclass,regclass)", false, false, true),
+    ("secretgate.adoption_rows(regclass,regclass)", true, false, false),
+    // Any role may call them; the code refuses one that is neither a superuser nor the tables' owner.
+    ("secretgate.attach_check(regclass,regclass,regclass)", true, false, true),
+    ("secretgate.attach_gates(regclass,regclass,regclass)", true, false, true),
     ("secretgate.byok_credential_present(uuid,text)", true, false, false),
     ("secretgate.byok_credentials()", true, false, false),
     ("secretgate.check_byok(uuid)", true, false, false),
     ("secretgate.current_key_version()", true, false, false),
     ("secretgate.decrypt(bytea,integer,uuid,text)", false, false, false),
-    ("secretgate.detach_gates()", false, false, true),
+    ("secretgate.detach_gates()", true, false, true),
     ("secretgate.encrypt(text,uuid,text)", false, false, false),
     ("secretgate.ensure_concierge_model(uuid,text)", true, false, false),
     ("secretgate.ensure_concierge_provider(uuid)", true, false, false),
@@ -192,6 +195,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     // except the two per-row secret gates: SECURITY INVOKER (since 0.4.0),
     // they switch to the extension's owner in code around their reads.
     ("secretgate.gate_byok()", true, true, true),
+    ("secretgate.gate_byok_model()", true, true, true),
     ("secretgate.gate_global_secret_write()", true, false, false),
     ("secretgate.gate_model_removed()", true, true, true),
     ("secretgate.gate_platform_identity()", true, true, true),
@@ -202,6 +206,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.guard_attached_triggers()", true, false, true),
     ("secretgate.has_model_secret(uuid)", true, false, false),
     ("secretgate.key_check_status()", false, false, false),
+    ("secretgate.key_formats()", true, false, false),
     ("secretgate.read_global_secret(text)", true, false, false),
     ("secretgate.read_secret(uuid,text)", true, false, false),
     ("secretgate.record_liveness(uuid,text,integer,text)", false, true, true),

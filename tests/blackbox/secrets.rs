@@ -579,7 +579,9 @@ async fn attach_gates_validates_tables(cluster: Arc<Cluster>) -> Result<()> {
          CREATE TABLE good.sec (workspace_id uuid NOT NULL, key text NOT NULL, encrypted_value bytea NOT NULL,
                                 encryption_version int NOT NULL, note text, UNIQUE (workspace_id, key));
          CREATE TABLE good.glob (key text UNIQUE NOT NULL, encrypted_value bytea NOT NULL, encryption_version int NOT NULL);
-         CREATE TABLE bad.ws_missing_model (id uuid PRIMARY KEY, kind text, status text, runtime text);
+         -- no model column is fine (the MODEL secret is the model); a status that is no label is not
+         CREATE TABLE bad.ws_int_status (id uuid PRIMARY KEY, kind text, status int, runtime text);
+         CREATE TABLE bad.ws_missing_runtime (id uuid PRIMARY KEY, kind text, status text);
          CREATE TABLE bad.ws_text_id (id text PRIMARY KEY, kind text, status text, runtime text, model text);
          CREATE TABLE bad.sec_text_version (workspace_id uuid, key text, encrypted_value bytea, encryption_version text,
                                             PRIMARY KEY (workspace_id, key));
@@ -599,7 +601,8 @@ async fn attach_gates_validates_tables(cluster: Arc<Cluster>) -> Result<()> {
 
     let (w, s, g) = ("public.workspaces", "public.workspace_secrets", "public.global_secrets");
     let refused = [
-        ("bad.ws_missing_model", s, g, "42703", "ws_missing_model", "model"),
+        ("bad.ws_int_status", s, g, "42804", "ws_int_status", "status"),
+        ("bad.ws_missing_runtime", s, g, "42703", "ws_missing_runtime", "runtime"),
         ("bad.ws_text_id", s, g, "42804", "ws_text_id", "id"),
         (w, "bad.sec_text_version", g, "42804", "sec_text_version", "encryption_version"),
         (w, "bad.sec_no_value", g, "42703", "sec_no_value", "encrypted_value"),

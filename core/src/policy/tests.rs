@@ -280,3 +280,12 @@ proptest! {
         prop_assert_eq!(recognise_refusal(&r.message(), Some(&r.detail_json())), Some(Code::ForbiddenSecretKey));
     }
 }
+
+#[test]
+fn external_by_kind_or_listed_runtime() {
+    assert!(is_external(Some("external"), false));
+    assert!(is_external(Some("workspace"), true));
+    assert!(is_external(None, true));
+    assert!(!is_external(Some("workspace"), false));
+    assert!(!is_external(None, false));
+}

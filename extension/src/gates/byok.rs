@@ -11,7 +11,7 @@ use crate::store::{liveness, registry, secrets, workspaces};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgSqlErrorCode;
-use secretgate_core::policy::{self, Byok, Credential, Provider};
+use secretgate_core::policy::{self, Byok, Credential, Provider, MODEL};
 use secretgate_core::{ciphertext_digest, Error as CoreError, Scope};
 
 /// A credential that cannot be decrypted: the error, and the row it concerns.
@@ -53,15 +53,36 @@ fn unreadable((e, scope, key): Unreadable) -> Failure {
     Failure::core(&e, Some(scope), Some(&key))
 }
 
+/// Kind, runtime and model of a workspace, as the BYOK rule routes it: the
+/// model is the table's column or, when it has none, the workspace's MODEL
+/// secret, decrypted (a MODEL that cannot be read fails closed, never "no model").
+pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) -> Result<Option<workspaces::Routing>> {
+    let Some(mut routing) = workspaces::routing(client, attached, workspace)? else {
+        return Ok(None);
+    };
+    if !attached.has_model {
+        routing.model = match secrets::fetch(client, attached, workspace, MODEL)? {
+            None => None,
+            Some(row) => {
+                let model = keyring::open(row, workspace, MODEL)
+                    .map_err(|e| Failure::core(&e, Some(workspace), Some(MODEL)))?;
+                Some(model).filter(|m| !m.is_empty())
+            }
+        };
+    }
+    Ok(Some(routing))
+}
+
 /// The BYOK rule for one workspace. `Ok(Err(_))` when a candidate
 /// credential cannot be decrypted (fail closed).
 pub fn evaluate(
     client: &SpiClient<'_>,
     attached: &Attached,
     workspace: Scope,
-    (kind, runtime, model): &workspaces::Routing,
+    routing: &workspaces::Routing,
 ) -> Result<std::result::Result<Byok, Unreadable>> {
-    if kind.as_deref() == Some(policy::EXTERNAL) {
+    let (kind, runtime, model) = (&routing.kind, &routing.runtime, &routing.model);
+    if policy::is_external(kind.as_deref(), routing.external_runtime) {
         return Ok(Ok(Byok::Exempt));
     }
     let provider = registry::routed_provider(client, runtime.as_deref(), model.as_deref())?;
@@ -82,7 +103,7 @@ pub fn evaluate(
 /// The deferred gate: a workspace row inserted, set online, or given another
 /// model or runtime, re-read at commit. A transient verdict passes with a WARNING.
 pub fn check_at_commit(client: &SpiClient<'_>, attached: &Attached, workspace: Scope, caller: &Caller) -> Result<()> {
-    let Some(routing) = workspaces::routing(client, attached, workspace)? else {
+    let Some(routing) = routing(client, attached, workspace)? else {
         return Ok(());
     };
     let outcome = evaluate(client, attached, workspace, &routing)?.map_err(unreadable)?;
@@ -140,8 +161,8 @@ pub fn record_liveness(scope: Scope, key: &str, http_status: i32, provider: Opti
 /// provider when it accepts the key name, else the one provider that does;
 /// `None` when none does (such a verdict never bears on a gate).
 fn default_provider(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<Option<String>> {
-    if let Some((_, runtime, model)) = workspaces::routing(client, attached, scope)? {
-        if let Some(p) = registry::routed_provider(client, runtime.as_deref(), model.as_deref())? {
+    if let Some(routing) = routing(client, attached, scope)? {
+        if let Some(p) = registry::routed_provider(client, routing.runtime.as_deref(), routing.model.as_deref())? {
             if p.auth_env.iter().any(|k| k == key) {
                 return Ok(Some(p.name));
             }

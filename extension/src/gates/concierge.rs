@@ -66,7 +66,7 @@ fn byok_at_registration(
     attached: &Attached,
     scope: Scope,
 ) -> Result<Option<(Code, String)>> {
-    let Some(routing) = workspaces::routing(client, attached, scope)? else {
+    let Some(routing) = byok::routing(client, attached, scope)? else {
         return Ok(None);
     };
     let outcome = byok::evaluate(client, attached, scope, &routing)?.map_err(|_| ());
@@ -91,7 +91,7 @@ fn carry_out(scope: Scope, key: &str, plan: Plan) -> Result<String> {
 pub fn ensure_provider(scope: Scope) -> Result<String> {
     let plan = Spi::connect(|client| -> Result<Plan> {
         let attached = attached::attached()?;
-        let Some((kind, runtime, _)) = workspaces::routing(client, &attached, scope)? else {
+        let Some(workspaces::Routing { kind, runtime, .. }) = workspaces::routing(client, &attached, scope)? else {
             return Err(unknown_workspace(scope));
         };
         let provider = secret_gates::read_with(client, &attached, scope, LLM_PROVIDER)?;
@@ -120,7 +120,7 @@ pub fn ensure_provider(scope: Scope) -> Result<String> {
 pub fn ensure_model(scope: Scope, default_model: &str) -> Result<String> {
     let plan = Spi::connect(|client| -> Result<Plan> {
         let attached = attached::attached()?;
-        let Some((kind, _, _)) = workspaces::routing(client, &attached, scope)? else {
+        let Some(workspaces::Routing { kind, .. }) = workspaces::routing(client, &attached, scope)? else {
             return Err(unknown_workspace(scope));
         };
         let model = secret_gates::read_with(client, &attached, scope, MODEL)?;

@@ -13,7 +13,7 @@ use crate::store::secrets::{self, OnConflict, Row};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use secretgate_core::policy::{Seed, Write};
-use secretgate_core::{key_status as key_status_of, Error as CoreError, KeyStatus, Scope};
+use secretgate_core::{key_status as key_status_of, Error as CoreError, Format, KeyStatus, Scope};
 use std::collections::BTreeSet;
 
 /// A read's three states: a value, unset (`None`), or the error.
@@ -63,11 +63,13 @@ fn store(scope: Scope, key: &str, value: &str, on_conflict: OnConflict) -> Resul
     })
 }
 
-/// One line of a verification: a row and whether it decrypts (`None` or
-/// the error), or a key version whose key does not match this database's
-/// key check value, reported once for all its rows.
+/// One line of a verification: a row and whether it decrypts (`Ok(true)`
+/// when it does and is stored encrypted, `Ok(false)` when it reads but is
+/// stored unencrypted (a plaintext key version), or the error), or a key
+/// version whose key does not match this database's key check value,
+/// reported once for all its rows.
 pub enum Verified {
-    Row(Row, Option<CoreError>),
+    Row(Row, std::result::Result<bool, CoreError>),
     KeyMismatch,
 }
 
@@ -83,7 +85,8 @@ pub fn verify() -> Result<Vec<Verified>> {
         secrets::each_row(client, &attached, BATCH, |row| {
             let result = match &keyring {
                 Err(e) => Err(e.clone()),
-                Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key).map(|_| ()),
+                Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key)
+                    .map(|_| row.version.and_then(|v| k.format(v)) != Some(Format::Plaintext)),
             };
             match result {
                 Err(CoreError::KeyMismatch { version }) => {
@@ -91,7 +94,7 @@ pub fn verify() -> Result<Vec<Verified>> {
                         out.push(Verified::KeyMismatch);
                     }
                 }
-                result => out.push(Verified::Row(row, result.err())),
+                result => out.push(Verified::Row(row, result)),
             }
         })?;
         Ok(out)
@@ -134,5 +137,44 @@ pub fn key_status() -> Result<Vec<VersionStatus>> {
                 first_used: check.and_then(|r| r.2),
             }
         })
+        .collect())
+}
+
+/// One key version's rows: version, format, rows, unreadable rows.
+pub type VersionCount = (Option<i32>, String, i64, i64);
+
+/// Rows per key version in two secrets tables (attached or not): the
+/// version, its format in the current keyring (`unknown` when the keyring
+/// has no such version), how many rows, and how many of them cannot be read
+/// with the current keyring. Nothing is written, no value leaves.
+pub fn census(secrets_table: pg_sys::Oid, global_table: pg_sys::Oid) -> Result<Vec<VersionCount>> {
+    const BATCH: i64 = 1000;
+    Spi::connect(|client| {
+        let secrets_name = attached::qualified_name(client, secrets_table)?;
+        let global_name = attached::qualified_name(client, global_table)?;
+        let keyring = keyring::current().map_err(|e| Failure::core(&e, None, None))?;
+        let mut counts: std::collections::BTreeMap<Option<i32>, (i64, i64)> = Default::default();
+        secrets::each_row_in(client, &secrets_name, &global_name, BATCH, |row| {
+            let readable = keyring::open_with(&keyring, row.blob.as_deref(), row.version, row.scope, &row.key).is_ok();
+            let entry = counts.entry(row.version).or_default();
+            entry.0 += 1;
+            entry.1 += i64::from(!readable);
+        })?;
+        Ok(counts
+            .into_iter()
+            .map(|(version, (rows, unreadable))| {
+                let format = version.and_then(|v| keyring.format(v)).map_or("unknown", Format::as_str);
+                (version, format.to_string(), rows, unreadable)
+            })
+            .collect())
+    })
+}
+
+/// Every version of the current keyring: its format and whether it is current.
+pub fn key_formats() -> Result<Vec<(i32, String, bool)>> {
+    let keyring = keyring::current().map_err(|e| Failure::core(&e, None, None))?;
+    Ok(keyring
+        .versions()
+        .map(|v| (v, keyring.format(v).map_or("unknown", Format::as_str).to_string(), v == keyring.current_version()))
         .collect())
 }

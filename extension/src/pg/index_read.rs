@@ -14,6 +14,7 @@
 //! descent was most of what the gate still cost per row.
 
 use super::compat;
+use crate::pg::types;
 use pgrx::itemptr::item_pointer_get_block_number_no_check;
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{FromDatum, GucContext, GucFlags, GucRegistry, GucSetting};
@@ -63,7 +64,7 @@ pub(crate) fn forget(relid: Oid) {
     });
 }
 
-/// The text column `column` of the row whose primary key `id` is `key`:
+/// The text column `column` (`text`, `varchar` or a domain over them) of the row whose primary key `id` is `key`:
 /// `None` when this read is not possible (use SPI), `Some(None)` when there
 /// is no such row, and a NULL column as `Some(Some(""))`.
 pub fn text_by_uuid_key(table: Oid, id: &CStr, column: &CStr, key: &[u8; 16]) -> Option<Option<String>> {
@@ -89,8 +90,9 @@ unsafe fn read(rel: pg_sys::Relation, table: Oid, id: &CStr, column: &CStr, key:
         if (*(*rel).rd_rel).relkind as u8 != pg_sys::RELKIND_RELATION {
             return None;
         }
-        let id_att = attribute(rel, id, pg_sys::UUIDOID)?;
-        let column_att = attribute(rel, column, pg_sys::TEXTOID)?;
+        let id_att = attribute(rel, id, |t| t == pg_sys::UUIDOID)?;
+        // text, varchar or a domain over them are read as they are; an enum goes through SQL.
+        let column_att = attribute(rel, column, |t| types::label(t) == Some(types::Label::Text))?;
         let pk = compat::primary_key_index(rel);
         if pk == pg_sys::InvalidOid {
             return None;
@@ -141,15 +143,15 @@ pub(crate) fn remember(table: Oid, key: &[u8; 16], tid: Option<pg_sys::ItemPoint
     });
 }
 
-/// The attribute number of a live column of the given type.
+/// The attribute number of a live column whose type passes `type_ok`.
 /// # Safety
 /// `rel` must be an open relation.
-unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_oid: Oid) -> Option<i16> {
+unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_ok: impl Fn(Oid) -> bool) -> Option<i16> {
     // SAFETY: `rel` is an open relation; its tuple descriptor holds `natts` attributes.
     unsafe {
         let att = compat::attributes((*rel).rd_att)
             .find(|a| !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()) == name)?;
-        (att.atttypid == type_oid).then_some(att.attnum)
+        type_ok(att.atttypid).then_some(att.attnum)
     }
 }
 

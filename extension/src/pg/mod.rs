@@ -9,3 +9,4 @@ pub mod keyring;
 pub mod keyring_checks;
 pub mod keyring_source;
 pub mod spi;
+pub mod types;

@@ -175,15 +175,15 @@ fn extension_owner() -> pg_sys::Oid {
 /// make on a cold cache, or for a MODEL value, come through here, so
 /// neither the writer's privileges nor its search_path bind their SQL.
 pub fn as_owner<T, E>(f: impl FnOnce(&SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
-    with_owner(|| Spi::connect(f))
+    in_owner_context(|| Spi::connect(f))
 }
 
-/// [`as_owner`] for work that writes (`Spi::connect_mut`).
+/// [`as_owner`] for work that writes (the record `attach_gates` keeps).
 pub fn as_owner_mut<T, E>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
-    with_owner(|| Spi::connect_mut(f))
+    in_owner_context(|| Spi::connect_mut(f))
 }
 
-fn with_owner<R>(f: impl FnOnce() -> R) -> R {
+fn in_owner_context<T>(f: impl FnOnce() -> T) -> T {
     let owner = extension_owner();
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;

@@ -102,9 +102,13 @@ fn verify_secrets() -> TableIterator<
     let rows = error::run(gate::verify);
     TableIterator::new(rows.into_iter().map(|line| -> VerifyRow {
         match line {
-            gate::Verified::Row(row, None) => (sql_uuid(row.scope), Some(row.key), "ok".to_string(), None),
-            gate::Verified::Row(row, Some(e)) => {
-                (sql_uuid(row.scope), Some(row.key), "error".to_string(), Some(e.code().sqlstate().to_string()))
+            gate::Verified::Row(row, result) => {
+                let (state, code) = match result {
+                    Ok(true) => ("ok".to_string(), None),
+                    Ok(false) => ("unencrypted".to_string(), None),
+                    Err(e) => ("error".to_string(), Some(e.code().sqlstate().to_string())),
+                };
+                (sql_uuid(row.scope), Some(row.key), state, code)
             }
             gate::Verified::KeyMismatch => {
                 (None, None, "error".to_string(), Some(Code::KeyMismatch.sqlstate().to_string()))
@@ -138,6 +142,52 @@ fn attach_gates(workspaces: PgRelation, secrets: PgRelation, global_secrets: PgR
     let oids = (workspaces.oid(), secrets.oid(), global_secrets.oid());
     drop((workspaces, secrets, global_secrets));
     error::run(|| Spi::connect_mut(|client| attached::attach(client, oids.0, oids.1, oids.2)))
+}
+
+/// What keeps these tables from being attached by the current role, one
+/// row per problem, without raising or changing anything: no rows when
+/// `attach_gates` would succeed.
+#[pg_extern(stable)]
+fn attach_check(
+    workspaces: PgRelation,
+    secrets: PgRelation,
+    global_secrets: PgRelation,
+) -> TableIterator<'static, (name!(relation, String), name!(sqlstate, String), name!(problem, String))> {
+    let oids = (workspaces.oid(), secrets.oid(), global_secrets.oid());
+    drop((workspaces, secrets, global_secrets));
+    let problems = error::run(|| Spi::connect(|client| attached::check(client, oids.0, oids.1, oids.2)));
+    TableIterator::new(problems.into_iter().map(|p| {
+        let sqlstate = p.sqlstate();
+        let message = match p.hint {
+            Some(hint) => format!("{} (hint: {hint})", p.message),
+            None => p.message,
+        };
+        (p.table, sqlstate, message)
+    }))
+}
+
+/// Rows per key version of two secrets tables, attached or not (for
+/// `secretgate adopt`): the version's format in the current keyring, the
+/// number of rows and of rows the current keyring cannot read. Read with
+/// the caller's privileges; never a value.
+#[pg_extern(stable)]
+fn adoption_rows(
+    secrets: PgRelation,
+    global_secrets: PgRelation,
+) -> TableIterator<
+    'static,
+    (name!(encryption_version, Option<i32>), name!(format, String), name!(rows, i64), name!(unreadable, i64)),
+> {
+    let oids = (secrets.oid(), global_secrets.oid());
+    drop((secrets, global_secrets));
+    TableIterator::new(error::run(|| gate::census(oids.0, oids.1)))
+}
+
+/// The current keyring's versions: format (`bound`, `unbound`,
+/// `plaintext`) and whether each is current. Never a key.
+#[pg_extern(stable)]
+fn key_formats() -> TableIterator<'static, (name!(version, i32), name!(format, String), name!(is_current, bool))> {
+    TableIterator::new(error::run(gate::key_formats))
 }
 
 #[pg_extern(volatile)]

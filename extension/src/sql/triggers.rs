@@ -6,6 +6,7 @@ use crate::gates::caller::Caller;
 use crate::gates::{byok, identity, secret_write};
 use crate::pg::error::{self, Failure, Result};
 use crate::pg::keyring;
+use crate::pg::types;
 use crate::store::attached::{self, Attached};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
@@ -72,6 +73,12 @@ fn uuid_col(row: &Row<'_>, col: &str) -> Result<Option<CoreUuid>> {
 
 fn text_col(row: &Row<'_>, col: &str) -> Result<Option<String>> {
     row.get_by_name::<String>(col).map_err(|e| column_error(col, e))
+}
+
+/// A label column (`kind`: text, varchar, an enum or a domain) of the new
+/// row (`new`) or the row the trigger fired for.
+fn label_col(trigger: &PgTrigger<'_>, new: bool, col: &str) -> Result<Option<String>> {
+    types::trigger_column(trigger.trigger_data(), new, col).map_err(|e| column_error(col, e))
 }
 
 #[track_caller]
@@ -162,10 +169,10 @@ fn workspace_write<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
     if let Some(old) = trigger.old() {
         let id = uuid_col(&old, "id")?.map_or(Scope::Global, Scope::Workspace);
         let new_kind = match trigger.new().filter(|_| op == Write::Update) {
-            Some(new) => Some(text_col(&new, "kind")?),
+            Some(_) => Some(label_col(trigger, true, "kind")?),
             None => None,
         };
-        let old_kind = text_col(&old, "kind")?;
+        let old_kind = label_col(trigger, false, "kind")?;
         secret_write::check_workspace_write(
             id,
             old_kind.as_deref(),
@@ -207,6 +214,47 @@ fn byok_at_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
     Ok(None)
 }
 
+/// At commit: a workspace's MODEL written, changed or removed, when the
+/// MODEL secret is its model (no model column): the BYOK rule again, for
+/// the workspace of the new row (`'new'`) or of the old one (`'old'`).
+fn byok_model_at_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    let old = trigger.extra_args().ok().is_some_and(|args| args.first().map(String::as_str) == Some("old"));
+    let row = if old { trigger.old() } else { trigger.new() };
+    let Some(id) = row.map(|row| uuid_col(&row, "workspace_id")).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    if !old && operation(trigger) == Write::Update && same_model(trigger, id)? {
+        // Re-encrypted (a rotation), not changed: the model is what it was.
+        return Ok(None);
+    }
+    let caller = Caller::current();
+    with_attached(|client, attached| {
+        if attached.has_model {
+            return Ok(());
+        }
+        byok::check_at_commit(client, attached, Scope::Workspace(id), &caller)
+    })?;
+    Ok(None)
+}
+
+/// Whether an UPDATE of a MODEL row left the same workspace's MODEL with the
+/// same value (a re-encryption). A side that cannot be decrypted counts as a
+/// change, so the gate runs (and fails closed on it).
+fn same_model(trigger: &PgTrigger<'_>, id: CoreUuid) -> Result<bool> {
+    let (Some(old), Some(new)) = (trigger.old(), trigger.new()) else {
+        return Ok(false);
+    };
+    if uuid_col(&old, "workspace_id")? != Some(id) || text_col(&old, "key")?.as_deref() != Some(MODEL) {
+        return Ok(false);
+    }
+    let value = |row: &Row<'_>| {
+        let blob = row.get_by_name::<&[u8]>("encrypted_value").ok().flatten().map(<[u8]>::to_vec);
+        let version = row.get_by_name::<i32>("encryption_version").ok().flatten();
+        keyring::open((blob, version), Scope::Workspace(id), MODEL).ok()
+    };
+    Ok(matches!((value(&old), value(&new)), (Some(a), Some(b)) if a == b))
+}
+
 /// TRUNCATE removes every MODEL at once: refused while any platform workspace is online.
 fn secrets_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
     let caller = Caller::current();
@@ -234,6 +282,7 @@ trigger_entry!(pg_finfo_gate_workspace_write_wrapper, gate_workspace_write_wrapp
 trigger_entry!(pg_finfo_gate_platform_identity_wrapper, gate_platform_identity_wrapper, platform_identity);
 trigger_entry!(pg_finfo_gate_model_removed_wrapper, gate_model_removed_wrapper, model_removed);
 trigger_entry!(pg_finfo_gate_byok_wrapper, gate_byok_wrapper, byok_at_commit);
+trigger_entry!(pg_finfo_gate_byok_model_wrapper, gate_byok_model_wrapper, byok_model_at_commit);
 trigger_entry!(pg_finfo_gate_secrets_truncate_wrapper, gate_secrets_truncate_wrapper, secrets_truncate);
 trigger_entry!(pg_finfo_registry_changed_wrapper, registry_changed_wrapper, forbidden_keys_changed);
 
@@ -248,6 +297,7 @@ CREATE FUNCTION secretgate."gate_workspace_write"() RETURNS TRIGGER LANGUAGE c A
 CREATE FUNCTION secretgate."gate_platform_identity"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_platform_identity_wrapper';
 CREATE FUNCTION secretgate."gate_model_removed"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_model_removed_wrapper';
 CREATE FUNCTION secretgate."gate_byok"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_byok_wrapper';
+CREATE FUNCTION secretgate."gate_byok_model"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_byok_model_wrapper';
 CREATE FUNCTION secretgate."gate_secrets_truncate"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_secrets_truncate_wrapper';
 CREATE FUNCTION secretgate."registry_changed"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'registry_changed_wrapper';
 "#,

@@ -3,6 +3,7 @@
 
 use crate::pg::error::{Failure, Result};
 use crate::pg::spi;
+use crate::pg::types::{self, Label};
 use crate::store::trigger_ddl;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -15,6 +16,9 @@ pub struct Attached {
     pub workspaces: String,
     pub secrets: String,
     pub global_secrets: String,
+    /// Whether the workspaces table has a `model` column; without one a
+    /// workspace's model is its `MODEL` secret.
+    pub has_model: bool,
     oids: [pg_sys::Oid; 3],
 }
 
@@ -26,6 +30,16 @@ impl Attached {
     /// The three qualified names, workspaces first.
     pub fn names(&self) -> trigger_ddl::Tables<'_> {
         [&self.workspaces, &self.secrets, &self.global_secrets]
+    }
+
+    /// The model of workspace row `w` as SQL: its column, or NULL when the
+    /// model is the MODEL secret (read and decrypted by the caller).
+    pub fn model_column(&self, w: &str) -> String {
+        if self.has_model {
+            format!("{w}.model::pg_catalog.text")
+        } else {
+            "NULL::pg_catalog.text".to_string()
+        }
     }
 }
 
@@ -62,17 +76,104 @@ pub fn forget_all() {
     CACHED.with(|c| c.set(None));
 }
 
-/// Columns secretgate relies on, with their types as `format_type` spells them.
-const WORKSPACE_COLUMNS: &[(&str, &str)] =
-    &[("id", "uuid"), ("kind", "text"), ("status", "text"), ("runtime", "text"), ("model", "text")];
-const SECRET_COLUMNS: &[(&str, &str)] =
-    &[("workspace_id", "uuid"), ("key", "text"), ("encrypted_value", "bytea"), ("encryption_version", "integer")];
-const GLOBAL_SECRET_COLUMNS: &[(&str, &str)] =
-    &[("key", "text"), ("encrypted_value", "bytea"), ("encryption_version", "integer")];
+/// The type a column must have.
+#[derive(Clone, Copy)]
+enum Want {
+    /// Exactly this type, as `format_type` spells it.
+    Exact(&'static str),
+    /// `text`, `varchar` or a domain over them.
+    Text,
+    /// `text`, `varchar`, an enum, or a domain over one of them: the gates compare labels.
+    Label,
+}
+
+impl Want {
+    fn describe(self) -> &'static str {
+        match self {
+            Want::Exact(t) => t,
+            Want::Text => "text, varchar or a domain over them",
+            Want::Label => "text, varchar, an enum, or a domain over one of them",
+        }
+    }
+
+    fn accepts(self, type_oid: pg_sys::Oid, spelled: &str) -> bool {
+        match self {
+            Want::Exact(t) => spelled == t,
+            Want::Text => types::label(type_oid) == Some(Label::Text),
+            Want::Label => types::label(type_oid).is_some(),
+        }
+    }
+}
+
+/// Columns secretgate relies on: name, type, whether it may be absent.
+const WORKSPACE_COLUMNS: &[(&str, Want, bool)] = &[
+    ("id", Want::Exact("uuid"), false),
+    ("kind", Want::Label, false),
+    ("status", Want::Label, false),
+    ("runtime", Want::Text, false),
+    // Without it, a workspace's model is its MODEL secret.
+    ("model", Want::Text, true),
+];
+const SECRET_COLUMNS: &[(&str, Want, bool)] = &[
+    ("workspace_id", Want::Exact("uuid"), false),
+    ("key", Want::Exact("text"), false),
+    ("encrypted_value", Want::Exact("bytea"), false),
+    ("encryption_version", Want::Exact("integer"), false),
+];
+const GLOBAL_SECRET_COLUMNS: &[(&str, Want, bool)] = &[
+    ("key", Want::Exact("text"), false),
+    ("encrypted_value", Want::Exact("bytea"), false),
+    ("encryption_version", Want::Exact("integer"), false),
+];
+
+/// One reason a table cannot be attached.
+pub struct Problem {
+    /// The table concerned (qualified), or empty for the call as a whole.
+    pub table: String,
+    pub code: PgSqlErrorCode,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    fn new(table: &str, code: PgSqlErrorCode, message: String) -> Problem {
+        Problem { table: table.to_string(), code, message, hint: None }
+    }
+
+    fn hint(mut self, hint: &str) -> Problem {
+        self.hint = Some(hint.to_string());
+        self
+    }
+
+    fn into_failure(self) -> Failure {
+        let failure = Failure::sql(self.code, self.message);
+        match self.hint {
+            Some(hint) => failure.hint(hint),
+            None => failure,
+        }
+    }
+
+    /// The SQLSTATE, as five characters.
+    pub fn sqlstate(&self) -> String {
+        let code = self.code as i32;
+        (0..5).map(|i| char::from(b'0' + ((code >> (6 * i)) & 0x3f) as u8)).collect()
+    }
+}
 
 const QUALIFIED: &str = "(SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) \
      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace \
      WHERE c.oid OPERATOR(pg_catalog.=) {col})";
+
+/// A table's qualified, quoted name, safe to splice into SQL.
+pub fn qualified_name(client: &SpiClient<'_>, table: pg_sys::Oid) -> Result<String> {
+    let row = spi::select(client, &format!("SELECT {}", QUALIFIED.replace("{col}", "$1")), Some(1), &[table.into()])?;
+    row.first().get_one::<String>()?.ok_or_else(|| {
+        Failure::sql(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("secretgate: relation with oid {table:?} does not exist"),
+        )
+    })
+}
 
 /// The attached tables: from this backend's cache, or read through SPI.
 pub fn attached() -> Result<Rc<Attached>> {
@@ -84,7 +185,9 @@ pub fn attached() -> Result<Rc<Attached>> {
 
 fn load(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
     let q = format!(
-        "SELECT {}, {}, {}, workspaces::pg_catalog.oid, secrets::pg_catalog.oid, global_secrets::pg_catalog.oid \
+        "SELECT {}, {}, {}, workspaces::pg_catalog.oid, secrets::pg_catalog.oid, global_secrets::pg_catalog.oid, \
+           EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid OPERATOR(pg_catalog.=) workspaces \
+                     AND a.attname OPERATOR(pg_catalog.=) 'model' AND a.attnum > 0 AND NOT a.attisdropped) \
          FROM secretgate.attached_tables",
         QUALIFIED.replace("{col}", "workspaces"),
         QUALIFIED.replace("{col}", "secrets"),
@@ -96,10 +199,11 @@ fn load(client: &SpiClient<'_>) -> Result<Rc<Attached>> {
     }
     let row = row.first();
     let oids = [row.get::<pg_sys::Oid>(4)?, row.get::<pg_sys::Oid>(5)?, row.get::<pg_sys::Oid>(6)?];
+    let has_model = row.get::<bool>(7)?.unwrap_or(false);
     match (row.get::<String>(1)?, row.get::<String>(2)?, row.get::<String>(3)?) {
         (Some(workspaces), Some(secrets), Some(global_secrets)) => {
             let oids = oids.map(Option::unwrap_or_default);
-            let attached = Rc::new(Attached { workspaces, secrets, global_secrets, oids });
+            let attached = Rc::new(Attached { workspaces, secrets, global_secrets, has_model, oids });
             CACHED.with(|c| c.set(Some(attached.clone())));
             Ok(attached)
         }
@@ -116,17 +220,22 @@ fn not_attached() -> Failure {
         .hint("call secretgate.attach_gates(workspaces, secrets, global_secrets) first (the migrations do)")
 }
 
-/// Validates the three tables and records them; the same tables again is a no-op.
-pub fn attach(
-    client: &mut SpiClient<'_>,
+/// Everything that keeps these three tables from being attached by the
+/// current role, without raising: column types, keys, ownership, and
+/// another set of tables already attached. Empty when `attach` would succeed.
+pub fn check(
+    client: &SpiClient<'_>,
     workspaces: pg_sys::Oid,
     secrets: pg_sys::Oid,
     global: pg_sys::Oid,
-) -> Result<()> {
-    validate(client, workspaces, WORKSPACE_COLUMNS, &["id"])?;
-    validate(client, secrets, SECRET_COLUMNS, &["key", "workspace_id"])?;
-    validate(client, global, GLOBAL_SECRET_COLUMNS, &["key"])?;
-
+) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    problems.extend(validate(client, workspaces, WORKSPACE_COLUMNS, &["id"])?);
+    problems.extend(validate(client, secrets, SECRET_COLUMNS, &["key", "workspace_id"])?);
+    problems.extend(validate(client, global, GLOBAL_SECRET_COLUMNS, &["key"])?);
+    if let Some(p) = may_attach(client, [workspaces, secrets, global])? {
+        problems.push(p);
+    }
     let current = spi::select(
         client,
         "SELECT workspaces::oid, secrets::oid, global_secrets::oid FROM secretgate.attached_tables",
@@ -137,24 +246,73 @@ pub fn attach(
         let row = current.first();
         let same = (row.get::<pg_sys::Oid>(1)?, row.get::<pg_sys::Oid>(2)?, row.get::<pg_sys::Oid>(3)?)
             == (Some(workspaces), Some(secrets), Some(global));
-        return if same {
-            Ok(())
-        } else {
-            Err(Failure::sql(
-                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                "secretgate: other tables are already attached in this database (one set per database)",
-            )
-            .hint("call secretgate.detach_gates() first"))
-        };
+        if !same {
+            problems.push(
+                Problem::new(
+                    "",
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "secretgate: other tables are already attached in this database (one set per database)".into(),
+                )
+                .hint("call secretgate.detach_gates() first"),
+            );
+        }
     }
-    spi::update(
+    Ok(problems)
+}
+
+/// Superusers and the owner of all three tables (a member of the owning
+/// role, as Postgres' own ownership checks) may attach and detach: 42501 otherwise.
+fn may_attach(client: &SpiClient<'_>, tables: [pg_sys::Oid; 3]) -> Result<Option<Problem>> {
+    let not_owned = spi::select(
         client,
-        "INSERT INTO secretgate.attached_tables (workspaces, secrets, global_secrets) VALUES ($1::pg_catalog.oid, $2::pg_catalog.oid, $3::pg_catalog.oid)",
-        None,
-        &[workspaces.into(), secrets.into(), global.into()],
-    )?;
+        "SELECT pg_catalog.string_agg(c.oid::pg_catalog.regclass::pg_catalog.text, ', ' ORDER BY c.oid) \
+           FROM pg_catalog.pg_class c \
+          WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[]) AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')",
+        Some(1),
+        &[tables.to_vec().into()],
+    )?
+    .first()
+    .get_one::<String>()?;
+    Ok(not_owned.map(|tables| {
+        Problem::new(
+            "",
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("secretgate: only a superuser or the owner of all three tables may attach or detach the gates; the current role does not own {tables}"),
+        )
+        .hint("run it as the role that owns the tables (the role the migrations run as), or as a superuser")
+    }))
+}
+
+/// Validates the three tables and records them; the same tables again is a no-op.
+pub fn attach(
+    client: &mut SpiClient<'_>,
+    workspaces: pg_sys::Oid,
+    secrets: pg_sys::Oid,
+    global: pg_sys::Oid,
+) -> Result<()> {
+    // Ownership first: a role that may not attach learns nothing more.
+    if let Some(p) = may_attach(client, [workspaces, secrets, global])? {
+        return Err(p.into_failure());
+    }
+    if let Some(p) = check(client, workspaces, secrets, global)?.into_iter().next() {
+        return Err(p.into_failure());
+    }
+    let current = spi::select(client, "SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
+    if !current.is_empty() {
+        return Ok(()); // the same tables (check refused others)
+    }
+    // The record is the extension's: written as its owner (the caller owns the tables, not it).
+    spi::as_owner_mut(|owner| {
+        spi::update(
+            owner,
+            "INSERT INTO secretgate.attached_tables (workspaces, secrets, global_secrets) VALUES ($1::pg_catalog.oid, $2::pg_catalog.oid, $3::pg_catalog.oid)",
+            None,
+            &[workspaces.into(), secrets.into(), global.into()],
+        )
+        .map(drop)
+    })?;
     let attached = attached()?;
-    for statement in trigger_ddl::create_statements(attached.names()) {
+    for statement in trigger_ddl::create_statements(attached.names(), attached.has_model) {
         client.update(&statement, None, &[])?;
     }
     Ok(())
@@ -167,18 +325,26 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
         return Ok(());
     }
     let attached = attached()?;
+    if let Some(p) = may_attach(client, attached.oids)? {
+        return Err(p.into_failure());
+    }
     for statement in trigger_ddl::drop_statements(attached.names()) {
         spi::prevent_if_read_only(&statement);
         client.update(&statement, None, &[])?;
     }
-    spi::update(client, "DELETE FROM secretgate.attached_tables", None, &[])?;
+    spi::as_owner_mut(|owner| spi::update(owner, "DELETE FROM secretgate.attached_tables", None, &[]).map(drop))?;
     Ok(())
 }
 
 /// An ordinary or partitioned table with the required columns (extra ones
 /// are fine) and a plain unique index on exactly `unique_key`, which
-/// `set_secret`'s upsert uses as its conflict target.
-fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)], unique_key: &[&str]) -> Result<()> {
+/// `set_secret`'s upsert uses as its conflict target: every problem found.
+fn validate(
+    client: &SpiClient<'_>,
+    table: pg_sys::Oid,
+    columns: &[(&str, Want, bool)],
+    unique_key: &[&str],
+) -> Result<Vec<Problem>> {
     let rel = spi::select(
         client,
         &format!(
@@ -192,42 +358,44 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
     let (name, relkind) = match found {
         (Some(name), Some(kind)) => (name, kind),
         _ => {
-            return Err(Failure::sql(
+            return Ok(vec![Problem::new(
+                "",
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
                 format!("secretgate: relation with oid {table:?} does not exist"),
-            ))
+            )])
         }
     };
     if relkind != "r" && relkind != "p" {
-        return Err(Failure::sql(
+        return Ok(vec![Problem::new(
+            &name,
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("secretgate: {name} is not a table"),
-        ));
+        )]);
     }
-    for (column, want) in columns {
+    let mut problems = Vec::new();
+    for (column, want, optional) in columns {
         let found = spi::select(
             client,
-            "SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
+            "SELECT a.atttypid, pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a \
              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2::pg_catalog.name \
                AND a.attnum > 0 AND NOT a.attisdropped",
             Some(1),
             &[table.into(), (*column).into()],
         )?;
-        let found = if found.is_empty() { None } else { found.first().get_one::<String>()? };
+        let found = if found.is_empty() { (None, None) } else { found.first().get_two::<pg_sys::Oid, String>()? };
         match found {
-            None => {
-                return Err(Failure::sql(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("secretgate: table {name} has no column \"{column}\" ({want})"),
-                ))
-            }
-            Some(got) if got != *want => {
-                return Err(Failure::sql(
-                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                    format!("secretgate: column {name}.\"{column}\" is {got}; secretgate needs {want}"),
-                ))
-            }
-            Some(_) => {}
+            (Some(type_oid), Some(got)) if !want.accepts(type_oid, &got) => problems.push(Problem::new(
+                &name,
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("secretgate: column {name}.\"{column}\" is {got}; secretgate needs {}", want.describe()),
+            )),
+            (Some(_), Some(_)) => {}
+            _ if *optional => {}
+            _ => problems.push(Problem::new(
+                &name,
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("secretgate: table {name} has no column \"{column}\" ({})", want.describe()),
+            )),
         }
     }
     let has_key = client
@@ -246,10 +414,11 @@ fn validate(client: &SpiClient<'_>, table: pg_sys::Oid, columns: &[(&str, &str)]
         .get_one::<bool>()?
         .unwrap_or(false);
     if !has_key {
-        return Err(Failure::sql(
+        problems.push(Problem::new(
+            &name,
             PgSqlErrorCode::ERRCODE_INVALID_COLUMN_REFERENCE,
             format!("secretgate: table {name} needs a primary key or unique constraint on ({})", unique_key.join(", ")),
         ));
     }
-    Ok(())
+    Ok(problems)
 }

@@ -108,23 +108,32 @@ pub struct ByokCredential {
 /// routes to a provider that is not the platform's, each of the provider's
 /// key names that has a row, at workspace scope or else global scope.
 pub fn byok_credentials(client: &SpiClient<'_>, attached: &Attached) -> Result<Vec<ByokCredential>> {
+    // Without a model column the model is the MODEL secret, read through
+    // try_read_secret (a MODEL that cannot be read routes nowhere here).
+    let model = if attached.has_model {
+        attached.model_column("w")
+    } else {
+        "(SELECT t.value FROM secretgate.try_read_secret(w.id, 'MODEL') t)".to_string()
+    };
     let sql = format!(
         "SELECT w.id, p.name, k.key, (s.key IS NOT NULL) \
          FROM {workspaces} w \
          CROSS JOIN LATERAL (SELECT r.provider FROM secretgate.model_routes r \
-              WHERE pg_catalog.starts_with(w.model, r.pattern) \
-                AND (r.runtime IS NULL OR r.runtime OPERATOR(pg_catalog.=) w.runtime) \
+              WHERE pg_catalog.starts_with({model}, r.pattern) \
+                AND (r.runtime IS NULL OR r.runtime OPERATOR(pg_catalog.=) w.runtime::pg_catalog.text) \
               ORDER BY (r.runtime IS NOT NULL) DESC, pg_catalog.length(r.pattern) DESC, r.provider COLLATE \"C\" LIMIT 1) route \
          JOIN secretgate.providers p ON p.name OPERATOR(pg_catalog.=) route.provider AND NOT p.is_platform \
          CROSS JOIN LATERAL pg_catalog.unnest(p.auth_env) AS k(key) \
          LEFT JOIN {secrets} s ON s.workspace_id OPERATOR(pg_catalog.=) w.id AND s.key OPERATOR(pg_catalog.=) k.key \
          LEFT JOIN {global} g ON g.key OPERATOR(pg_catalog.=) k.key \
-         WHERE (w.kind IS NULL OR w.kind OPERATOR(pg_catalog.<>) 'external') \
+         WHERE (w.kind IS NULL OR w.kind::pg_catalog.text OPERATOR(pg_catalog.<>) 'external') \
+           AND NOT {external} \
            AND (s.key IS NOT NULL OR g.key IS NOT NULL) \
          ORDER BY w.id, p.name COLLATE \"C\", k.key COLLATE \"C\"",
         workspaces = attached.workspaces,
         secrets = attached.secrets,
         global = attached.global_secrets,
+        external = crate::store::workspaces::external_runtime_sql(client, "w")?,
     );
     let mut out = Vec::new();
     for row in client.select(&sql, None, &[])? {

@@ -221,15 +221,25 @@ pub fn rows_for_update(
 
 /// Every stored row, workspace rows then global ones, in batches of
 /// `batch` through a cursor, handed to `each`.
-pub fn each_row(client: &SpiClient<'_>, attached: &Attached, batch: i64, mut each: impl FnMut(Row)) -> Result<()> {
+pub fn each_row(client: &SpiClient<'_>, attached: &Attached, batch: i64, each: impl FnMut(Row)) -> Result<()> {
+    each_row_in(client, &attached.secrets, &attached.global_secrets, batch, each)
+}
+
+/// [`each_row`] over two tables named by their qualified, quoted names
+/// (attached or not: `secretgate adopt` looks before attaching).
+pub fn each_row_in(
+    client: &SpiClient<'_>,
+    secrets: &str,
+    global_secrets: &str,
+    batch: i64,
+    mut each: impl FnMut(Row),
+) -> Result<()> {
     let queries = [
         format!(
-            "SELECT workspace_id, key, encrypted_value, encryption_version FROM {} ORDER BY workspace_id, key",
-            attached.secrets
+            "SELECT workspace_id, key, encrypted_value, encryption_version FROM {secrets} ORDER BY workspace_id, key"
         ),
         format!(
-            "SELECT NULL::pg_catalog.uuid, key, encrypted_value, encryption_version FROM {} ORDER BY key",
-            attached.global_secrets
+            "SELECT NULL::pg_catalog.uuid, key, encrypted_value, encryption_version FROM {global_secrets} ORDER BY key"
         ),
     ];
     for query in &queries {

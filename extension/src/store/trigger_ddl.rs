@@ -4,6 +4,10 @@
 /// Every trigger `attach_gates` creates: (name, table role, SQL after `ON <table>`).
 /// The identity triggers are deferred constraint triggers: they check at
 /// commit, so a workspace and its MODEL may be created in one transaction.
+/// `kind` and `status` are compared as text: they may be `text`, `varchar`,
+/// an enum or a domain (an enum without a label named here must not make
+/// the trigger itself fail). `{model_changed}` is the model column's
+/// change, when the table has one.
 pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
     (
         "secretgate_secret_write",
@@ -24,20 +28,20 @@ pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
         "secretgate_platform_identity",
         TableRole::Workspaces,
         "AFTER INSERT OR UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (NEW.kind = 'platform' AND NEW.status = 'online') EXECUTE FUNCTION secretgate.gate_platform_identity()",
+         WHEN (NEW.kind::text = 'platform' AND NEW.status::text = 'online') EXECUTE FUNCTION secretgate.gate_platform_identity()",
     ),
     (
         "secretgate_byok_insert",
         TableRole::Workspaces,
         "AFTER INSERT ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (NEW.kind IS DISTINCT FROM 'external') EXECUTE FUNCTION secretgate.gate_byok()",
+         WHEN (NEW.kind::text IS DISTINCT FROM 'external') EXECUTE FUNCTION secretgate.gate_byok()",
     ),
     (
         "secretgate_byok_update",
         TableRole::Workspaces,
         "AFTER UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
-         WHEN (NEW.kind IS DISTINCT FROM 'external' AND ((NEW.status = 'online' AND OLD.status IS DISTINCT FROM 'online') \
-               OR NEW.model IS DISTINCT FROM OLD.model OR NEW.runtime IS DISTINCT FROM OLD.runtime \
+         WHEN (NEW.kind::text IS DISTINCT FROM 'external' AND ((NEW.status::text = 'online' AND OLD.status::text IS DISTINCT FROM 'online') \
+               {model_changed}OR NEW.runtime IS DISTINCT FROM OLD.runtime \
                OR NEW.kind IS DISTINCT FROM OLD.kind)) \
          EXECUTE FUNCTION secretgate.gate_byok()",
     ),
@@ -46,6 +50,21 @@ pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
         TableRole::Secrets,
         "AFTER UPDATE OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
          WHEN (OLD.key = 'MODEL') EXECUTE FUNCTION secretgate.gate_model_removed()",
+    ),
+    // Without a model column the model is the MODEL secret: writing,
+    // changing or removing it is a change of model (the gate skips a table
+    // that has the column).
+    (
+        "secretgate_byok_model_write",
+        TableRole::Secrets,
+        "AFTER INSERT OR UPDATE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (NEW.key = 'MODEL') EXECUTE FUNCTION secretgate.gate_byok_model('new')",
+    ),
+    (
+        "secretgate_byok_model_gone",
+        TableRole::Secrets,
+        "AFTER UPDATE OF workspace_id, key OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+         WHEN (OLD.key = 'MODEL') EXECUTE FUNCTION secretgate.gate_byok_model('old')",
     ),
     (
         "secretgate_secrets_truncate",
@@ -65,9 +84,11 @@ pub enum TableRole {
 /// The attached tables' qualified names: workspaces, secrets, global secrets.
 pub type Tables<'a> = [&'a str; 3];
 
-pub fn create_statements([workspaces, secrets, global_secrets]: Tables<'_>) -> Vec<String> {
+pub fn create_statements([workspaces, secrets, global_secrets]: Tables<'_>, has_model: bool) -> Vec<String> {
+    let model_changed = if has_model { "OR NEW.model IS DISTINCT FROM OLD.model " } else { "" };
     TRIGGERS
         .iter()
+        .filter(|(name, _, _)| !(has_model && name.starts_with("secretgate_byok_model_")))
         .map(|(name, role, body)| {
             let table = match role {
                 TableRole::Workspaces => workspaces,
@@ -75,7 +96,7 @@ pub fn create_statements([workspaces, secrets, global_secrets]: Tables<'_>) -> V
                 TableRole::GlobalSecrets => global_secrets,
             };
             let kind = if body.contains("DEFERRABLE") { "CONSTRAINT TRIGGER" } else { "TRIGGER" };
-            format!("CREATE {kind} {name} {}", body.replace("{table}", table))
+            format!("CREATE {kind} {name} {}", body.replace("{table}", table).replace("{model_changed}", model_changed))
         })
         .collect()
 }

@@ -20,7 +20,7 @@ pub fn kind(attached: &Attached, id: Scope) -> Result<Option<String>> {
     spi::as_owner(|client| {
         let table = spi::select(
             client,
-            &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+            &format!("SELECT kind::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
             Some(1),
             &[sql_uuid(Scope::Workspace(id)).into()],
         )?;
@@ -28,21 +28,61 @@ pub fn kind(attached: &Attached, id: Scope) -> Result<Option<String>> {
     })
 }
 
-/// What the BYOK rule reads of a workspace: kind, runtime, model.
-pub type Routing = (Option<String>, Option<String>, Option<String>);
+/// What the BYOK rule reads of a workspace.
+pub struct Routing {
+    pub kind: Option<String>,
+    pub runtime: Option<String>,
+    /// The model column; `None` also when the table has none (then the
+    /// model is the MODEL secret, which the gates read and decrypt).
+    pub model: Option<String>,
+    /// Whether the runtime is listed in `secretgate.external_runtimes`.
+    pub external_runtime: bool,
+}
+
+/// Whether `secretgate.external_runtimes` exists: not until `ALTER
+/// EXTENSION secretgate UPDATE` has run after the library was upgraded;
+/// until then only `kind = 'external'` marks an external agent.
+pub fn external_runtimes_listed(client: &SpiClient<'_>) -> Result<bool> {
+    let found =
+        spi::select(client, "SELECT pg_catalog.to_regclass('secretgate.external_runtimes') IS NOT NULL", Some(1), &[])?;
+    Ok(found.first().get_one::<bool>()?.unwrap_or(false))
+}
+
+/// SQL: whether the runtime of workspace row `w` is listed as external.
+pub fn external_runtime_sql(client: &SpiClient<'_>, w: &str) -> Result<String> {
+    Ok(if external_runtimes_listed(client)? {
+        format!(
+            "EXISTS (SELECT 1 FROM secretgate.external_runtimes x WHERE x.runtime OPERATOR(pg_catalog.=) {w}.runtime::pg_catalog.text)"
+        )
+    } else {
+        "false".to_string()
+    })
+}
 
 /// Kind, runtime and model of a workspace; `None` when there is no such row.
 pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) -> Result<Option<Routing>> {
     let row = spi::select(
         client,
-        &format!("SELECT kind, runtime, model FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+        &format!(
+            "SELECT w.kind::pg_catalog.text, w.runtime::pg_catalog.text, {}, {} \
+             FROM {} w WHERE w.id OPERATOR(pg_catalog.=) $1",
+            attached.model_column("w"),
+            external_runtime_sql(client, "w")?,
+            attached.workspaces
+        ),
         Some(1),
         &[sql_uuid(workspace).into()],
     )?;
     if row.is_empty() {
         return Ok(None);
     }
-    Ok(Some(row.first().get_three::<String, String, String>()?))
+    let row = row.first();
+    Ok(Some(Routing {
+        kind: row.get::<String>(1)?,
+        runtime: row.get::<String>(2)?,
+        model: row.get::<String>(3)?,
+        external_runtime: row.get::<bool>(4)?.unwrap_or(false),
+    }))
 }
 
 /// Kind and status, the row locked FOR SHARE (the platform-identity gate:
@@ -54,7 +94,10 @@ pub fn kind_and_status_for_share(
 ) -> Result<Option<(Option<String>, Option<String>)>> {
     let row = spi::update(
         client,
-        &format!("SELECT kind, status FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE", attached.workspaces),
+        &format!(
+            "SELECT kind::pg_catalog.text, status::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE",
+            attached.workspaces
+        ),
         Some(1),
         &[sql_uuid(workspace).into()],
     )?;
@@ -72,7 +115,10 @@ pub fn kind_for_update(
 ) -> Result<Option<Option<String>>> {
     let row = spi::update(
         client,
-        &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", attached.workspaces),
+        &format!(
+            "SELECT kind::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+            attached.workspaces
+        ),
         Some(1),
         &[sql_uuid(workspace).into()],
     )?;
@@ -90,7 +136,8 @@ pub enum Status {
 }
 
 /// Sets a workspace's status.
-/// The status is spliced in as a literal, which Postgres coerces to the column's type.
+/// The status is spliced in as a literal, which Postgres coerces to the
+/// column's type (text, varchar, an enum with that label, a domain).
 pub fn set_status(client: &mut SpiClient<'_>, attached: &Attached, workspace: Scope, status: Status) -> Result<()> {
     let status = match status {
         Status::Online => "online",
@@ -109,7 +156,11 @@ pub fn set_status(client: &mut SpiClient<'_>, attached: &Attached, workspace: Sc
 pub fn platform_online(client: &SpiClient<'_>, attached: &Attached) -> Result<bool> {
     let online = spi::select(
         client,
-        &format!("SELECT 1 FROM {} WHERE kind = 'platform' AND status = 'online' LIMIT 1", attached.workspaces),
+        &format!(
+            "SELECT 1 FROM {} WHERE kind::pg_catalog.text OPERATOR(pg_catalog.=) 'platform' \
+               AND status::pg_catalog.text OPERATOR(pg_catalog.=) 'online' LIMIT 1",
+            attached.workspaces
+        ),
         Some(1),
         &[],
     )?;
