@@ -33,7 +33,7 @@ command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get inst
 # 1. The packages.
 scripts/package.sh --pg 15
 scripts/package.sh --pg 15 --no-cli --rev "$PREVIOUS_REV"
-previous_dir="$ROOT/target/packages/rev-$(git rev-parse --short=12 "$PREVIOUS_REV")"
+previous_dir="$CACHE/package-rev/$(git rev-parse --short=12 "$PREVIOUS_REV")/packages"
 
 # 2. The clean root: Debian 12 (minbase) with Debian's postgresql-15, made once.
 pristine="$CACHE/debootstrap/debian-12-pg15"

@@ -30,17 +30,24 @@ while [ $# -gt 0 ]; do
 done
 [ ${#majors[@]} -gt 0 ] || majors=("${SUPPORTED_MAJORS[@]}")
 
-# The source to package: the working tree, or a commit exported with git archive
-# (built in its own target folder, so it never disturbs the working tree's build).
+# The source to package: the working tree, or a commit exported with git archive,
+# built in its own target folder in the cache ($SECRETGATE_CACHE/package-rev):
+# a commit's package never changes, so a fresh clone reuses it.
 src=$ROOT out="$ROOT/target/packages"
 if [ -n "$rev" ]; then
     [ "$cli" = 0 ] || { echo "package: --rev packages the extension only: add --no-cli" >&2; exit 2; }
     rev=$(git rev-parse --short=12 "$rev")
-    src="$ROOT/target/package-src/$rev" out="$ROOT/target/packages/rev-$rev"
+    src="$SECRETGATE_CACHE/package-rev/$rev/src" out="$SECRETGATE_CACHE/package-rev/$rev/packages"
     if [ ! -f "$src/Cargo.toml" ]; then
-        mkdir -p "$src" && git archive "$rev" | tar -x -C "$src"
+        rm -rf "$src.tmp" && mkdir -p "$src.tmp" && git archive "$rev" | tar -x -C "$src.tmp" && mv "$src.tmp" "$src"
     fi
-    export CARGO_TARGET_DIR="$ROOT/target/package-build"
+    missing=()
+    for n in "${majors[@]}"; do
+        ls "$out"/postgresql-"$n"-secretgate_*.deb >/dev/null 2>&1 || missing+=("$n")
+    done
+    [ ${#missing[@]} -gt 0 ] || { echo "packages of $rev (cached): $out"; exit 0; }
+    majors=("${missing[@]}")
+    export CARGO_TARGET_DIR="$SECRETGATE_CACHE/package-rev/build"
 fi
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$src/Cargo.toml" | head -n1)
 arch=$(dpkg --print-architecture)

@@ -6,6 +6,8 @@
 #   3. black-box (sqlx)  cargo test -p secretgate-tests (each binary starts its own cluster)
 #   4. fuzz              scripts/fuzz.sh: each secretgate-core fuzz target for a
 #                        bounded time (SECRETGATE_FUZZ_SECONDS, default 15)
+#   5. packages          scripts/package-test.sh: the .debs built and installed on a clean
+#                        Debian 12 root (15), the 16 and 18 packages' contents checked
 #
 #   scripts/test.sh           (CI) every tier on PostgreSQL 15, then tiers 2 and 3 on 16 and 18
 #   scripts/test.sh --pg N    every tier against major N only (15, 16 or 18)
@@ -89,6 +91,15 @@ tier_start=$SECONDS
 # Short and bounded: catches a shallow crash early; saved crashes are replayed in tier 1.
 scripts/fuzz.sh "${SECRETGATE_FUZZ_SECONDS:-15}"
 mark "tier 4"
+
+if [[ " ${majors[*]} " == *" 15 "* ]]; then
+    echo "== tier 5: packages (a .deb per major and the tool; the clean Debian 12 root)"
+    tier_start=$SECONDS
+    # 15 on a debootstrapped root (dpkg -i, upgrade, tour, gates, rotation, dpkg -r);
+    # the other majors tested here: contents, symbols and CREATE EXTENSION from their files.
+    if [ ${#majors[@]} -gt 1 ]; then scripts/package-test.sh; else scripts/package-test.sh --pg 15; fi
+    mark "tier 5"
+fi
 
 printf '  %s\n' "${timing[@]}"
 echo "== all tiers passed on PostgreSQL ${majors[*]} in $((SECONDS - started))s"

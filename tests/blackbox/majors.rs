@@ -68,8 +68,8 @@ fn cross_major(name: &str, from: u32, to: u32, route: Route) -> Trial {
     })
 }
 
-/// What must survive the move.
-#[derive(Debug, PartialEq)]
+/// What must survive the move (no Debug: it holds ciphertexts, which no message may show).
+#[derive(PartialEq)]
 struct Snapshot {
     /// (scope, key, version, ciphertext) of every row: the bytes themselves.
     ciphertexts: Vec<(Option<Uuid>, String, i32, Vec<u8>)>,
