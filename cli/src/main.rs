@@ -4,6 +4,7 @@
 
 mod adopt;
 mod db;
+mod keyring;
 mod manual;
 mod migrate;
 mod probe;
@@ -40,6 +41,9 @@ enum Command {
     /// Re-encrypt every secret under the current key version, in batches, with a progress bar;
     /// resumable after an interruption; ends with the verification pass
     Rotate(rotate::RotateArgs),
+    /// Make a keyring file (new), add a current key version (add-version FILE), or compare the
+    /// server's keyring with the database's key check values (check)
+    Keyring(keyring::KeyringArgs),
     /// Check a database before and during adoption, changing nothing: whether the tables attach
     /// (and what blocks them), rows per key version and format, unreadable rows, where the model
     /// comes from, which roles are agents, and the next step; exit 0 only when ready
@@ -90,6 +94,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        if let Command::Keyring(args) = cli.command {
+            return keyring::main(cli.database_url.as_deref(), args).await;
+        }
         let url = cli.database_url.ok_or_else(|| {
             Failure::usage(anyhow::anyhow!("no database given: pass --database-url or set DATABASE_URL"))
         })?;
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
             Command::Probe(args) => probe::main(&url, args).await,
             Command::Verify => verify::main(&url).await,
             Command::Rotate(args) => rotate::main(&url, args).await,
+            Command::Keyring(_) => unreachable!("handled above"),
             Command::Adopt(args) => adopt::main(&url, args).await,
             Command::GenerateManual { .. } => unreachable!("handled before the runtime starts"),
         }

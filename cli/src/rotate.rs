@@ -9,6 +9,11 @@
 //! point (Ctrl-C, `kill`, even `kill -9` or a lost connection) and simply run
 //! again to resume.
 //!
+//! Each batch is `secretgate.reencrypt_skipping(batch_size)`: a row that cannot
+//! be decrypted (SG001, SG002), or every row of a key version whose key does
+//! not match (SG004), is left where it is and the rest moves; at the end the
+//! tool lists what it left, with its SQLSTATE, and exits 1.
+//!
 //! Rows locked by concurrent writers are skipped by `reencrypt` (SKIP LOCKED)
 //! and taken by a later batch, so writers wait at most one batch. When only
 //! locked rows are left, the tool retries for up to `--lock-wait` seconds.
@@ -18,7 +23,7 @@
 //! be retired (the tool cannot read the keyring: it never leaves the server).
 //!
 //! Exit codes: 0 every row is on the current version and every secret
-//! decrypts; 1 a row cannot be decrypted, rows stayed locked, the run was
+//! decrypts; 1 a row cannot be decrypted (every other row was moved), rows stayed locked, the run was
 //! interrupted, or the server refused a batch; 2 usage or connection error.
 
 use crate::verify::{self, db_message, sqlstate};
@@ -77,8 +82,11 @@ enum Ending {
     Done,
     /// A signal asked to stop; the last batch finished first.
     Interrupted,
-    /// `reencrypt` raised SG001/SG002: a row cannot be decrypted (the batch rolled back).
+    /// `reencrypt` raised SG001/SG002/SG004: a row cannot be decrypted (the batch
+    /// rolled back; only against a database without `reencrypt_skipping`).
     Undecryptable { sqlstate: String, message: String },
+    /// Every readable row moved; this many could not be decrypted and stayed.
+    Skipped { skipped: i64 },
     /// Rows on older versions stayed locked by other transactions past --lock-wait.
     Locked { stale: i64 },
 }
@@ -152,6 +160,19 @@ async fn run(conn: &mut PgConnection, args: &RotateArgs, stop: &AtomicBool) -> R
                 report.failed.len()
             )))
         }
+        Ending::Skipped { skipped } => {
+            println!(
+                "{skipped} secret(s) could not be decrypted and were left on their key version; \
+                 every other secret was re-encrypted. Every secret that does not decrypt:"
+            );
+            let report = verify::check(conn).await?;
+            verify::print(&report);
+            print_versions(conn, &tables).await?;
+            Err(Failure::check(anyhow!(
+                "rotation skipped {skipped} secret(s) that do not decrypt (listed above); set or delete them, \
+                 or fix the keyring, then run `secretgate rotate` again"
+            )))
+        }
         Ending::Done => {
             println!("verifying every secret...");
             let report = verify::check(conn).await?;
@@ -178,46 +199,64 @@ async fn reencrypt_all(
     let mut progress = Progress::new(before.stale as u64);
     let mut locked_since: Option<Instant> = None;
     let mut transient = 0;
+    let mut skipping = true;
     let ending = loop {
         if stop.load(Ordering::SeqCst) {
             break Ending::Interrupted;
         }
-        let batch: Result<i64, sqlx::Error> =
-            sqlx::query_scalar("SELECT secretgate.reencrypt($1)").bind(args.batch_size).fetch_one(&mut *conn).await;
+        // reencrypt_skipping leaves unreadable rows where they are; a database
+        // from before 0.4.0 has only reencrypt, which stops on them.
+        let batch: Result<(i64, i64), sqlx::Error> = if skipping {
+            sqlx::query_as("SELECT moved, skipped FROM secretgate.reencrypt_skipping($1)")
+                .bind(args.batch_size)
+                .fetch_one(&mut *conn)
+                .await
+        } else {
+            sqlx::query_scalar("SELECT secretgate.reencrypt($1)")
+                .bind(args.batch_size)
+                .fetch_one(&mut *conn)
+                .await
+                .map(|n: i64| (n, 0))
+        };
         match batch {
-            Ok(n) if n > 0 => {
+            Ok((n, _)) if n > 0 => {
                 progress.advance(n as u64);
                 locked_since = None;
                 transient = 0;
             }
-            Ok(_) => {
+            Ok((_, skipped)) => {
                 let now =
                     census(conn, tables).await.map_err(|e| progress.abandon_with(loop_failure(&e, progress.moved)))?;
                 if now.stale == 0 {
                     break Ending::Done;
                 }
-                // Nothing unlocked is left: the rest is held by other transactions.
-                progress.at_least(now.stale as u64);
+                if skipped > 0 && now.stale <= skipped {
+                    break Ending::Skipped { skipped };
+                }
+                // Nothing unlocked and readable is left: the rest is held by other transactions.
+                let locked = now.stale - skipped;
+                progress.at_least(locked as u64);
                 let since = *locked_since.get_or_insert_with(|| {
                     progress.note(&format!(
-                        "{} secret(s) on older key versions are locked by other transactions; retrying for up to {}s",
-                        now.stale, args.lock_wait
+                        "{locked} secret(s) on older key versions are locked by other transactions; retrying for up to {}s",
+                        args.lock_wait
                     ));
                     Instant::now()
                 });
                 let waited = since.elapsed();
                 if waited >= lock_wait {
-                    break Ending::Locked { stale: now.stale };
+                    break Ending::Locked { stale: locked };
                 }
                 tokio::time::sleep(LOCKED_PAUSE.min(lock_wait - waited)).await;
             }
+            Err(e) if skipping && sqlstate(&e).as_deref() == Some("42883") => skipping = false,
             Err(e) => match sqlstate(&e).as_deref() {
                 // The batch rolled back whole; try it again.
                 Some("40001" | "40P01" | "55P03") if transient < TRANSIENT_RETRIES => {
                     transient += 1;
                     tokio::time::sleep(Duration::from_millis(200) * transient).await;
                 }
-                Some(code @ ("SG001" | "SG002")) => {
+                Some(code @ ("SG001" | "SG002" | "SG004")) => {
                     break Ending::Undecryptable { sqlstate: code.to_string(), message: db_message(&e) };
                 }
                 _ => return Err(progress.abandon_with(loop_failure(&e, progress.moved))),

@@ -27,6 +27,9 @@ pub struct Undecryptable {
     /// The SQLSTATE verify_secrets reported (SG001, SG002, SG003), or the
     /// state itself when the extension reported something unexpected.
     pub error_code: String,
+    /// A key version whose key does not match (SG004): verify_secrets reports
+    /// it once (NULL workspace and key), not per row.
+    pub mismatch: bool,
 }
 
 impl Undecryptable {
@@ -35,10 +38,21 @@ impl Undecryptable {
     }
 }
 
+/// The key versions whose key does not match, with their rows, when the
+/// server tells (key_check_status needs the EXECUTE right verify does not).
+async fn mismatched_versions(conn: &mut PgConnection) -> Vec<(i32, i64)> {
+    match crate::keyring::statuses(conn).await {
+        Ok(rows) => rows.into_iter().filter(|r| r.status == "mismatch").map(|r| (r.version, r.secrets)).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The outcome of one verification pass.
 pub struct Report {
     pub checked: i64,
     pub failed: Vec<Undecryptable>,
+    /// (version, rows) of each key version that does not match, if known.
+    pub mismatched: Vec<(i32, i64)>,
 }
 
 /// Runs `secretgate.verify_secrets()` once and keeps only what does not
@@ -70,46 +84,62 @@ pub async fn check(conn: &mut PgConnection) -> Result<Report, Failure> {
         .filter(|r| r.2.is_some() || r.3.is_some())
         .map(|(_, workspace, key, state, error_code)| Undecryptable {
             workspace,
+            mismatch: key.is_none() && error_code.as_deref() == Some(Code::KeyMismatch.sqlstate()),
             key: key.unwrap_or_default(),
             error_code: error_code.or(state).unwrap_or_default(),
         })
-        .collect();
-    Ok(Report { checked, failed })
+        .collect::<Vec<_>>();
+    let mismatched = if failed.iter().any(|f| f.mismatch) { mismatched_versions(&mut *conn).await } else { Vec::new() };
+    Ok(Report { checked, failed, mismatched })
 }
 
 /// Prints the failing rows (a table), a hint per error code and the summary line.
 pub fn print(report: &Report) {
-    if !report.failed.is_empty() {
+    // A wrong key is one line per version, not one per row.
+    for f in report.failed.iter().filter(|f| f.mismatch) {
+        let versions: Vec<String> =
+            report.mismatched.iter().map(|(v, n)| format!("key version {v} ({n} secret(s))")).collect();
+        let which = if versions.is_empty() { "a key version".to_string() } else { versions.join(", ") };
+        println!(
+            "{} KEY_MISMATCH: the server's keyring holds another key for {which} than the one this database's secrets were written with; \
+             its secrets were not checked one by one: point the server at the right keyring (`secretgate keyring check` compares)",
+            f.error_code
+        );
+    }
+    let rows: Vec<&Undecryptable> = report.failed.iter().filter(|f| !f.mismatch).collect();
+    if !rows.is_empty() {
         let header = ["WORKSPACE", "KEY", "ERROR"];
-        let rows: Vec<[String; 3]> =
-            report.failed.iter().map(|f| [f.scope(), f.key.clone(), describe_code(&f.error_code)]).collect();
+        let table: Vec<[String; 3]> =
+            rows.iter().map(|f| [f.scope(), f.key.clone(), describe_code(&f.error_code)]).collect();
         let mut widths = header.map(str::len);
-        for row in &rows {
+        for row in &table {
             for (w, cell) in widths.iter_mut().zip(row) {
                 *w = (*w).max(cell.chars().count());
             }
         }
         println!("{:<w0$}  {:<w1$}  {}", header[0], header[1], header[2], w0 = widths[0], w1 = widths[1]);
-        for row in &rows {
+        for row in &table {
             println!("{:<w0$}  {:<w1$}  {}", row[0], row[1], row[2], w0 = widths[0], w1 = widths[1]);
         }
         let mut by_code: BTreeMap<&str, usize> = BTreeMap::new();
-        for f in &report.failed {
+        for f in &rows {
             *by_code.entry(f.error_code.as_str()).or_default() += 1;
         }
         for (code, n) in &by_code {
             println!("{code}: {n} secret(s): {}", hint(code));
         }
     }
-    let unencrypted = report.failed.iter().filter(|f| f.error_code == UNENCRYPTED).count();
+    // A mismatch line stands for every secret of its version.
+    let lines = report.failed.iter().filter(|f| f.mismatch).count() as i64;
+    let under_wrong_key: i64 =
+        if report.mismatched.is_empty() { lines } else { report.mismatched.iter().map(|m| m.1).sum() };
+    let checked = report.checked - lines + under_wrong_key;
+    let unencrypted = rows.iter().filter(|f| f.error_code == UNENCRYPTED).count() as i64;
+    let failed = rows.len() as i64 - unencrypted + under_wrong_key;
     if unencrypted == 0 {
-        println!("summary: {} secret(s) checked, {} failed to decrypt", report.checked, report.failed.len());
+        println!("summary: {checked} secret(s) checked, {failed} failed to decrypt");
     } else {
-        println!(
-            "summary: {} secret(s) checked, {} failed to decrypt, {unencrypted} stored unencrypted",
-            report.checked,
-            report.failed.len() - unencrypted
-        );
+        println!("summary: {checked} secret(s) checked, {failed} failed to decrypt, {unencrypted} stored unencrypted");
     }
 }
 
@@ -136,7 +166,10 @@ fn hint(code: &str) -> &'static str {
             "the row's encryption_version is not in the keyring; restore that key version to the keyring (never retire a version still in use)"
         }
         Some(Code::KeyringUnavailable) => {
-            "the server cannot use its keyring (secretgate.keyring_file missing, unreadable, malformed or insecure); fix it, then verify again"
+            "the server cannot use its keyring (secretgate.keyring_file missing, unreadable, malformed or insecure, or secretgate.keyring_command failed); fix it, then verify again"
+        }
+        Some(Code::KeyMismatch) => {
+            "the server's key for this version is not the one this database's secrets were written with; point the server at the right keyring"
         }
         _ => "unexpected error code",
     }

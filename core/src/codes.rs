@@ -5,6 +5,7 @@ pub enum Code {
     DecryptFailed,
     UnknownKeyVersion,
     KeyringUnavailable,
+    KeyMismatch,
     ConciergeSelfWriteBlocked,
     PlatformAgentIdentityGate,
     MissingByokCredential,
@@ -15,10 +16,11 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 10] = [
+    pub const ALL: [Code; 11] = [
         Code::DecryptFailed,
         Code::UnknownKeyVersion,
         Code::KeyringUnavailable,
+        Code::KeyMismatch,
         Code::ConciergeSelfWriteBlocked,
         Code::PlatformAgentIdentityGate,
         Code::MissingByokCredential,
@@ -34,6 +36,7 @@ impl Code {
             Code::DecryptFailed => "SG001",
             Code::UnknownKeyVersion => "SG002",
             Code::KeyringUnavailable => "SG003",
+            Code::KeyMismatch => "SG004",
             Code::ConciergeSelfWriteBlocked => "SG101",
             Code::PlatformAgentIdentityGate => "SG102",
             Code::MissingByokCredential => "SG103",
@@ -50,6 +53,7 @@ impl Code {
             Code::DecryptFailed => "DECRYPT_FAILED",
             Code::UnknownKeyVersion => "UNKNOWN_KEY_VERSION",
             Code::KeyringUnavailable => "KEYRING_UNAVAILABLE",
+            Code::KeyMismatch => "KEY_MISMATCH",
             Code::ConciergeSelfWriteBlocked => "CONCIERGE_SELF_WRITE_BLOCKED",
             Code::PlatformAgentIdentityGate => "PLATFORM_AGENT_IDENTITY_GATE",
             Code::MissingByokCredential => "MISSING_BYOK_CREDENTIAL",

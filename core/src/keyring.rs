@@ -17,6 +17,22 @@ use std::path::Path;
 use zeroize::{Zeroize, Zeroizing};
 
 pub const KEY_LEN: usize = 32;
+/// Length of a key check value (HMAC-SHA256).
+pub const CHECK_LEN: usize = 32;
+
+/// The fixed label a key check value authenticates. Changing it would make
+/// every recorded check differ: it is part of the stored format.
+const CHECK_LABEL: &[u8] = b"secretgate key check v1";
+
+/// The key check value of a key: HMAC-SHA256 of a fixed label under it. It
+/// tells two keys apart and reveals nothing about either (HMAC is a PRF).
+pub fn key_check_value(key: &[u8]) -> [u8; CHECK_LEN] {
+    use hmac::{Hmac, Mac};
+    // HMAC takes a key of any length: this cannot fail.
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(CHECK_LABEL);
+    mac.finalize().into_bytes().into()
+}
 
 /// How the rows of one key version are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +72,12 @@ impl Entry {
     }
 }
 
-/// Versioned keys, each expanded into its AES-256-GCM cipher once, at load.
+/// Versioned keys, each expanded into its AES-256-GCM cipher, and its key
+/// check value computed, once, at load (a plaintext version has neither).
 pub struct Keyring {
     current_version: i32,
     entries: BTreeMap<i32, Entry>,
+    checks: BTreeMap<i32, [u8; CHECK_LEN]>,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +132,12 @@ impl Keyring {
 
     fn from_file(file: &KeyringFile) -> Result<Keyring, Error> {
         let mut entries = BTreeMap::new();
+        let mut checks = BTreeMap::new();
+        let mut cipher = |version: i32, encoded: &str| -> Result<Aes256Gcm, Error> {
+            let (cipher, check) = cipher_and_check(version, encoded)?;
+            checks.insert(version, check);
+            Ok(cipher)
+        };
         for (name, entry) in &file.keys {
             // 0 is allowed: applications commonly mark their unencrypted rows version 0.
             let version: i32 = name.parse().ok().filter(|v| *v >= 0).ok_or_else(|| {
@@ -151,7 +175,7 @@ impl Keyring {
                 "the keyring's current_version {} is plaintext; the current version must encrypt (bound or unbound)",
                 file.current_version
             ))),
-            Some(_) => Ok(Keyring { current_version: file.current_version, entries }),
+            Some(_) => Ok(Keyring { current_version: file.current_version, entries, checks }),
         }
     }
 
@@ -180,6 +204,22 @@ impl Keyring {
         self.entries.keys().copied()
     }
 
+    /// The key check value of `version`'s key; `None` when the keyring has
+    /// no key for it.
+    pub fn check_value(&self, version: i32) -> Option<&[u8; CHECK_LEN]> {
+        self.checks.get(&version)
+    }
+
+    /// Whether `version`'s key matches the check value a database recorded
+    /// for it: `KeyMismatch` when it does not. A version without a key here
+    /// (unknown, or one that has no key) has nothing to compare.
+    pub fn verify_check(&self, version: i32, recorded: &[u8]) -> Result<(), Error> {
+        match self.check_value(version) {
+            Some(mine) if mine.as_slice() != recorded => Err(Error::KeyMismatch { version }),
+            _ => Ok(()),
+        }
+    }
+
     /// The format of a key version, `None` when the keyring has no such version.
     pub fn format(&self, version: i32) -> Option<Format> {
         self.entries.get(&version).map(Entry::format)
@@ -190,8 +230,9 @@ impl Keyring {
     }
 }
 
-/// The AES-256-GCM cipher of a base64 key; errors never quote the key.
-fn cipher(version: i32, encoded: &str) -> Result<Aes256Gcm, Error> {
+/// The AES-256-GCM cipher of a base64 key and its key check value; errors
+/// never quote the key.
+fn cipher_and_check(version: i32, encoded: &str) -> Result<(Aes256Gcm, [u8; CHECK_LEN]), Error> {
     let bytes = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -203,8 +244,106 @@ fn cipher(version: i32, encoded: &str) -> Result<Aes256Gcm, Error> {
             bytes.len()
         )));
     }
-    Aes256Gcm::new_from_slice(&bytes)
-        .map_err(|_| Error::keyring(format!("keyring key version {version} is not a valid AES-256 key")))
+    let cipher = Aes256Gcm::new_from_slice(&bytes)
+        .map_err(|_| Error::keyring(format!("keyring key version {version} is not a valid AES-256 key")))?;
+    Ok((cipher, key_check_value(&bytes)))
+}
+
+/// A fresh random 32-byte key, base64 (the operating system's generator).
+pub fn new_key_base64() -> Zeroizing<String> {
+    use aes_gcm::aead::rand_core::RngCore;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    aes_gcm::aead::OsRng.fill_bytes(&mut key[..]);
+    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&key[..]))
+}
+
+/// A new keyring's JSON: version 1, current, with a fresh random key.
+pub fn new_keyring_json() -> Zeroizing<String> {
+    let key = new_key_base64();
+    Zeroizing::new(format!("{{\"current_version\": 1, \"keys\": {{\"1\": \"{}\"}}}}\n", key.as_str()))
+}
+
+/// Adds a fresh random key to keyring JSON as the next version (one above
+/// the highest) and makes it current, keeping every other entry as it is.
+/// Returns the new JSON and the new version. The result must parse.
+pub fn add_version_json(json: &[u8]) -> Result<(Zeroizing<String>, i32), Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(|e| {
+        Error::keyring(format!("the keyring file is not valid JSON (line {}, column {})", e.line(), e.column()))
+    })?;
+    let result = add_version_to(&mut value);
+    scrub(&mut value);
+    result
+}
+
+fn add_version_to(value: &mut serde_json::Value) -> Result<(Zeroizing<String>, i32), Error> {
+    let keys = value
+        .get_mut("keys")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or_else(|| Error::keyring("the keyring file has no \"keys\" object"))?;
+    let highest = keys.keys().filter_map(|k| k.parse::<i32>().ok()).max().unwrap_or(0);
+    let version = highest.checked_add(1).ok_or_else(|| Error::keyring("the keyring has no version number left"))?;
+    keys.insert(version.to_string(), serde_json::Value::String(new_key_base64().to_string()));
+    value["current_version"] = version.into();
+    let text = Zeroizing::new(format!("{}\n", serde_json::to_string_pretty(&*value).unwrap_or_default()));
+    Keyring::parse(text.as_bytes())?;
+    Ok((text, version))
+}
+
+/// Overwrites every string of a parsed keyring (its keys) before it is dropped.
+fn scrub(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub),
+        serde_json::Value::Object(map) => map.values_mut().for_each(scrub),
+        _ => {}
+    }
+}
+
+/// How one key version stands between a server's keyring and a database
+/// (`secretgate keyring check`, `secretgate.key_check_status()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// The keyring's key matches the database's check value.
+    Ok,
+    /// The keyring's key differs from the one the database recorded: SG004.
+    Mismatch,
+    /// Rows use the version and the keyring has no key for it: SG002.
+    MissingFromKeyring,
+    /// No row uses the version: its key may be retired.
+    Unused,
+    /// Rows use it and the keyring has its key, but no check value was
+    /// recorded yet (a database from before 0.4.0, until the version is used).
+    Unchecked,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Ok => "ok",
+            KeyStatus::Mismatch => "mismatch",
+            KeyStatus::MissingFromKeyring => "missing from keyring",
+            KeyStatus::Unused => "unused",
+            KeyStatus::Unchecked => "unchecked",
+        }
+    }
+
+    /// Whether the status is a problem to fix (`keyring check` exits 1).
+    pub fn is_problem(self) -> bool {
+        matches!(self, KeyStatus::Mismatch | KeyStatus::MissingFromKeyring)
+    }
+}
+
+/// The status of one version: `in_keyring` is the keyring's check value for
+/// it, `recorded` the database's, `rows` how many secrets use it. A wrong key
+/// is reported even when no row uses it (the next write would fail).
+pub fn key_status(in_keyring: Option<&[u8]>, recorded: Option<&[u8]>, rows: i64) -> KeyStatus {
+    match (in_keyring, recorded) {
+        (Some(mine), Some(theirs)) if mine != theirs => KeyStatus::Mismatch,
+        _ if rows == 0 => KeyStatus::Unused,
+        (None, _) => KeyStatus::MissingFromKeyring,
+        (Some(_), Some(_)) => KeyStatus::Ok,
+        (Some(_), None) => KeyStatus::Unchecked,
+    }
 }
 
 /// A keyring must be a regular file with no permissions for group or others.
@@ -322,6 +461,73 @@ mod tests {
         let k = Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}"}}}}"#).as_bytes()).unwrap();
         let debug = format!("{k:?}");
         assert!(!debug.contains("AQEB") && debug.contains("current_version: 1"), "{debug}");
+    }
+
+    const K2: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+    #[test]
+    fn check_values_tell_keys_apart_and_are_stable() {
+        let a =
+            Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K1}","2":"{K2}"}}}}"#).as_bytes()).unwrap();
+        let b = Keyring::parse(format!(r#"{{"current_version":1,"keys":{{"1":"{K2}"}}}}"#).as_bytes()).unwrap();
+        let a1 = *a.check_value(1).unwrap();
+        assert_ne!(a1, *a.check_value(2).unwrap());
+        assert_eq!(a.check_value(2), b.check_value(1));
+        assert_eq!(a.check_value(3), None);
+        // A known answer: HMAC-SHA256(key = 32 bytes of 0x01, "secretgate key check v1").
+        assert_eq!(hex::encode(a1), hex::encode(key_check_value(&[1u8; 32])));
+        assert_eq!(a.verify_check(1, &a1), Ok(()));
+        assert_eq!(b.verify_check(1, &a1), Err(Error::KeyMismatch { version: 1 }));
+        assert_eq!(b.verify_check(1, &a1).unwrap_err().code(), Code::KeyMismatch);
+        // Nothing to compare for a version the keyring has no key for.
+        assert_eq!(b.verify_check(9, &a1), Ok(()));
+        // An unbound key has a check value; a plaintext version has none.
+        let f = Keyring::parse(
+            format!(r#"{{"current_version":1,"keys":{{"0":{{"format":"plaintext"}},"1":{{"key":"{K1}","format":"unbound"}}}}}}"#)
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(f.check_value(1), Some(&a1));
+        assert_eq!(f.check_value(0), None);
+        assert_eq!(f.verify_check(0, &a1), Ok(()));
+        // The check value is not the key, nor derived from it by a plain hash.
+        assert!(!hex::encode(a1).contains("0101010101"));
+        use sha2::Digest;
+        assert_ne!(a1.as_slice(), sha2::Sha256::digest([1u8; 32]).as_slice());
+    }
+
+    #[test]
+    fn new_and_added_versions_parse_and_keep_the_old_keys() {
+        let first = new_keyring_json();
+        let k = Keyring::parse(first.as_bytes()).unwrap();
+        assert_eq!((k.current_version(), k.versions().collect::<Vec<_>>()), (1, vec![1]));
+        assert_ne!(*new_keyring_json(), *first);
+        let (second, v) = add_version_json(first.as_bytes()).unwrap();
+        assert_eq!(v, 2);
+        let k2 = Keyring::parse(second.as_bytes()).unwrap();
+        assert_eq!((k2.current_version(), k2.versions().collect::<Vec<_>>()), (2, vec![1, 2]));
+        assert_eq!(k2.check_value(1), k.check_value(1));
+        assert_ne!(k2.check_value(2), k.check_value(1));
+        let gap = format!(r#"{{"current_version":1,"keys":{{"1":"{K1}","7":"{K2}"}}}}"#);
+        assert_eq!(add_version_json(gap.as_bytes()).unwrap().1, 8);
+        assert!(add_version_json(b"nope").is_err());
+        assert!(add_version_json(br#"{"current_version":1}"#).is_err());
+    }
+
+    #[test]
+    fn key_status_per_version() {
+        let (x, y) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(key_status(Some(&x), Some(&x), 5), KeyStatus::Ok);
+        assert_eq!(key_status(Some(&x), Some(&y), 5), KeyStatus::Mismatch);
+        assert_eq!(key_status(Some(&x), Some(&y), 0), KeyStatus::Mismatch);
+        assert_eq!(key_status(None, Some(&y), 3), KeyStatus::MissingFromKeyring);
+        assert_eq!(key_status(None, None, 3), KeyStatus::MissingFromKeyring);
+        assert_eq!(key_status(None, Some(&y), 0), KeyStatus::Unused);
+        assert_eq!(key_status(Some(&x), Some(&x), 0), KeyStatus::Unused);
+        assert_eq!(key_status(Some(&x), None, 2), KeyStatus::Unchecked);
+        assert!(KeyStatus::Mismatch.is_problem() && KeyStatus::MissingFromKeyring.is_problem());
+        assert!(!KeyStatus::Unused.is_problem() && !KeyStatus::Unchecked.is_problem());
+        assert_eq!(KeyStatus::MissingFromKeyring.as_str(), "missing from keyring");
     }
 
     #[test]

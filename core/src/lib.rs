@@ -1,8 +1,9 @@
 //! secretgate's pure core: no Postgres in here.
 //!
 //! * [`Code`]: every refusal's SQLSTATE and code word, in one table.
-//! * [`Keyring`]: the versioned AES-256-GCM keys read from the keyring file,
-//!   each key's cipher expanded once at load time.
+//! * [`Keyring`]: the versioned AES-256-GCM keys read from the keyring file
+//!   (or a keyring command's output), each key's cipher and key check value
+//!   computed once at load time.
 //! * [`Scope`] and the ciphertext layout `nonce(12) || ciphertext || tag(16)`,
 //!   bound to its row by the associated data `secretgate:v1:<scope>:<key>`.
 //!
@@ -19,7 +20,10 @@ pub mod policy;
 
 pub use codes::Code;
 pub use crypto::{associated_data, Scope, NONCE_LEN, TAG_LEN};
-pub use keyring::{Format, Keyring, KEY_LEN};
+pub use keyring::{
+    add_version_json, key_check_value, key_status, new_key_base64, new_keyring_json, Format, KeyStatus, Keyring,
+    CHECK_LEN, KEY_LEN,
+};
 pub use liveness::{ciphertext_digest, Verdict};
 
 use thiserror::Error;
@@ -38,6 +42,10 @@ pub enum Error {
     /// The keyring cannot be used; `reason` says what to fix.
     #[error("{reason}")]
     KeyringUnavailable { reason: String },
+    /// The keyring's key for `version` is not the one this database first
+    /// used it with (its recorded key check value differs).
+    #[error("the keyring's key for version {version} is not the key this database's secrets were written with")]
+    KeyMismatch { version: i32 },
 }
 
 impl Error {
@@ -46,6 +54,7 @@ impl Error {
             Error::DecryptFailed { .. } => Code::DecryptFailed,
             Error::UnknownKeyVersion { .. } => Code::UnknownKeyVersion,
             Error::KeyringUnavailable { .. } => Code::KeyringUnavailable,
+            Error::KeyMismatch { .. } => Code::KeyMismatch,
         }
     }
 

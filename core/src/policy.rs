@@ -48,8 +48,10 @@ impl Refusal {
         if let Some(key) = key {
             r = r.with("key", key);
         }
-        if let Error::KeyringUnavailable { .. } = e {
-            r = r.hint(KEYRING_HINT);
+        match e {
+            Error::KeyringUnavailable { .. } => r = r.hint(KEYRING_HINT),
+            Error::KeyMismatch { version } => r = r.with("version", *version).hint(KEY_MISMATCH_HINT),
+            _ => {}
         }
         r
     }
@@ -115,7 +117,9 @@ impl Refusal {
     }
 }
 
-const KEYRING_HINT: &str = "point secretgate.keyring_file (postgresql.conf) at a 0600 JSON keyring owned by the server's user, then SELECT pg_reload_conf()";
+const KEYRING_HINT: &str = "point secretgate.keyring_file (postgresql.conf) at a 0600 JSON keyring owned by the server's user, or set secretgate.keyring_command to a command that prints one, then SELECT pg_reload_conf()";
+
+const KEY_MISMATCH_HINT: &str = "the server's keyring holds another key under this version than the one this database first used it with: point the server at the right keyring (secretgate keyring check compares them without decrypting any row)";
 
 /// The code of a secretgate refusal recognised by its shape: a message
 /// starting with the code word and a JSON DETAIL naming the same SQLSTATE.

@@ -183,3 +183,17 @@ SELECT pg_catalog.pg_extension_config_dump('secretgate.forbidden_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.liveness', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.external_runtimes', '');
+
+-- Key check values (CONTRACT §3): a keyed hash of a fixed label under each key
+-- version, recorded when the version is first used in this database, so a
+-- server given another key under a known version answers SG004 instead of
+-- SG001 on every row. Written only by the extension (as its owner); it
+-- reveals nothing about a key. Kept by pg_dump: it travels with the secrets.
+CREATE TABLE secretgate.key_checks (
+    version     int PRIMARY KEY,
+    check_value bytea NOT NULL,
+    first_used  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE secretgate.key_checks IS 'Key check values: HMAC-SHA256 of a fixed label under each key version first used here';
+REVOKE ALL ON secretgate.key_checks FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('secretgate.key_checks', '');

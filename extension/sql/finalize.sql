@@ -43,6 +43,9 @@ REVOKE EXECUTE ON FUNCTION secretgate.record_liveness(uuid, text, integer, text)
 -- Maintenance rewrites every row: the DBA's (or the deploy pipeline's) call.
 REVOKE EXECUTE ON FUNCTION secretgate.rename_secret_key(text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION secretgate.reencrypt(integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION secretgate.reencrypt_skipping(integer) FROM PUBLIC;
+-- Key versions and their row counts: the DBA's view (secretgate keyring check).
+REVOKE EXECUTE ON FUNCTION secretgate.key_check_status() FROM PUBLIC;
 
 -- A trigger on an attached table runs inside every write to it: a BEFORE
 -- trigger that sorts after secretgate's could rewrite a row the gate has

@@ -157,3 +157,45 @@ CREATE FUNCTION secretgate."key_formats"() RETURNS TABLE (
 STABLE STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'key_formats_wrapper';
+
+-- ---------------------------------------------------------------------------
+-- Keys from a KMS, and a wrong key told apart from a corrupt row (issue 16).
+-- Existing databases get their key check values on first use: the first
+-- time a version encrypts, or one of its rows decrypts, after this update
+-- (ALTER EXTENSION runs without the server's keyring in hand).
+-- Key check values (CONTRACT §3): a keyed hash of a fixed label under each key
+-- version, recorded when the version is first used in this database, so a
+-- server given another key under a known version answers SG004 instead of
+-- SG001 on every row. Written only by the extension (as its owner); it
+-- reveals nothing about a key. Kept by pg_dump: it travels with the secrets.
+CREATE TABLE secretgate.key_checks (
+    version     int PRIMARY KEY,
+    check_value bytea NOT NULL,
+    first_used  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE secretgate.key_checks IS 'Key check values: HMAC-SHA256 of a fixed label under each key version first used here';
+REVOKE ALL ON secretgate.key_checks FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('secretgate.key_checks', '');
+
+CREATE FUNCTION secretgate."key_check_status"() RETURNS TABLE (
+	"version" INT,
+	"status" TEXT,
+	"secrets" bigint,
+	"is_current" bool,
+	"first_used" timestamp with time zone
+)
+STRICT STABLE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'key_check_status_wrapper';
+REVOKE EXECUTE ON FUNCTION secretgate.key_check_status() FROM PUBLIC;
+-- secretgate rotate moves every readable row and leaves the others where they are.
+CREATE FUNCTION secretgate."reencrypt_skipping"(
+	"batch_size" INT
+) RETURNS TABLE (
+	"moved" bigint,
+	"skipped" bigint
+)
+VOLATILE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reencrypt_skipping_wrapper';
+REVOKE EXECUTE ON FUNCTION secretgate.reencrypt_skipping(integer) FROM PUBLIC;

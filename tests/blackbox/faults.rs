@@ -354,7 +354,7 @@ async fn worker_loop(
                 }
             }
             Err(e) => match db_error(&e) {
-                Some(err) if ["SG001", "SG002", "SG003"].contains(&err.sqlstate.as_str()) => {
+                Some(err) if ["SG001", "SG002", "SG003", "SG004"].contains(&err.sqlstate.as_str()) => {
                     let current: Vec<&str> = needle_refs.iter().copied().chain([expected.as_str()]).collect();
                     if let Err(leak) = err.assert_no_leak(&current) {
                         w.problems.push(format!("worker {index}: {leak:#}"));
@@ -365,8 +365,10 @@ async fn worker_loop(
                     let foreign_read = op == "read" && err.sqlstate == "SG001";
                     let allowed = match inside {
                         Some(f) if f.unavailable() => err.sqlstate == "SG003",
-                        // Under the foreign keys, only what they did not write fails, as SG001.
-                        Some(Fault::ForeignKeys) => foreign_read && under != WrittenUnder::Foreign,
+                        // The foreign keys are other keys under versions this database
+                        // has used: their key check values differ, so every read and
+                        // write is SG004 (issue 16), never SG001 row by row.
+                        Some(Fault::ForeignKeys) => err.sqlstate == "SG004",
                         // Same keys: only a row written under the foreign keys (none yet) could fail.
                         Some(_) => foreign_read && under != WrittenUnder::Baseline,
                         None if in_baseline => foreign_read && under != WrittenUnder::Baseline,
@@ -506,7 +508,7 @@ async fn probe_fault(
         .described("PROBE_V1")?;
         ensure!(v == 1, "{what}: a write should use version 1, used {v}");
     } else {
-        let e = expect_sg(probe_read(conn, ws).await, Code::DecryptFailed)
+        let e = expect_sg(probe_read(conn, ws).await, Code::KeyMismatch)
             .map_err(|e| e.context(format!("{what}: read_secret")))?;
         e.assert_no_leak(needles)?;
         let r: (String, Option<String>, Option<String>) =
@@ -516,7 +518,7 @@ async fn probe_fault(
                 .await
                 .described("try_read_secret")?;
         ensure!(
-            r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG001"),
+            r.0 == "error" && r.1.is_none() && r.2.as_deref() == Some("SG004"),
             "{what}: try_read_secret gave state {} code {:?}",
             r.0,
             r.2
@@ -642,14 +644,21 @@ async fn keyring_faults_under_concurrent_load(cluster: Arc<Cluster>) -> Result<(
         let want = if fault.unavailable() {
             "SG003"
         } else if fault == Fault::ForeignKeys {
-            "SG001"
+            "SG004"
         } else {
             "ok"
         };
         ensure!(seen.iter().any(|s| s.2 == want), "the workers never saw {want} during {fault:?}");
         if fault != Fault::CurrentVersionOne {
-            // Writes during a fault: refused when unusable, accepted under foreign keys.
-            let want_write = if fault.unavailable() { "SG003" } else { "ok" };
+            // Writes during a fault: refused when unusable (SG003) and under
+            // foreign keys (SG004: the current version's key check differs).
+            let want_write = if fault.unavailable() {
+                "SG003"
+            } else if fault == Fault::ForeignKeys {
+                "SG004"
+            } else {
+                "ok"
+            };
             ensure!(
                 seen.iter().any(|s| s.1 == "write" && s.2 == want_write),
                 "no worker write saw {want_write} during {fault:?}"

@@ -205,11 +205,13 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     // Event trigger function: callable only as an event trigger; runs as the DDL's author.
     ("secretgate.guard_attached_triggers()", true, false, true),
     ("secretgate.has_model_secret(uuid)", true, false, false),
+    ("secretgate.key_check_status()", false, false, false),
     ("secretgate.key_formats()", true, false, false),
     ("secretgate.read_global_secret(text)", true, false, false),
     ("secretgate.read_secret(uuid,text)", true, false, false),
     ("secretgate.record_liveness(uuid,text,integer,text)", false, true, true),
     ("secretgate.reencrypt(integer)", false, false, false),
+    ("secretgate.reencrypt_skipping(integer)", false, false, false),
     ("secretgate.register_workspace(uuid)", true, false, false),
     ("secretgate.registry_changed()", true, false, false),
     ("secretgate.registry_upsert()", true, false, true),
@@ -1011,6 +1013,17 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
         let copy = format!("COPY pg_temp.bb_k FROM '{path}'");
         let attempts: Vec<Attempt<'_>> = vec![
             ("SHOW".into(), vec![("SHOW secretgate.keyring_file", vec![])], "42501"),
+            ("SHOW the command".into(), vec![("SHOW secretgate.keyring_command", vec![])], "42501"),
+            (
+                "current_setting of the command".into(),
+                vec![("SELECT current_setting('secretgate.keyring_command')", vec![])],
+                "42501",
+            ),
+            (
+                "set_config of the command".into(),
+                vec![("SELECT set_config('secretgate.keyring_command', 'cat /tmp/x', false)", vec![])],
+                "55P02",
+            ),
             ("current_setting".into(), vec![("SELECT current_setting('secretgate.keyring_file')", vec![])], "42501"),
             (
                 "current_setting missing_ok".into(),
@@ -1054,9 +1067,14 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
                 .fetch_all(&mut conn)
                 .await
                 .described("SHOW ALL")?;
-        // The caller and (0.4.0) direct_index_read are no secret; the keyring is not listed.
+        // The caller, (0.4.0) direct_index_read and keyring_command_timeout are
+        // no secret; the keyring file and command are not listed.
         ensure!(
-            all == vec!["secretgate.caller".to_string(), "secretgate.direct_index_read".to_string()],
+            all == vec![
+                "secretgate.caller".to_string(),
+                "secretgate.direct_index_read".to_string(),
+                "secretgate.keyring_command_timeout".to_string()
+            ],
             "SHOW ALL lists {all:?} to a {role_kind}"
         );
         // The keyring still works for the role (it never needed to see it).

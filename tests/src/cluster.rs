@@ -181,7 +181,8 @@ impl Cluster {
         run_pg(&self.bin, self.owner.is_some(), &self.dir, program, args)
     }
 
-    pub(crate) fn chown(&self, path: &Path) -> Result<()> {
+    /// Gives `path` to the server user (when the server runs as `postgres`).
+    pub fn chown(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(path, Some(uid), Some(gid))
                 .with_context(|| format!("chown {}", path.display()))?;

@@ -218,6 +218,12 @@ fn refusal_json_carries_code_reason_fields_and_never_more() {
     assert_eq!(k.code(), Code::KeyringUnavailable);
     assert!(k.hint_text().is_some_and(|h| h.contains("secretgate.keyring_file")));
     assert_eq!(detail(&k)["scope"], "global");
+
+    let m = Refusal::from_core(&Error::KeyMismatch { version: 2 }, None, None);
+    assert_eq!((m.code(), m.code().sqlstate()), (Code::KeyMismatch, "SG004"));
+    assert!(m.message().starts_with("KEY_MISMATCH: the keyring's key for version 2 is not the key"), "{}", m.message());
+    assert_eq!(detail(&m)["version"], 2);
+    assert!(m.hint_text().is_some_and(|h| h.contains("keyring check")));
 }
 
 #[test]

@@ -8,10 +8,10 @@ use crate::pg::error::{Failure, Result};
 use crate::pg::keyring;
 use crate::store::attached;
 use crate::store::liveness;
-use crate::store::secrets::{self, Lock, Row};
+use crate::store::secrets::{self, Lock, Row, Skip};
 use pgrx::prelude::*;
 use secretgate_core::policy::Write;
-use secretgate_core::{ciphertext_digest, Keyring};
+use secretgate_core::{ciphertext_digest, Error as CoreError, Keyring};
 
 fn open(keyring: &Keyring, row: &Row) -> Result<String> {
     keyring::open_with(keyring, row.blob.as_deref(), row.version, row.scope, &row.key)
@@ -58,8 +58,7 @@ pub fn rename(old_key: &str, new_key: &str) -> Result<i64> {
         let mut renamed = 0;
         for (scope, value) in plan {
             if let Some(value) = value {
-                let (version, blob) = keyring
-                    .encrypt(value.as_bytes(), scope, new_key)
+                let (version, blob) = keyring::seal_with(&keyring, &value, scope, new_key)
                     .map_err(|e| Failure::core(&e, Some(scope), Some(new_key)))?;
                 secrets::insert(client, &attached, scope, new_key, (version, &blob))?;
                 renamed += 1;
@@ -90,13 +89,58 @@ pub fn reencrypt(batch: i32) -> Result<i64> {
         )?;
         for row in &stale {
             let value = open(&keyring, row)?;
-            let (version, blob) = keyring
-                .encrypt(value.as_bytes(), row.scope, &row.key)
+            let (version, blob) = keyring::seal_with(&keyring, &value, row.scope, &row.key)
                 .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))?;
             secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
             let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
             liveness::carry(client, row.scope, &row.key, &old_digest, &ciphertext_digest(&blob))?;
         }
         Ok(stale.len() as i64)
+    })
+}
+
+/// Like [`reencrypt`], but a row that cannot be decrypted (SG001, SG002) is
+/// left where it is instead of rolling the batch back, and so are all the
+/// rows of a key version whose key does not match (SG004): up to `batch`
+/// rows are moved, every readable one eventually. Returns the rows moved and
+/// the rows left behind this call (a version left behind counts all its rows).
+pub fn reencrypt_skipping(batch: i32) -> Result<(i64, i64)> {
+    let keyring = current_keyring()?;
+    let current = keyring.current_version();
+    Spi::connect_mut(|client| {
+        let attached = attached::attached()?;
+        let mut skip = Skip::default();
+        let (mut moved, mut skipped) = (0i64, 0i64);
+        while moved < batch as i64 {
+            let rows = secrets::stale_rows(client, &attached, current, &skip, batch as i64 - moved)?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let value = match keyring::open_with(&keyring, row.blob.as_deref(), row.version, row.scope, &row.key) {
+                    Ok(value) => value,
+                    Err(CoreError::KeyMismatch { version }) => {
+                        if !skip.versions.contains(&version) {
+                            skip.versions.push(version);
+                            skipped += secrets::count_version(client, &attached, version)?;
+                        }
+                        continue;
+                    }
+                    Err(CoreError::DecryptFailed { .. } | CoreError::UnknownKeyVersion { .. }) => {
+                        skip.row(row);
+                        skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(Failure::core(&e, Some(row.scope), Some(&row.key))),
+                };
+                let (version, blob) = keyring::seal_with(&keyring, &value, row.scope, &row.key)
+                    .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))?;
+                secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
+                let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
+                liveness::carry(client, row.scope, &row.key, &old_digest, &ciphertext_digest(&blob))?;
+                moved += 1;
+            }
+        }
+        Ok((moved, skipped))
     })
 }

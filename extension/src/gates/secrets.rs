@@ -7,12 +7,14 @@ use crate::gates::caller::Caller;
 use crate::gates::secret_write;
 use crate::pg::error::{Failure, Result};
 use crate::pg::keyring;
+use crate::pg::keyring_checks;
 use crate::store::attached::{self, Attached};
 use crate::store::secrets::{self, OnConflict, Row};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use secretgate_core::policy::{Seed, Write};
-use secretgate_core::{Error as CoreError, Format, Scope};
+use secretgate_core::{key_status as key_status_of, Error as CoreError, Format, KeyStatus, Scope};
+use std::collections::BTreeSet;
 
 /// A read's three states: a value, unset (`None`), or the error.
 pub type Read = std::result::Result<Option<String>, CoreError>;
@@ -61,25 +63,81 @@ fn store(scope: Scope, key: &str, value: &str, on_conflict: OnConflict) -> Resul
     })
 }
 
-/// Every stored secret with whether it decrypts: `Ok(true)` when it does
-/// and is stored encrypted, `Ok(false)` when it reads but is stored
-/// unencrypted (a plaintext key version), or the error.
-pub fn verify() -> Result<Vec<(Row, std::result::Result<bool, CoreError>)>> {
+/// One line of a verification: a row and whether it decrypts (`Ok(true)`
+/// when it does and is stored encrypted, `Ok(false)` when it reads but is
+/// stored unencrypted (a plaintext key version), or the error), or a key
+/// version whose key does not match this database's key check value,
+/// reported once for all its rows.
+pub enum Verified {
+    Row(Row, std::result::Result<bool, CoreError>),
+    KeyMismatch,
+}
+
+/// Every stored secret with whether it decrypts; the rows of a version whose
+/// key does not match (SG004) become one line for the version.
+pub fn verify() -> Result<Vec<Verified>> {
     const BATCH: i64 = 1000;
     Spi::connect(|client| {
         let attached = attached::attached()?;
         let keyring = keyring::current();
         let mut out = Vec::new();
+        let mut mismatched = BTreeSet::new();
         secrets::each_row(client, &attached, BATCH, |row| {
             let result = match &keyring {
                 Err(e) => Err(e.clone()),
                 Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key)
                     .map(|_| row.version.and_then(|v| k.format(v)) != Some(Format::Plaintext)),
             };
-            out.push((row, result));
+            match result {
+                Err(CoreError::KeyMismatch { version }) => {
+                    if mismatched.insert(version) {
+                        out.push(Verified::KeyMismatch);
+                    }
+                }
+                result => out.push(Verified::Row(row, result)),
+            }
         })?;
         Ok(out)
     })
+}
+
+/// One key version as `key_check_status()` reports it.
+pub struct VersionStatus {
+    pub version: i32,
+    pub status: KeyStatus,
+    pub secrets: i64,
+    pub current: bool,
+    pub first_used: Option<pgrx::datum::TimestampWithTimeZone>,
+}
+
+/// Every key version the keyring, the key check values or the rows name:
+/// how the server's key compares with the database's check value, without
+/// decrypting any row.
+pub fn key_status() -> Result<Vec<VersionStatus>> {
+    let keyring = keyring::current().map_err(|e| Failure::core(&e, None, None))?;
+    let counts = Spi::connect(|client| secrets::version_counts(client, &*attached::attached()?))?;
+    let recorded = keyring_checks::all();
+    let mut versions: BTreeSet<i32> = keyring.versions().collect();
+    versions.extend(recorded.iter().map(|r| r.0));
+    versions.extend(counts.iter().filter_map(|c| c.0));
+    Ok(versions
+        .into_iter()
+        .map(|version| {
+            let rows = counts.iter().filter(|c| c.0 == Some(version)).map(|c| c.1).sum();
+            let check = recorded.iter().find(|r| r.0 == version);
+            VersionStatus {
+                version,
+                status: key_status_of(
+                    keyring.check_value(version).map(|c| c.as_slice()),
+                    check.map(|r| r.1.as_slice()),
+                    rows,
+                ),
+                secrets: rows,
+                current: version == keyring.current_version(),
+                first_used: check.and_then(|r| r.2),
+            }
+        })
+        .collect())
 }
 
 /// One key version's rows: version, format, rows, unreadable rows.

@@ -1,6 +1,10 @@
 //! The keyring inside the server: `secretgate.keyring_file`, read lazily and
-//! re-read whenever the file (or the setting) changes.
+//! re-read whenever the file (or the setting) changes, or the output of
+//! `secretgate.keyring_command` ([`keyring_source`]). Every use of a key is
+//! checked against the database's key check values ([`keyring_checks`]).
 
+use crate::pg::keyring_checks::{self, Check};
+use crate::pg::keyring_source;
 use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
 use secretgate_core::{Error as CoreError, Keyring, Scope};
 use std::cell::RefCell;
@@ -21,6 +25,20 @@ pub fn register_guc() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
     );
+    keyring_source::init();
+    // At start, both sources at once stop the server (on a reload, every key
+    // operation says so instead: see `current`).
+    // SAFETY: reads a Postgres global flag.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+        && keyring_source::command().is_some()
+        && file_is_set()
+    {
+        pgrx::error!("secretgate.keyring_file and secretgate.keyring_command are both set: set only one of them");
+    }
+}
+
+fn file_is_set() -> bool {
+    KEYRING_FILE.get().is_some_and(|p| !p.as_bytes().is_empty())
 }
 
 /// What identifies one version of the file: a change to any of these
@@ -52,6 +70,16 @@ thread_local! {
 /// runs is picked up by the next one (a `stat` per row cost more than the
 /// decryption). The file is parsed and its ciphers expanded only when it changed.
 pub fn current() -> Result<Rc<Keyring>, CoreError> {
+    if keyring_source::command_is_set() {
+        forget();
+        if file_is_set() {
+            return Err(CoreError::KeyringUnavailable {
+                reason: "secretgate.keyring_file and secretgate.keyring_command are both set: set only one of them"
+                    .into(),
+            });
+        }
+        return keyring_source::current();
+    }
     // SAFETY: reads the current statement's start time; no side effect.
     let statement = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
     let same_statement = |l: &&Loaded| statement != 0 && l.checked_in == statement;
@@ -92,7 +120,9 @@ fn configured_path() -> Result<PathBuf, CoreError> {
         Some(path) if !path.as_bytes().is_empty() => Ok(PathBuf::from(std::ffi::OsStr::from_bytes(path.as_bytes()))),
         _ => {
             forget();
-            Err(CoreError::KeyringUnavailable { reason: "secretgate.keyring_file is not set".into() })
+            Err(CoreError::KeyringUnavailable {
+                reason: "secretgate.keyring_file is not set (nor secretgate.keyring_command)".into(),
+            })
         }
     }
 }
@@ -125,7 +155,25 @@ pub fn open_with(
     let (Some(blob), Some(version)) = (blob, version) else {
         return Err(null_row());
     };
-    keyring.decrypt(blob, version, scope, key)
+    decrypt_with(keyring, blob, version, scope, key)
+}
+
+/// Decrypts one ciphertext, its version's key first checked against the
+/// database's key check value (SG004 rather than SG001 for a wrong key). A
+/// version without a recorded check gets one once a row has decrypted.
+pub fn decrypt_with(
+    keyring: &Keyring,
+    blob: &[u8],
+    version: i32,
+    scope: Scope,
+    key: &str,
+) -> Result<String, CoreError> {
+    let check = keyring_checks::verify(keyring, version)?;
+    let plaintext = keyring.decrypt(blob, version, scope, key)?;
+    if check == Check::Unrecorded {
+        keyring_checks::record(keyring, version)?;
+    }
+    Ok(plaintext)
 }
 
 fn null_row() -> CoreError {
@@ -134,5 +182,18 @@ fn null_row() -> CoreError {
 
 /// Encrypts under the current key version: `(version, ciphertext)`.
 pub fn seal(value: &str, scope: Scope, key: &str) -> Result<(i32, Vec<u8>), CoreError> {
-    current()?.encrypt(value.as_bytes(), scope, key)
+    seal_with(&*current()?, value, scope, key)
+}
+
+/// [`seal`] with a keyring already in hand. The current version's key is
+/// checked against the database's key check value, which is recorded when
+/// this is the version's first use here.
+pub fn seal_with(keyring: &Keyring, value: &str, scope: Scope, key: &str) -> Result<(i32, Vec<u8>), CoreError> {
+    let version = keyring.current_version();
+    let check = keyring_checks::verify(keyring, version)?;
+    let sealed = keyring.encrypt(value.as_bytes(), scope, key)?;
+    if check == Check::Unrecorded {
+        keyring_checks::record(keyring, version)?;
+    }
+    Ok(sealed)
 }

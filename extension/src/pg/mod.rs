@@ -6,5 +6,7 @@ pub mod compat;
 pub mod error;
 pub mod index_read;
 pub mod keyring;
+pub mod keyring_checks;
+pub mod keyring_source;
 pub mod spi;
 pub mod types;

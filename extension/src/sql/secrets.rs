@@ -10,7 +10,7 @@ use crate::store::attached;
 use pgrx::prelude::*;
 use pgrx::PgRelation;
 use secretgate_core::policy;
-use secretgate_core::Scope;
+use secretgate_core::{Code, Scope};
 
 #[pg_extern(volatile, parallel_safe)]
 fn encrypt(plaintext: Option<&str>, workspace_id: Option<pgrx::Uuid>, key: Option<&str>) -> Option<Vec<u8>> {
@@ -40,7 +40,7 @@ fn decrypt(
         let version = required(encryption_version, "encryption_version")?;
         let scope = scope_of(workspace_id);
         let plaintext = keyring::current()
-            .and_then(|k| k.decrypt(blob, version, scope, key))
+            .and_then(|k| keyring::decrypt_with(&k, blob, version, scope, key))
             .map_err(|e| Failure::core(&e, Some(scope), Some(key)))?;
         Ok(Some(plaintext))
     })())
@@ -83,27 +83,58 @@ fn try_read_secret(
     TableIterator::once((state.to_string(), value, code.map(str::to_string)))
 }
 
-type VerifyRow = (Option<pgrx::Uuid>, String, String, Option<String>);
+type VerifyRow = (Option<pgrx::Uuid>, Option<String>, String, Option<String>);
 
+/// Every row and whether it decrypts; a key version whose key does not match
+/// this database's key check value is one line (NULL workspace and key,
+/// SG004) instead of one per row: `key_check_status()` names the version.
+#[allow(clippy::type_complexity)] // pgrx spells a returned table as this tuple
 #[pg_extern(stable)]
 fn verify_secrets() -> TableIterator<
     'static,
     (
         name!(workspace_id, Option<pgrx::Uuid>),
-        name!(key, String),
+        name!(key, Option<String>),
         name!(state, String),
         name!(error_code, Option<String>),
     ),
 > {
     let rows = error::run(gate::verify);
-    TableIterator::new(rows.into_iter().map(|(row, result)| -> VerifyRow {
-        let (state, code) = match result {
-            Ok(true) => ("ok".to_string(), None),
-            Ok(false) => ("unencrypted".to_string(), None),
-            Err(e) => ("error".to_string(), Some(e.code().sqlstate().to_string())),
-        };
-        (sql_uuid(row.scope), row.key, state, code)
+    TableIterator::new(rows.into_iter().map(|line| -> VerifyRow {
+        match line {
+            gate::Verified::Row(row, result) => {
+                let (state, code) = match result {
+                    Ok(true) => ("ok".to_string(), None),
+                    Ok(false) => ("unencrypted".to_string(), None),
+                    Err(e) => ("error".to_string(), Some(e.code().sqlstate().to_string())),
+                };
+                (sql_uuid(row.scope), Some(row.key), state, code)
+            }
+            gate::Verified::KeyMismatch => {
+                (None, None, "error".to_string(), Some(Code::KeyMismatch.sqlstate().to_string()))
+            }
+        }
     }))
+}
+
+/// Each key version the server's keyring, the database's key check values or
+/// the stored rows name: `ok`, `mismatch`, `missing from keyring`, `unused`
+/// or `unchecked`, with the rows using it. No row is decrypted.
+#[pg_extern(stable)]
+fn key_check_status() -> TableIterator<
+    'static,
+    (
+        name!(version, i32),
+        name!(status, String),
+        name!(secrets, i64),
+        name!(is_current, bool),
+        name!(first_used, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
+> {
+    let rows = error::run(gate::key_status);
+    TableIterator::new(
+        rows.into_iter().map(|v| (v.version, v.status.as_str().to_string(), v.secrets, v.current, v.first_used)),
+    )
 }
 
 #[pg_extern(volatile)]

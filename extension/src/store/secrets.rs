@@ -261,3 +261,90 @@ pub fn each_row_in(
     }
     Ok(())
 }
+
+/// How many rows of both tables use each `encryption_version` (NULL included).
+pub fn version_counts(client: &SpiClient<'_>, attached: &Attached) -> Result<Vec<(Option<i32>, i64)>> {
+    let sql = format!(
+        "SELECT encryption_version, pg_catalog.count(*) FROM \
+           (SELECT encryption_version FROM {} UNION ALL SELECT encryption_version FROM {}) v GROUP BY 1",
+        attached.secrets, attached.global_secrets
+    );
+    let mut out = Vec::new();
+    for row in spi::select(client, &sql, None, &[])? {
+        out.push((row.get::<i32>(1)?, row.get::<i64>(2)?.unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// Rows a re-encryption leaves where they are: whole key versions (a key
+/// that does not match), and single rows, as `workspace_id/key` for
+/// workspace rows and `key` for global ones.
+#[derive(Default)]
+pub struct Skip {
+    pub versions: Vec<i32>,
+    pub workspace_rows: Vec<String>,
+    pub global_rows: Vec<String>,
+}
+
+impl Skip {
+    pub fn row(&mut self, row: &Row) {
+        match row.scope {
+            Scope::Workspace(id) => self.workspace_rows.push(format!("{}/{}", id.hyphenated(), row.key)),
+            Scope::Global => self.global_rows.push(row.key.clone()),
+        }
+    }
+}
+
+/// Up to `limit` rows not on key version `current` and not in `skip`,
+/// workspace rows first, locked FOR UPDATE SKIP LOCKED.
+pub fn stale_rows(
+    client: &mut SpiClient<'_>,
+    attached: &Attached,
+    current: i32,
+    skip: &Skip,
+    limit: i64,
+) -> Result<Vec<Row>> {
+    // Not IS DISTINCT FROM: it looks `=` up on the caller's search_path.
+    let stale = "(encryption_version IS NULL OR (encryption_version OPERATOR(pg_catalog.<>) $1 \
+                  AND encryption_version OPERATOR(pg_catalog.<>) ALL ($2)))";
+    let mut out = Vec::new();
+    for (table, id_col, row_name, names) in [
+        (
+            &attached.secrets,
+            "workspace_id",
+            "(workspace_id::pg_catalog.text OPERATOR(pg_catalog.||) '/' OPERATOR(pg_catalog.||) key)",
+            &skip.workspace_rows,
+        ),
+        (&attached.global_secrets, "NULL::pg_catalog.uuid", "key", &skip.global_rows),
+    ] {
+        let remaining = limit - out.len() as i64;
+        if remaining <= 0 {
+            break;
+        }
+        let sql = format!(
+            "SELECT {id_col}, key, encrypted_value, encryption_version FROM {table} \
+             WHERE {stale} AND {row_name} OPERATOR(pg_catalog.<>) ALL ($3) LIMIT {remaining} FOR UPDATE SKIP LOCKED"
+        );
+        let args = [current.into(), skip.versions.clone().into(), names.clone().into()];
+        for row in spi::update(client, &sql, None, &args)? {
+            out.push(Row {
+                scope: scope_of(row.get::<pgrx::Uuid>(1)?),
+                key: row.get::<String>(2)?.unwrap_or_default(),
+                blob: row.get::<Vec<u8>>(3)?,
+                version: row.get::<i32>(4)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// How many rows of both tables are on key version `version`.
+pub fn count_version(client: &SpiClient<'_>, attached: &Attached, version: i32) -> Result<i64> {
+    let sql = format!(
+        "SELECT (SELECT pg_catalog.count(*) FROM {} WHERE encryption_version OPERATOR(pg_catalog.=) $1) \
+              OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM {} WHERE encryption_version OPERATOR(pg_catalog.=) $1)",
+        attached.secrets, attached.global_secrets
+    );
+    let table = spi::select(client, &sql, Some(1), &[version.into()])?;
+    Ok(table.first().get::<i64>(1)?.unwrap_or(0))
+}
