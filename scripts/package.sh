@@ -161,6 +161,9 @@ if [ "$cli" = 1 ]; then
     install -m 0644 "$manual/completions/secretgate.bash" "$root/usr/share/bash-completion/completions/secretgate"
     install -m 0644 "$manual/completions/_secretgate" "$root/usr/share/zsh/vendor-completions/_secretgate"
     install -m 0644 "$manual/completions/secretgate.fish" "$root/usr/share/fish/vendor_completions.d/secretgate.fish"
+    # The keyring_command examples, to copy and adapt (not run from here).
+    install -d "$root/usr/share/doc/$name/examples/keyring"
+    install -m 0644 contrib/keyring/*.sh "$root/usr/share/doc/$name/examples/keyring/"
     build_deb "$root" "$name" "$(shlib_depends "$root/usr/bin/secretgate")" database \
         "command-line tool for secretgate: migrations, rotation, verification
  secretgate's tool applies the embedded schema migrations (creating the
