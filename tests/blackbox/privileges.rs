@@ -179,6 +179,7 @@ async fn expect_refusals(conn: &mut PgConnection, attempts: Vec<Attempt<'_>>, le
 /// function fails this trial until it is added here: decide its grants.
 const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.attach_gates(regclass,regclass,regclass)", false, false, true),
+    ("secretgate.audit_status()", true, false, false),
     ("secretgate.byok_credential_present(uuid,text)", true, false, false),
     ("secretgate.byok_credentials()", true, false, false),
     ("secretgate.check_byok(uuid)", true, false, false),

@@ -24,7 +24,9 @@ const BATCH: usize = 200;
 const PRUNE_BATCH: i64 = 500;
 /// A writer with nothing to do for this long leaves.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
-/// Pruning runs at most this often per writer.
+/// Pruning runs at the writer's start, after writes at most this often, and
+/// this often while it waits.
+const PRUNE_AFTER_WRITE: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// A writer that has not registered this long after its start is started again.
 const START_RETRY_US: i64 = 10_000_000;
@@ -55,7 +57,7 @@ pub fn register_launcher() {
         .set_type("secretgate audit launcher")
         .set_library("secretgate")
         .set_function("secretgate_audit_launcher_main")
-        .enable_shmem_access(None)
+        .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(1)))
         .load();
@@ -78,6 +80,9 @@ fn shutdown_requested() -> bool {
 #[no_mangle]
 pub extern "C-unwind" fn secretgate_audit_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: connected only to show in pg_stat_activity (as Postgres'
+    // own logical replication launcher does).
+    BackgroundWorker::connect_worker_to_spi(None, None);
     let before = audit_queue::launcher_started();
     if before > 0 {
         audit_queue::set_error(&format!("the audit launcher restarted ({} starts since the server started)", before + 1));
@@ -134,16 +139,21 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
     }
     let mut last_prune: Option<Instant> = None;
     let mut idle_since = Instant::now();
+    let mut wrote_since_prune = false;
     loop {
         reload_config_if_asked();
         let batch = audit_queue::claim(db, BATCH);
         if !batch.is_empty() {
             write(batch);
             idle_since = Instant::now();
+            wrote_since_prune = true;
         }
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+        let due = if wrote_since_prune { PRUNE_AFTER_WRITE } else { PRUNE_EVERY };
+        let leaving = idle_since.elapsed() >= IDLE_EXIT;
+        if last_prune.is_none_or(|t| t.elapsed() >= due) || (leaving && wrote_since_prune) {
             prune();
             last_prune = Some(Instant::now());
+            wrote_since_prune = false;
         }
         if shutdown_requested() {
             audit_queue::set_error(&format!(
@@ -152,7 +162,7 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
             ));
             break;
         }
-        if idle_since.elapsed() >= IDLE_EXIT && audit_queue::leave_if_idle(db) {
+        if leaving && audit_queue::leave_if_idle(db) {
             break;
         }
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {

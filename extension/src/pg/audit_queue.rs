@@ -93,16 +93,6 @@ pub fn init() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     PRELOADED.store(preloading, Ordering::Relaxed);
     GucRegistry::define_int_guc(
-        c"secretgate.audit_queue_size",
-        c"Records the shared-memory audit queue holds before it drops (and counts) new ones.",
-        c"Set in postgresql.conf; takes effect at server start.",
-        &QUEUE_SIZE,
-        16,
-        1 << 20,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
         c"secretgate.audit_retention",
         c"How long rows of secretgate.audit_events are kept; 0 keeps them all.",
         c"The audit writers delete older rows in small batches.",
@@ -113,8 +103,19 @@ pub fn init() {
         GucFlags::UNIT_S,
     );
     if !preloading {
+        // A postmaster setting can only be defined at server start.
         return;
     }
+    GucRegistry::define_int_guc(
+        c"secretgate.audit_queue_size",
+        c"Records the shared-memory audit queue holds before it drops (and counts) new ones.",
+        c"Set in postgresql.conf; takes effect at server start.",
+        &QUEUE_SIZE,
+        16,
+        1 << 20,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     // SAFETY: _PG_init runs in the postmaster while libraries are preloaded,
     // before any hook is called; the previous hooks are kept and chained.
     unsafe {
