@@ -45,7 +45,7 @@ const INSERT: &str = "INSERT INTO secretgate.audit_events \
 
 const PRUNE: &str = "WITH gone AS (DELETE FROM secretgate.audit_events WHERE id IN \
        (SELECT id FROM secretgate.audit_events \
-         WHERE at OPERATOR(pg_catalog.<) pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1) \
+         WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
          ORDER BY at LIMIT $2) RETURNING 1) \
      SELECT pg_catalog.count(*) FROM gone";
 
