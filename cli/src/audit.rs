@@ -68,7 +68,10 @@ pub async fn main(url: &str, args: AuditArgs) -> Result<(), Failure> {
         None
     };
     if !args.json {
-        println!("{:<32} {:<28} {:<30} {:<36} {:<20} {:<12} caller", "at", "event", "code", "workspace", "key", "provider");
+        println!(
+            "{:<32} {:<28} {:<30} {:<36} {:<20} {:<12} caller",
+            "at", "event", "code", "workspace", "key", "provider"
+        );
     }
     let mut last = print_new(&mut conn, &args, 0).await?;
     let Some(listener) = listener.as_mut() else { return Ok(()) };

@@ -198,7 +198,8 @@ async fn every_refusal_kind_is_one_row_after_rollback(cluster: Arc<Cluster>) -> 
         at: At,
         want: Want<'a>,
     }
-    let byok_create = "INSERT INTO public.workspaces (id, kind, model) VALUES ($1, 'workspace', 'anthropic:claude-opus-4-7')";
+    let byok_create =
+        "INSERT INTO public.workspaces (id, kind, model) VALUES ($1, 'workspace', 'anthropic:claude-opus-4-7')";
     let byok_ws = Uuid::new_v4();
     let cases = vec![
         Case {
@@ -337,7 +338,10 @@ async fn every_refusal_kind_is_one_row_after_rollback(cluster: Arc<Cluster>) -> 
     db.allowed(
         OPERATOR,
         &[
-            Op::Ws("INSERT INTO public.workspaces (id, kind, model) VALUES ($1, 'workspace', 'anthropic:claude-opus-4-7')", dead_ws),
+            Op::Ws(
+                "INSERT INTO public.workspaces (id, kind, model) VALUES ($1, 'workspace', 'anthropic:claude-opus-4-7')",
+                dead_ws,
+            ),
             Op::SetSecret(dead_ws, "ANTHROPIC_API_KEY", &key),
         ],
     )
@@ -390,7 +394,10 @@ async fn every_refusal_kind_is_one_row_after_rollback(cluster: Arc<Cluster>) -> 
         agent: false,
     };
     check_row(&rows[0], &want, pid, app, &values)?;
-    ensure!(rows[0]["transaction_id"].is_string() || rows[0]["transaction_id"].is_number(), "a registration writes: it has a transaction id");
+    ensure!(
+        rows[0]["transaction_id"].is_string() || rows[0]["transaction_id"].is_number(),
+        "a registration writes: it has a transaction id"
+    );
     Ok(())
 }
 
@@ -413,10 +420,12 @@ async fn administrative_events_are_recorded_at_commit(cluster: Arc<Cluster>) -> 
         .await
         .described("rename")?;
     sqlx::query("SELECT secretgate.detach_gates()").execute(&mut db.conn).await.described("detach")?;
-    sqlx::query("SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')")
-        .execute(&mut db.conn)
-        .await
-        .described("attach")?;
+    sqlx::query(
+        "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
+    )
+    .execute(&mut db.conn)
+    .await
+    .described("attach")?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let events = loop {
         let events: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -480,13 +489,17 @@ async fn only_auditors_read_and_nobody_writes(cluster: Arc<Cluster>) -> Result<(
     }
     ensure!(wrong.is_empty(), "the app role was not refused:\n{}", wrong.join("\n"));
 
-    let mut auditor_conn = PgConnection::connect(&cluster.url_as(&auditor, &db.name)).await.context("connect as auditor")?;
+    let mut auditor_conn =
+        PgConnection::connect(&cluster.url_as(&auditor, &db.name)).await.context("connect as auditor")?;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM secretgate.audit_events WHERE code = 'FORBIDDEN_SECRET_KEY'")
         .fetch_one(&mut auditor_conn)
         .await
         .described("auditor reads")?;
     ensure!(n == 1, "the auditor sees {n} rows, expected 1");
-    for sql in ["INSERT INTO secretgate.audit_events (at, event) VALUES (now(), 'forged')", "DELETE FROM secretgate.audit_events"] {
+    for sql in [
+        "INSERT INTO secretgate.audit_events (at, event) VALUES (now(), 'forged')",
+        "DELETE FROM secretgate.audit_events",
+    ] {
         expect_sqlstate(sqlx::raw_sql(sql).execute(&mut auditor_conn).await, "42501").context(sql)?;
     }
     // The row names the app role as the caller.
@@ -516,10 +529,11 @@ async fn retention_prunes_old_rows(cluster: Arc<Cluster>) -> Result<()> {
     refuse_forbidden_global(&mut conn, &value).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let events: Vec<String> = sqlx::query_scalar("SELECT event FROM secretgate.audit_events WHERE code IS NOT NULL ORDER BY id")
-            .fetch_all(&mut conn)
-            .await
-            .described("events")?;
+        let events: Vec<String> =
+            sqlx::query_scalar("SELECT event FROM secretgate.audit_events WHERE code IS NOT NULL ORDER BY id")
+                .fetch_all(&mut conn)
+                .await
+                .described("events")?;
         if events == ["recent", "secret.set.refused"] {
             return Ok(());
         }
@@ -680,7 +694,11 @@ async fn queue_of_16_accounts_for_every_record(cluster: Arc<Cluster>) -> Result<
         eprintln!("burst of {refusals} into a queue of 16: {rows} rows, {dropped} dropped");
         ensure!(dropped > 0, "nothing dropped: the burst did not fill the queue");
         ensure!(rows + dropped == refusals, "rows {rows} + dropped {dropped} != refusals {refusals}");
-        ensure!(after.written - before.written == rows, "written counter {} vs rows {rows}", after.written - before.written);
+        ensure!(
+            after.written - before.written == rows,
+            "written counter {} vs rows {rows}",
+            after.written - before.written
+        );
         Ok(())
     }
     .await;
@@ -719,10 +737,11 @@ async fn sixteen_sessions_refusing_lose_nothing(cluster: Arc<Cluster>) -> Result
     let elapsed = started.elapsed();
     let after = drained(&mut conn, Duration::from_secs(60)).await?;
     let refusals = refused.load(Ordering::Relaxed) as i64;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM secretgate.audit_events WHERE code = 'FORBIDDEN_SECRET_KEY'")
-        .fetch_one(&mut conn)
-        .await
-        .described("count")?;
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM secretgate.audit_events WHERE code = 'FORBIDDEN_SECRET_KEY'")
+            .fetch_one(&mut conn)
+            .await
+            .described("count")?;
     let dropped = after.dropped - before.dropped;
     eprintln!(
         "load: 16 sessions for {:.1}s: {refusals} refusals ({:.0}/s), {rows} rows, {dropped} dropped, queue {}",
@@ -748,7 +767,8 @@ async fn cli_audit_lists_filters_and_follows(cluster: Arc<Cluster>) -> Result<()
 
     let out = run_cli(Some(&url), &["audit", "--json", "--since", "1h", "--code", "FORBIDDEN_SECRET_KEY"]).await?;
     ensure!(out.code == Some(0), "secretgate audit --json: {out}");
-    let lines: Vec<Value> = out.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>().context("JSON lines")?;
+    let lines: Vec<Value> =
+        out.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>().context("JSON lines")?;
     ensure!(lines.len() == 1, "{} JSON lines: {}", lines.len(), out.stdout);
     ensure!(lines[0]["sqlstate"] == "SG105" && lines[0]["key"] == "MODEL_PROVIDER", "line: {}", lines[0]);
     let none = run_cli(Some(&url), &["audit", "--json", "--code", "DECRYPT_FAILED"]).await?;
@@ -794,7 +814,10 @@ async fn without_preload_everything_raises_55000(cluster: Arc<Cluster>) -> Resul
             );
             Ok(())
         };
-        check("current_key_version()", sqlx::query("SELECT secretgate.current_key_version()").execute(&mut conn).await)?;
+        check(
+            "current_key_version()",
+            sqlx::query("SELECT secretgate.current_key_version()").execute(&mut conn).await,
+        )?;
         check("audit_status()", sqlx::query("SELECT * FROM secretgate.audit_status()").execute(&mut conn).await)?;
         check(
             "read_global_secret()",
@@ -802,9 +825,11 @@ async fn without_preload_everything_raises_55000(cluster: Arc<Cluster>) -> Resul
         )?;
         check(
             "a gate (INSERT a workspace)",
-            sqlx::query("INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'anthropic:claude-opus-4-7')")
-                .execute(&mut conn)
-                .await,
+            sqlx::query(
+                "INSERT INTO public.workspaces (kind, model) VALUES ('workspace', 'anthropic:claude-opus-4-7')",
+            )
+            .execute(&mut conn)
+            .await,
         )?;
         check(
             "a gate (INSERT a secret)",

@@ -85,7 +85,10 @@ pub extern "C-unwind" fn secretgate_audit_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     let before = audit_queue::launcher_started();
     if before > 0 {
-        audit_queue::set_error(&format!("the audit launcher restarted ({} starts since the server started)", before + 1));
+        audit_queue::set_error(&format!(
+            "the audit launcher restarted ({} starts since the server started)",
+            before + 1
+        ));
     }
     loop {
         reload_config_if_asked();

@@ -70,7 +70,10 @@ pub fn rename(old_key: &str, new_key: &str) -> Result<i64> {
         if !old_rows.is_empty() {
             admin_audit::record(
                 "secret.renamed",
-                &format!("{old_key} renamed to {new_key}: {renamed} rows re-encrypted, {} old rows removed", old_rows.len()),
+                &format!(
+                    "{old_key} renamed to {new_key}: {renamed} rows re-encrypted, {} old rows removed",
+                    old_rows.len()
+                ),
                 None,
                 Some(new_key),
                 None,

@@ -341,8 +341,7 @@ pub fn status() -> Option<Status> {
     let h = q.header();
     let queued = h.tail - h.head;
     let (written, dropped, skipped, capacity) = (h.written, h.dropped, h.skipped, h.capacity);
-    let last_error =
-        (h.error_len > 0).then(|| String::from_utf8_lossy(&h.error[..h.error_len as usize]).into_owned());
+    let last_error = (h.error_len > 0).then(|| String::from_utf8_lossy(&h.error[..h.error_len as usize]).into_owned());
     // Freed slots behind an unfinished one still sit between head and tail.
     let mut waiting = 0;
     let head = q.header().head;

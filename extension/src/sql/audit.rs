@@ -18,9 +18,15 @@ fn audit_status() -> TableIterator<
     ),
 > {
     let status = error::raise_on(|| {
-        audit_queue::status().ok_or_else(|| {
-            Failure::sql(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, error::NOT_PRELOADED)
-        })
+        audit_queue::status()
+            .ok_or_else(|| Failure::sql(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, error::NOT_PRELOADED))
     });
-    TableIterator::once((status.queued, status.written, status.dropped, status.skipped, status.last_error, status.queue_size))
+    TableIterator::once((
+        status.queued,
+        status.written,
+        status.dropped,
+        status.skipped,
+        status.last_error,
+        status.queue_size,
+    ))
 }
