@@ -1050,9 +1050,15 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
                 .fetch_all(&mut conn)
                 .await
                 .described("SHOW ALL")?;
-        // The caller and (0.4.0) direct_index_read are no secret; the keyring is not listed.
+        // The caller, (0.4.0) direct_index_read and the audit settings are no
+        // secret; the keyring is not listed.
         ensure!(
-            all == vec!["secretgate.caller".to_string(), "secretgate.direct_index_read".to_string()],
+            all == [
+                "secretgate.audit_queue_size",
+                "secretgate.audit_retention",
+                "secretgate.caller",
+                "secretgate.direct_index_read"
+            ],
             "SHOW ALL lists {all:?} to a {role_kind}"
         );
         // The keyring still works for the role (it never needed to see it).
