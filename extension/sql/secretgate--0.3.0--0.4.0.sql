@@ -129,3 +129,12 @@ CREATE FUNCTION secretgate."audit_status"() RETURNS TABLE (
 VOLATILE STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'audit_status_wrapper';
+
+-- Every change to the registry (providers, routes, forbidden keys, header
+-- forms) is an administrative event of the audit trail, recorded at commit.
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.providers
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.model_routes
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.credential_auth
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();

@@ -407,6 +407,19 @@ async fn administrative_events_are_recorded_at_commit(cluster: Arc<Cluster>) -> 
     let ws = db.workspace("workspace", "provisioning").await?;
     let value = cluster.fresh_secret();
     db.set(ws, "OLD_NAME", &value).await?;
+    let key = cluster.fresh_secret();
+    let byok = Uuid::new_v4();
+    db.allowed(
+        OPERATOR,
+        &[
+            Op::Ws(
+                "INSERT INTO public.workspaces (id, kind, model) VALUES ($1, 'workspace', 'anthropic:claude-opus-4-7')",
+                byok,
+            ),
+            Op::SetSecret(byok, "ANTHROPIC_API_KEY", &key),
+        ],
+    )
+    .await?;
     // The migration's own record (gates attached) first.
     drained(&mut reader, Duration::from_secs(10)).await?;
     let m = mark(&mut reader).await?;
@@ -426,6 +439,15 @@ async fn administrative_events_are_recorded_at_commit(cluster: Arc<Cluster>) -> 
     .execute(&mut db.conn)
     .await
     .described("attach")?;
+    sqlx::raw_sql("INSERT INTO secretgate.forbidden_keys (key, reason) VALUES ('BB_NO', 'a test')")
+        .execute(&mut db.conn)
+        .await
+        .described("registry change")?;
+    sqlx::query("SELECT secretgate.record_liveness($1, 'ANTHROPIC_API_KEY', 401)")
+        .bind(byok)
+        .execute(&mut db.conn)
+        .await
+        .described("record_liveness")?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let events = loop {
         let events: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -435,16 +457,26 @@ async fn administrative_events_are_recorded_at_commit(cluster: Arc<Cluster>) -> 
         .fetch_all(&mut reader)
         .await
         .described("admin events")?;
-        if events.len() >= 3 || Instant::now() > deadline {
+        if events.len() >= 5 || Instant::now() > deadline {
             break events;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let names: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
-    ensure!(names == ["secret.renamed", "gates.detached", "gates.attached"], "admin events: {names:?}");
+    ensure!(
+        names == ["secret.renamed", "gates.detached", "gates.attached", "registry.changed", "credential.dead"],
+        "admin events: {names:?}"
+    );
+    ensure!(
+        events[3].2.as_deref() == Some("INSERT on secretgate.forbidden_keys"),
+        "registry event reason: {:?}",
+        events[3].2
+    );
     ensure!(events[0].1.as_deref() == Some("NEW_NAME"), "rename row key: {:?}", events[0].1);
+    ensure!(events[4].1.as_deref() == Some("ANTHROPIC_API_KEY"), "dead verdict row key: {:?}", events[4].1);
     for e in &events {
         ensure!(!format!("{e:?}").contains(&value), "an admin row holds the stored value");
+        ensure!(!format!("{e:?}").contains(&key), "an admin row holds the stored credential");
     }
     Ok(())
 }
@@ -608,6 +640,8 @@ async fn sigkilled_writer_crash_recovery_keeps_the_log_complete(cluster: Arc<Clu
     let (_url, mut conn) = migrated_database(&cluster, &db_name("a_kill")).await?;
     let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&mut conn).await?;
     let before = audit_lines(&cluster, &name)?.len();
+    // The harness runs with synchronous_commit = off: make the migration durable before the crash.
+    sqlx::raw_sql("CHECKPOINT").execute(&mut conn).await.described("CHECKPOINT")?;
     let mut holder = superuser(&cluster, &name).await?;
     let value = cluster.fresh_secret();
     sqlx::raw_sql("BEGIN; LOCK TABLE secretgate.audit_events IN ACCESS EXCLUSIVE MODE")

@@ -299,24 +299,39 @@ fn enqueue_record(bytes: Vec<u8>) {
 }
 
 thread_local! {
-    static AT_COMMIT: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Records waiting for this transaction's commit, each with its
+    /// once-per-transaction key (if any).
+    static AT_COMMIT: std::cell::RefCell<Vec<(Option<String>, Vec<u8>)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Queues the audit line `line` when (and only if) the current transaction
-/// commits: an administrative action that rolled back did not happen.
-pub fn enqueue_at_commit(line: &str) {
+/// commits: an administrative action that rolled back did not happen. With
+/// `once`, one line per key and transaction is queued, the last one given
+/// (a statement-level trigger fires again for statements nested in it,
+/// before the outer statement's).
+pub fn enqueue_at_commit(line: &str, once: Option<&str>) {
     if QUEUE.load(Ordering::Acquire).is_null() {
         return;
     }
     let record = audit::record(line, &context(), RECORD_BYTES);
+    if once.is_some() {
+        let replaced = AT_COMMIT.with(|pending| {
+            let mut pending = pending.borrow_mut();
+            let same = pending.iter_mut().find(|(key, _)| key.as_deref() == once);
+            same.map(|(_, r)| *r = record.clone()).is_some()
+        });
+        if replaced {
+            return;
+        }
+    }
     let first = AT_COMMIT.with(|pending| {
         let mut pending = pending.borrow_mut();
-        pending.push(record);
+        pending.push((once.map(str::to_string), record));
         pending.len() == 1
     });
     if first {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
-            for record in AT_COMMIT.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+            for (_, record) in AT_COMMIT.with(|p| std::mem::take(&mut *p.borrow_mut())) {
                 enqueue_record(record);
             }
         });
