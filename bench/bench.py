@@ -40,13 +40,14 @@ DECRYPT_ROWS = int(os.environ.get("BENCH_DECRYPT_ROWS", 100_000 if QUICK else 1_
 PGP_ROWS = 1_000 if QUICK else 10_000
 SCALE = {"small": (100, 10), "large": (10_000 if QUICK else 100_000, 10)}  # workspaces, secrets each
 
-COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale"]
+COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale", "refusal"]
 DATABASES = {
     "write_tax": ["bench"],
     "plpgsql": ["bench"],
     "bulk": ["bulk", "bulk_nofk"],
     "decrypt": ["decrypt"],
     "scale": ["scale_small", "scale_large"],
+    "refusal": ["bench"],
 }
 
 SERVER_CONF = """
@@ -250,6 +251,25 @@ def bench_write_tax():
             "informational: what any per-row trigger costs in the same run (pgbench latencies are whole µs)"))
     figures += bench_write_rows()
     return figures
+
+
+def bench_refusal():
+    """A refusal's latency (its audit line, and from 0.4.0 its queued audit
+    record) against the same block raising an unaudited error. Run it on two
+    builds (BENCH_REV) to compare the audit queue with the log line alone."""
+    scripts = ["refusal.sql", "refusal_peer.sql"]
+    pgbench("bench", scripts, 1, 2)  # warm-up
+    refused, peer = [], []
+    for i in range(RUNS):
+        r, p = pgbench("bench", scripts, 1)
+        refused.append(statistics.mean(r))
+        peer.append(statistics.mean(p))
+        log(f"refusal run {i + 1}: refused {refused[-1]:.1f} us, unaudited error {peer[-1]:.1f} us")
+    return [figure(
+        "refusal", "Refusal latency: SG105 caught in a DO block", "µs/txn", "refusal (audited)",
+        "the same block, an unaudited 22004", refused, peer, None,
+        "informational: mean per-transaction latency; compare the subject across builds (BENCH_REV) for the "
+        "audit queue's cost over the log line alone")]
 
 
 def bench_write_rows():
@@ -699,6 +719,9 @@ DETAILS = {
                "shape: 64-byte plaintext, workspace scope, associated data, UTF-8 check).",
     "plpgsql": "`bench/plpgsql_gates.sql`: the same gates written in PL/pgSQL on `sgref.*` (same tables, same "
                "triggers, same registry), vs secretgate on `public.*`, scripts mixed in one run.",
+    "refusal": "`refusal.sql` (an SG105 refusal of `set_global_secret`, caught in a `DO` block) and "
+               "`refusal_peer.sql` (the same block raising an unaudited 22004) mixed in one run, one client; "
+               "mean latency.",
     "scale": "Databases `scale_small` ({small}) and `scale_large` ({large}), loaded with triggers off then "
              "gated; `scale_gate.sql` (an agent UPDATE of one secret through the gate) and `scale_read.sql` "
              "(`read_secret` of one secret) mixed in one run per database, the two databases alternated.",
@@ -808,6 +831,8 @@ def main(argv):
             elif name == "scale":
                 figures += bench_scale()
                 plans = gate_plans()
+            elif name == "refusal":
+                figures += bench_refusal()
     finally:
         teardown()
     loads.append(" ".join(open("/proc/loadavg").read().split()[:3]))
