@@ -130,3 +130,20 @@ async fn print_new(conn: &mut PgConnection, args: &AuditArgs, after: i64) -> Res
     }
     Ok(last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_read_as_seconds() {
+        assert_eq!(parse_duration("90"), Ok(90.0));
+        assert_eq!(parse_duration("30m"), Ok(1800.0));
+        assert_eq!(parse_duration("24h"), Ok(86_400.0));
+        assert_eq!(parse_duration("7d"), Ok(604_800.0));
+        assert_eq!(parse_duration("1.5h"), Ok(5400.0));
+        assert!(parse_duration("yesterday").is_err());
+        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
