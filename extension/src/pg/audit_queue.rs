@@ -481,25 +481,41 @@ fn forget_writer(q: &mut Locked, db: pg_sys::Oid) {
     }
 }
 
-/// Claims up to `max` waiting records of `db` for this process.
+/// Claims up to `max` waiting records of `db` for this process. Only the
+/// marking happens under the lock; the records are copied out after it is
+/// released (no producer writes a claimed slot: they write only at `tail`).
 pub fn claim(db: pg_sys::Oid, max: usize) -> Vec<(u64, Vec<u8>)> {
-    let Some(mut q) = Locked::new() else { return Vec::new() };
-    // SAFETY: this process's pid.
-    let pid = unsafe { pg_sys::MyProcPid };
-    let (head, tail) = (q.header().head, q.header().tail);
-    let mut taken = Vec::new();
-    for seq in head..tail {
-        if taken.len() >= max {
-            break;
+    let (h, seqs) = {
+        let Some(mut q) = Locked::new() else { return Vec::new() };
+        // SAFETY: this process's pid.
+        let pid = unsafe { pg_sys::MyProcPid };
+        let (head, tail) = (q.header().head, q.header().tail);
+        let mut seqs = Vec::new();
+        for seq in head..tail {
+            if seqs.len() >= max {
+                break;
+            }
+            let slot = q.slot(seq);
+            if slot.state == READY && slot.db == db {
+                slot.state = CLAIMED;
+                slot.claimer = pid;
+                seqs.push(seq);
+            }
         }
-        let slot = q.slot(seq);
-        if slot.state == READY && slot.db == db {
-            slot.state = CLAIMED;
-            slot.claimer = pid;
-            taken.push((seq, slot.bytes[..slot.len as usize].to_vec()));
-        }
-    }
-    taken
+        (q.h, seqs)
+    };
+    seqs.into_iter()
+        .map(|seq| {
+            // SAFETY: the slot is CLAIMED by this process, so nobody else
+            // writes it until `finish` frees it; `seq % capacity` is in range.
+            let bytes = unsafe {
+                let capacity = (*h).capacity;
+                let slot = &*h.cast::<u8>().add(header_size()).cast::<Slot>().add((seq % capacity) as usize);
+                slot.bytes[..slot.len as usize].to_vec()
+            };
+            (seq, bytes)
+        })
+        .collect()
 }
 
 /// How a claimed batch ended.
