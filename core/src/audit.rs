@@ -43,10 +43,39 @@ pub const COLUMNS: [&str; 12] = [
 ];
 
 /// The queue record for the audit line `line` (a JSON object) made in `ctx`:
-/// UTF-8 JSON of at most `max` bytes. Fields the table has no column for are
-/// left out; long text is shortened (reason, then the names) until it fits;
-/// as a last resort only the event, code, SQLSTATE and context remain.
+/// UTF-8 JSON of at most `max` bytes. The common case is the line with the
+/// context spliced in front, no parsing (it runs in every refusal; fields
+/// the table has no column for are ignored by the writer). A line that is
+/// not an object, or a record that would not fit, is rebuilt: fields without
+/// a column are left out, long text is shortened (reason, then the names)
+/// until it fits; as a last resort only the event, code, SQLSTATE and context
+/// remain.
 pub fn record(line: &str, ctx: &Context, max: usize) -> Vec<u8> {
+    if let Some(rest) = line.strip_prefix('{').filter(|r| r.trim_start().starts_with('"')) {
+        let mut out = String::with_capacity(line.len() + 128);
+        out.push_str("{\"at_unix_us\":");
+        out.push_str(&ctx.at_unix_us.to_string());
+        out.push_str(",\"backend_pid\":");
+        out.push_str(&ctx.backend_pid.to_string());
+        if let Some(xid) = ctx.transaction_id {
+            out.push_str(",\"transaction_id\":\"");
+            out.push_str(&xid.to_string());
+            out.push('"');
+        }
+        if !ctx.application_name.is_empty() {
+            out.push_str(",\"application_name\":");
+            out.push_str(&Value::from(ctx.application_name.as_str()).to_string());
+        }
+        out.push(',');
+        out.push_str(rest);
+        if out.len() <= max {
+            return out.into_bytes();
+        }
+    }
+    rebuilt(line, ctx, max)
+}
+
+fn rebuilt(line: &str, ctx: &Context, max: usize) -> Vec<u8> {
     let parsed: Map<String, Value> = match serde_json::from_str(line) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
@@ -173,10 +202,27 @@ mod tests {
         assert_eq!(rec["backend_pid"], 4242);
         assert_eq!(rec["transaction_id"], "771");
         assert_eq!(rec["application_name"], "svc");
-        assert!(rec.get("scope").is_none(), "no column for it");
+        assert_eq!(rec["scope"], "x", "kept as it is: the writer ignores it");
+    }
+
+    #[test]
+    fn a_rebuilt_record_has_only_columns() {
+        let long = "r".repeat(2000);
+        let line = serde_json::json!({"event":"secret.set.refused","reason": long, "scope": "global"}).to_string();
+        let rec: Value = serde_json::from_slice(&record(&line, &ctx(), RECORD_BYTES)).unwrap();
+        assert!(rec.get("scope").is_none());
         for k in rec.as_object().unwrap().keys() {
             assert!(COLUMNS.contains(&k.as_str()), "{k} has no column");
         }
+    }
+
+    #[test]
+    fn the_spliced_record_is_valid_json_with_an_escaped_application_name() {
+        let c = Context { application_name: "a \"quoted\"\\ name\n".into(), ..ctx() };
+        let rec: Value = serde_json::from_slice(&record(r#"{"event":"e","code":"C"}"#, &c, RECORD_BYTES)).unwrap();
+        assert_eq!(rec["application_name"], "a \"quoted\"\\ name\n");
+        assert_eq!(rec["event"], "e");
+        assert_eq!(rec["transaction_id"], "771");
     }
 
     #[test]
