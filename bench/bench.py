@@ -43,13 +43,14 @@ DECRYPT_ROWS = int(os.environ.get("BENCH_DECRYPT_ROWS", 100_000 if QUICK else 1_
 PGP_ROWS = 1_000 if QUICK else 10_000
 SCALE = {"small": (100, 10), "large": (10_000 if QUICK else 100_000, 10)}  # workspaces, secrets each
 
-COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale"]
+COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale", "refusal"]
 DATABASES = {
     "write_tax": ["bench"],
     "plpgsql": ["bench"],
     "bulk": ["bulk", "bulk_nofk"],
     "decrypt": ["decrypt"],
     "scale": ["scale_small", "scale_large"],
+    "refusal": ["bench"],
 }
 
 SERVER_CONF = """
@@ -252,6 +253,49 @@ def bench_write_tax():
             "no gates (same table, same FK)", floor, plain, None,
             "informational: what any per-row trigger costs in the same run (pgbench latencies are whole µs)"))
     figures += bench_write_rows()
+    return figures
+
+
+REFUSAL_LOOP = ("DO $$ BEGIN FOR i IN 1..{n} LOOP BEGIN PERFORM secretgate.set_global_secret({key}, 'bench'); "
+                "EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$")
+
+
+def bench_refusal():
+    """A refusal's cost to the refusing session (its audit line, and from
+    0.4.0 its queued audit record) against the same block raising an
+    unaudited error. Run it on two builds (BENCH_REV) to compare the audit
+    queue with the log line alone."""
+    figures = []
+    # 1. Backend CPU per refusal: robust to other load on the machine. A
+    #    batch fits the default queue; the writer drains it between batches.
+    n = 1000
+    conn = connect("bench")
+    conn.autocommit = True
+    timed(conn, REFUSAL_LOOP.format(n=n, key="'MODEL_PROVIDER'"))  # warm-up
+    refused, peer = [], []
+    for i in range(RUNS * 3):
+        time.sleep(0.3)
+        refused.append(timed(conn, REFUSAL_LOOP.format(n=n, key="'MODEL_PROVIDER'")) / n * 1e6)
+        peer.append(timed(conn, REFUSAL_LOOP.format(n=n, key="NULL")) / n * 1e6)
+        log(f"refusal cpu run {i + 1}: refused {refused[-1]:.1f} us, unaudited error {peer[-1]:.1f} us")
+    conn.close()
+    figures.append(figure(
+        "refusal_cpu", "Refusal cost: backend CPU per SG105 refusal caught in PL/pgSQL", "µs CPU",
+        "refusal (audited)", "the same loop, an unaudited 22004", refused, peer, None,
+        "informational: the refusing backend's CPU per refusal, batches of 1,000; compare the subject across "
+        "builds (BENCH_REV) for the audit queue's cost over the log line alone"))
+    # 2. Latency under pgbench, separate runs alternated (a refusal's record
+    #    keeps an audit writer busy in the background: not charged to the peer).
+    pgbench("bench", ["refusal.sql"], 1, 2)  # warm-up
+    refused, peer = [], []
+    for i in range(RUNS):
+        refused.append(statistics.mean(pgbench("bench", ["refusal.sql"], 1)[0]))
+        peer.append(statistics.mean(pgbench("bench", ["refusal_peer.sql"], 1)[0]))
+        log(f"refusal run {i + 1}: refused {refused[-1]:.1f} us, unaudited error {peer[-1]:.1f} us")
+    figures.append(figure(
+        "refusal", "Refusal latency: SG105 caught in a DO block", "µs/txn", "refusal (audited)",
+        "the same block, an unaudited 22004", refused, peer, None,
+        "informational: mean per-transaction latency (writer's work included, on a shared machine)"))
     return figures
 
 
@@ -702,6 +746,10 @@ DETAILS = {
                "shape: 64-byte plaintext, workspace scope, associated data, UTF-8 check).",
     "plpgsql": "`bench/plpgsql_gates.sql`: the same gates written in PL/pgSQL on `sgref.*` (same tables, same "
                "triggers, same registry), vs secretgate on `public.*`, scripts mixed in one run.",
+    "refusal": "`refusal.sql` (an SG105 refusal of `set_global_secret`, caught in a `DO` block) and "
+               "`refusal_peer.sql` (the same block raising an unaudited 22004), one client, in alternated runs; "
+               "mean latency. Run it on two builds (`BENCH_REV`) to compare the audit queue with the log line "
+               "alone.",
     "scale": "Databases `scale_small` ({small}) and `scale_large` ({large}), loaded with triggers off then "
              "gated; `scale_gate.sql` (an agent UPDATE of one secret through the gate) and `scale_read.sql` "
              "(`read_secret` of one secret) mixed in one run per database, the two databases alternated.",
@@ -816,6 +864,8 @@ def main(argv):
             elif name == "scale":
                 figures += bench_scale()
                 plans = gate_plans()
+            elif name == "refusal":
+                figures += bench_refusal()
     finally:
         teardown()
     loads.append(" ".join(open("/proc/loadavg").read().split()[:3]))

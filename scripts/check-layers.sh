@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks the layer rule of extension/src/ (see extension/src/lib.rs): sql -> gates -> store -> pg.
+# Checks the layer rule of extension/src/ (see extension/src/lib.rs): sql -> gates -> audit -> store -> pg.
 # A module may use modules of its own layer or the layers below, never above,
 # and no modules may use each other in a circle. Exits 1 on a violation.
 set -euo pipefail
@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 python3 - <<'PY'
 import os, re, sys
 
-LAYERS = ["pg", "store", "gates", "sql"]          # bottom to top
+LAYERS = ["pg", "store", "audit", "gates", "sql"]  # bottom to top
 modules = {}                                        # "gates::byok" -> path
 for layer in LAYERS:
     for name in sorted(os.listdir(os.path.join("extension", "src", layer))):

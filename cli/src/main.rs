@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
 
 mod adopt;
+mod audit;
 mod db;
 mod keyring;
 mod manual;
@@ -32,6 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show the audit trail (refusals and administrative events; never a value), or follow it
+    Audit(audit::AuditArgs),
     /// Apply, list or revert the embedded schema migrations
     Migrate(migrate::MigrateArgs),
     /// Probe every BYOK credential (or one workspace's) against its provider and record the verdict
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
             Failure::usage(anyhow::anyhow!("no database given: pass --database-url or set DATABASE_URL"))
         })?;
         match cli.command {
+            Command::Audit(args) => audit::main(&url, args).await,
             Command::Migrate(args) => migrate::main(&url, args).await,
             Command::Probe(args) => probe::main(&url, args).await,
             Command::Verify => verify::main(&url).await,

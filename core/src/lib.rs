@@ -9,9 +9,12 @@
 //!
 //! * [`Verdict`]: what a provider's answer says about a credential.
 //! * [`policy`]: the product's rules, as decisions over facts.
+//! * [`audit`]: the record a refusal or an administrative event becomes in
+//!   the audit queue and table.
 //!
 //! The extension and the command-line tool both build on this crate.
 
+pub mod audit;
 mod codes;
 mod crypto;
 mod keyring;

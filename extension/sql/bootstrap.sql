@@ -197,3 +197,40 @@ CREATE TABLE secretgate.key_checks (
 COMMENT ON TABLE secretgate.key_checks IS 'Key check values: HMAC-SHA256 of a fixed label under each key version first used here';
 REVOKE ALL ON secretgate.key_checks FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('secretgate.key_checks', '');
+
+-- The audit trail (CONTRACT §6): one row per refusal and per administrative
+-- event, written by secretgate's background writers outside the refusing
+-- transaction (so a rollback keeps it). Never a value, ciphertext or key.
+CREATE TABLE secretgate.audit_events (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at               timestamptz NOT NULL,
+    event            text NOT NULL,
+    code             text,
+    sqlstate         text,
+    reason           text,
+    workspace_id     uuid,
+    key              text,
+    provider         text,
+    caller           jsonb,
+    backend_pid      int,
+    transaction_id   xid8,
+    application_name text
+);
+CREATE INDEX audit_events_at ON secretgate.audit_events (at);
+COMMENT ON TABLE secretgate.audit_events IS 'secretgate''s audit trail: refusals and administrative events, written by its background writers';
+-- Readable by the owner and members of secretgate_auditor; written only by
+-- the extension's writers (an ordinary role's INSERT, UPDATE, DELETE or
+-- TRUNCATE fails with 42501).
+REVOKE ALL ON secretgate.audit_events FROM PUBLIC;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'secretgate_auditor') THEN
+        BEGIN
+            CREATE ROLE secretgate_auditor NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's CREATE EXTENSION made it first
+        END;
+    END IF;
+END $$;
+COMMENT ON ROLE secretgate_auditor IS 'Members may read secretgate.audit_events';
+GRANT SELECT ON secretgate.audit_events TO secretgate_auditor;

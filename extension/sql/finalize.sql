@@ -89,3 +89,12 @@ CREATE EVENT TRIGGER secretgate_guard_attached_triggers ON ddl_command_end
 -- every secret write); any change to the table makes them read it again.
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.forbidden_keys
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+
+-- Every change to the registry (providers, routes, forbidden keys, header
+-- forms) is an administrative event of the audit trail, recorded at commit.
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.providers
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.model_routes
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.credential_auth
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();

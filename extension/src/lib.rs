@@ -13,14 +13,18 @@
 //! * [`store`]: what secretgate reads and writes (the attached tables,
 //!   workspace and secret rows, the registry, liveness verdicts) and the
 //!   per-backend caches of it.
+//! * [`audit`]: the audit trail's launcher and per-database writers, which
+//!   move records from the shared-memory queue into `secretgate.audit_events`.
 //! * [`pg`]: Postgres itself: errors, kept SPI plans and the owner's
-//!   context, the direct primary-key read, keyring loading, arguments.
+//!   context, the direct primary-key read, keyring loading, arguments, the
+//!   audit queue in shared memory.
 //!
 //! The rules themselves (who may write what, BYOK, routing, the refusal
 //! JSON) live in `secretgate-core`, tested without a server.
 
 use pgrx::prelude::*;
 
+mod audit;
 mod gates;
 mod pg;
 mod sql;
@@ -42,6 +46,7 @@ pub extern "C-unwind" fn _PG_init() {
     pg::index_read::register_guc();
     gates::caller::register_guc();
     store::invalidation::register();
+    audit::init();
     // SAFETY: reserves the setting prefix; called once at load.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"secretgate".as_ptr()) };
     // Until the library is loaded, a setting from postgresql.conf is a

@@ -182,6 +182,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     // Any role may call them; the code refuses one that is neither a superuser nor the tables' owner.
     ("secretgate.attach_check(regclass,regclass,regclass)", true, false, true),
     ("secretgate.attach_gates(regclass,regclass,regclass)", true, false, true),
+    ("secretgate.audit_status()", true, false, false),
     ("secretgate.byok_credential_present(uuid,text)", true, false, false),
     ("secretgate.byok_credentials()", true, false, false),
     ("secretgate.check_byok(uuid)", true, false, false),
@@ -1067,10 +1068,12 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
                 .fetch_all(&mut conn)
                 .await
                 .described("SHOW ALL")?;
-        // The caller, (0.4.0) direct_index_read and keyring_command_timeout are
-        // no secret; the keyring file and command are not listed.
+        // The caller, (0.4.0) direct_index_read, keyring_command_timeout and the
+        // audit settings are no secret; the keyring file and command are not listed.
         ensure!(
             all == vec![
+                "secretgate.audit_queue_size".to_string(),
+                "secretgate.audit_retention".to_string(),
                 "secretgate.caller".to_string(),
                 "secretgate.direct_index_read".to_string(),
                 "secretgate.keyring_command_timeout".to_string()

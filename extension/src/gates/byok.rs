@@ -153,6 +153,15 @@ pub fn record_liveness(scope: Scope, key: &str, http_status: i32, provider: Opti
             None => default_provider(client, &attached, scope, key)?,
         };
         liveness::record(client, scope, key, provider.as_deref(), &ciphertext_digest(&blob), verdict, http_status)?;
+        if verdict == secretgate_core::Verdict::Dead {
+            crate::gates::admin_audit::record(
+                "credential.dead",
+                &format!("the provider refused the credential (HTTP {http_status})"),
+                Some(scope),
+                Some(key),
+                provider.as_deref(),
+            );
+        }
         Ok(verdict.as_str().to_string())
     })
 }

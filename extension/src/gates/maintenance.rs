@@ -2,6 +2,7 @@
 //! the new name, since the associated data names the key) and moving rows to
 //! the current key version. Neither may lose or silently alter a secret.
 
+use crate::gates::admin_audit;
 use crate::gates::caller::Caller;
 use crate::gates::secret_write;
 use crate::pg::error::{Failure, Result};
@@ -65,6 +66,18 @@ pub fn rename(old_key: &str, new_key: &str) -> Result<i64> {
             }
             secrets::delete(client, &attached, scope, old_key)?;
         }
+        if !old_rows.is_empty() {
+            admin_audit::record(
+                "secret.renamed",
+                &format!(
+                    "{old_key} renamed to {new_key}: {renamed} rows re-encrypted, {} old rows removed",
+                    old_rows.len()
+                ),
+                None,
+                Some(new_key),
+                None,
+            );
+        }
         Ok(renamed)
     })
 }
@@ -94,6 +107,15 @@ pub fn reencrypt(batch: i32) -> Result<i64> {
             secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
             let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
             liveness::carry(client, row.scope, &row.key, &old_digest, &ciphertext_digest(&blob))?;
+        }
+        if !stale.is_empty() {
+            admin_audit::record(
+                "secret.reencrypt.batch",
+                &format!("{} rows re-encrypted under key version {current}", stale.len()),
+                None,
+                None,
+                None,
+            );
         }
         Ok(stale.len() as i64)
     })

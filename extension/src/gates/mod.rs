@@ -3,6 +3,7 @@
 //! with its audit line. Also the work of the SQL functions that write
 //! through the gates (registration, the concierge helpers, maintenance).
 
+pub mod admin_audit;
 pub mod byok;
 pub mod caller;
 pub mod concierge;

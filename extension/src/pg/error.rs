@@ -14,6 +14,7 @@
 //! does not return (it longjmps), so only the message strings are live then,
 //! and they are dropped before the jump.
 
+use crate::pg::audit_queue;
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::{PgLogLevel, PgSqlErrorCode, PgTryBuilder};
@@ -187,6 +188,7 @@ impl Drop for ContextGuard {
 /// HINT; a secretgate refusal also keeps its JSON DETAIL, any other error's
 /// DETAIL is withheld ([`WITHHELD_DETAIL`]).
 pub fn run<T>(work: impl FnOnce() -> Result<T>) -> T {
+    require_preload();
     let mut callback = pg_sys::ErrorContextCallback {
         // SAFETY: reading Postgres' global error-context stack pointer.
         previous: unsafe { pg_sys::error_context_stack },
@@ -230,13 +232,35 @@ pub fn run<T>(work: impl FnOnce() -> Result<T>) -> T {
 
 /// [`run`] for work that runs no SQL (nothing inside can raise a Postgres
 /// error to catch): `Ok(v)` → `v`; `Err(f)` → raise `f`.
-pub fn raise_on<T>(result: Result<T>) -> T {
-    result.unwrap_or_else(|f| f.raise())
+pub fn raise_on<T>(work: impl FnOnce() -> Result<T>) -> T {
+    require_preload();
+    work().unwrap_or_else(|f| f.raise())
 }
 
+/// What every entry point checks first: the audit queue lives in shared
+/// memory, which only a preloaded library has. Without it nothing runs (55000).
+pub fn require_preload() {
+    if !audit_queue::preloaded() {
+        Failure::sql(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, NOT_PRELOADED)
+            .hint("add the line shared_preload_libraries = 'secretgate' to postgresql.conf (keep any other libraries already listed there, comma-separated), then restart PostgreSQL")
+            .raise()
+    }
+}
+
+/// The 55000 message of a server that did not preload secretgate.
+pub const NOT_PRELOADED: &str = "secretgate is not in shared_preload_libraries: add shared_preload_libraries = 'secretgate' to postgresql.conf, then restart the server";
+
 /// Writes `secretgate audit: {json}` to the server log only (never to the
-/// client), without the statement text next to it. Log lines survive a rollback.
+/// client), without the statement text next to it, and puts the same record
+/// into the audit queue for `secretgate.audit_events`. Both survive a
+/// rollback; the log line is written first and synchronously, so the log
+/// stays complete even if the server stops before the record is written.
 pub fn log_line(json: &str) {
+    write_log_line(json);
+    audit_queue::enqueue(json);
+}
+
+fn write_log_line(json: &str) {
     let line = c_string(format!("secretgate audit: {json}"));
     // SAFETY: the ereport() sequence at LOG_SERVER_ONLY, which returns;
     // `line` outlives it.

@@ -2,6 +2,7 @@
 //! directly. Nothing here knows what a gate is.
 
 pub mod args;
+pub mod audit_queue;
 pub mod compat;
 pub mod error;
 pub mod index_read;

@@ -2,6 +2,7 @@
 //! Each checks its arguments, makes one call down, and raises through
 //! `pg::error::run`.
 
+mod audit;
 mod byok;
 mod concierge;
 mod maintenance;

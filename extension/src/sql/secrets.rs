@@ -2,6 +2,7 @@
 //! gates: the SQL functions Postgres calls. Each checks its arguments and
 //! makes one call down.
 
+use crate::gates::admin_audit;
 use crate::gates::secrets as gate;
 use crate::pg::args::{required, scope_of, sql_uuid, workspace_scope};
 use crate::pg::error::{self, Failure, Result};
@@ -14,7 +15,7 @@ use secretgate_core::{Code, Scope};
 
 #[pg_extern(volatile, parallel_safe)]
 fn encrypt(plaintext: Option<&str>, workspace_id: Option<pgrx::Uuid>, key: Option<&str>) -> Option<Vec<u8>> {
-    error::raise_on((|| {
+    error::raise_on(|| {
         let key = required(key, "key")?;
         let Some(plaintext) = plaintext else {
             return Ok(None);
@@ -22,7 +23,7 @@ fn encrypt(plaintext: Option<&str>, workspace_id: Option<pgrx::Uuid>, key: Optio
         let scope = scope_of(workspace_id);
         let (_, blob) = keyring::seal(plaintext, scope, key).map_err(|e| Failure::core(&e, Some(scope), Some(key)))?;
         Ok(Some(blob))
-    })())
+    })
 }
 
 #[pg_extern(stable, parallel_safe)]
@@ -32,7 +33,7 @@ fn decrypt(
     workspace_id: Option<pgrx::Uuid>,
     key: Option<&str>,
 ) -> Option<String> {
-    error::raise_on((|| -> Result<Option<String>> {
+    error::raise_on(|| -> Result<Option<String>> {
         let key = required(key, "key")?;
         let Some(blob) = encrypted_value else {
             return Ok(None);
@@ -43,12 +44,12 @@ fn decrypt(
             .and_then(|k| keyring::decrypt_with(&k, blob, version, scope, key))
             .map_err(|e| Failure::core(&e, Some(scope), Some(key)))?;
         Ok(Some(plaintext))
-    })())
+    })
 }
 
 #[pg_extern(stable, parallel_safe)]
 fn current_key_version() -> i32 {
-    error::raise_on(keyring::current().map(|k| k.current_version()).map_err(|e| Failure::core(&e, None, None)))
+    error::raise_on(|| keyring::current().map(|k| k.current_version()).map_err(|e| Failure::core(&e, None, None)))
 }
 
 #[pg_extern(volatile)]
@@ -141,7 +142,11 @@ fn key_check_status() -> TableIterator<
 fn attach_gates(workspaces: PgRelation, secrets: PgRelation, global_secrets: PgRelation) {
     let oids = (workspaces.oid(), secrets.oid(), global_secrets.oid());
     drop((workspaces, secrets, global_secrets));
-    error::run(|| Spi::connect_mut(|client| attached::attach(client, oids.0, oids.1, oids.2)))
+    error::run(|| {
+        Spi::connect_mut(|client| attached::attach(client, oids.0, oids.1, oids.2))?;
+        admin_audit::record("gates.attached", "the gates were attached (or already were)", None, None, None);
+        Ok(())
+    })
 }
 
 /// What keeps these tables from being attached by the current role, one
@@ -192,5 +197,9 @@ fn key_formats() -> TableIterator<'static, (name!(version, i32), name!(format, S
 
 #[pg_extern(volatile)]
 fn detach_gates() {
-    error::run(|| Spi::connect_mut(attached::detach))
+    error::run(|| {
+        Spi::connect_mut(attached::detach)?;
+        admin_audit::record("gates.detached", "the gates were detached", None, None, None);
+        Ok(())
+    })
 }

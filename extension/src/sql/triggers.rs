@@ -3,7 +3,7 @@
 //! its failure. A trigger function called as a plain function raises 39P01.
 
 use crate::gates::caller::Caller;
-use crate::gates::{byok, identity, secret_write};
+use crate::gates::{admin_audit, byok, identity, secret_write};
 use crate::pg::error::{self, Failure, Result};
 use crate::pg::keyring;
 use crate::pg::types;
@@ -11,7 +11,7 @@ use crate::store::attached::{self, Attached};
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{AllocatedByPostgres, PgSqlErrorCode, PgTrigger};
+use pgrx::{AllocatedByPostgres, PgSqlErrorCode, PgTrigger, PgTriggerOperation};
 use secretgate_core::policy::{Write, MODEL};
 use secretgate_core::{uuid::Uuid as CoreUuid, Scope};
 
@@ -262,10 +262,21 @@ fn secrets_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> 
     Ok(None)
 }
 
-/// After any change to `secretgate.forbidden_keys`: the backends that keep
-/// the table in memory drop it, this one at once and the others when the
-/// change commits.
+/// After any change to a registry table (`providers`, `model_routes`,
+/// `forbidden_keys`, `credential_auth`): the backends that keep it in memory
+/// drop it, this one at once and the others when the change commits; and
+/// the change is an administrative event of the audit trail at commit.
 fn forbidden_keys_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    let op = match trigger.op() {
+        Ok(PgTriggerOperation::Insert) => "INSERT",
+        Ok(PgTriggerOperation::Update) => "UPDATE",
+        Ok(PgTriggerOperation::Delete) => "DELETE",
+        Ok(PgTriggerOperation::Truncate) => "TRUNCATE",
+        Err(_) => "change",
+    };
+    let table = trigger.table_name().unwrap_or_else(|_| "a registry table".into());
+    // Once per table and transaction: registry_upsert's nested UPDATE fires this trigger too.
+    admin_audit::record_once("registry.changed", &format!("{op} on secretgate.{table}"), &format!("registry:{table}"));
     match trigger.relation() {
         // SAFETY: the trigger's relation is open for the trigger's duration.
         Ok(relation) => unsafe { pg_sys::CacheInvalidateRelcache(relation.as_ptr()) },

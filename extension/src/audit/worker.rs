@@ -1,0 +1,306 @@
+//! The launcher and the per-database writers.
+//!
+//! The launcher (a static background worker, no database) wakes when a
+//! record waits for a database with no writer, or once a second, and starts
+//! that database's writer. A writer connects to its database, takes its
+//! records in batches, inserts each batch in a transaction of its own,
+//! sends `NOTIFY secretgate_audit`, prunes rows older than
+//! `secretgate.audit_retention` in small batches, and leaves after a short
+//! idle time (so it never holds a database that someone wants to drop).
+//! A database without the extension: its records are counted as skipped.
+
+use crate::pg::audit_queue::{self, Outcome, RETENTION};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys;
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Records per insert.
+const BATCH: usize = 200;
+/// How long a woken writer lets records gather before it takes them.
+const GATHER: Duration = Duration::from_millis(50);
+/// Rows deleted per pruning transaction.
+const PRUNE_BATCH: i64 = 500;
+/// A writer with nothing to do for this long leaves.
+const IDLE_EXIT: Duration = Duration::from_secs(2);
+/// Pruning runs at the writer's start, after writes at most this often, and
+/// this often while it waits.
+const PRUNE_AFTER_WRITE: Duration = Duration::from_secs(1);
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// A writer that has not registered this long after its start is started again.
+const START_RETRY_US: i64 = 10_000_000;
+
+static CONNECTED: AtomicBool = AtomicBool::new(false);
+
+const INSERT: &str = "INSERT INTO secretgate.audit_events \
+     (at, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name) \
+     SELECT pg_catalog.to_timestamp((r OPERATOR(pg_catalog.->>) 'at_unix_us')::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000), \
+            r OPERATOR(pg_catalog.->>) 'event', r OPERATOR(pg_catalog.->>) 'code', r OPERATOR(pg_catalog.->>) 'sqlstate', \
+            r OPERATOR(pg_catalog.->>) 'reason', (r OPERATOR(pg_catalog.->>) 'workspace_id')::pg_catalog.uuid, \
+            r OPERATOR(pg_catalog.->>) 'key', r OPERATOR(pg_catalog.->>) 'provider', r OPERATOR(pg_catalog.->) 'caller', \
+            (r OPERATOR(pg_catalog.->>) 'backend_pid')::pg_catalog.int4, \
+            (r OPERATOR(pg_catalog.->>) 'transaction_id')::pg_catalog.xid8, r OPERATOR(pg_catalog.->>) 'application_name' \
+       FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) AS r";
+
+const PRUNE: &str = "WITH gone AS (DELETE FROM secretgate.audit_events WHERE id IN \
+       (SELECT id FROM secretgate.audit_events \
+         WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
+         ORDER BY at LIMIT $2) RETURNING 1) \
+     SELECT pg_catalog.count(*) FROM gone";
+
+const HAS_TABLE: &str = "SELECT pg_catalog.to_regclass('secretgate.audit_events') IS NOT NULL";
+
+/// Registers the launcher (from `_PG_init`, while preloading).
+pub fn register_launcher() {
+    BackgroundWorkerBuilder::new("secretgate audit launcher")
+        .set_type("secretgate audit launcher")
+        .set_library("secretgate")
+        .set_function("secretgate_audit_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load();
+}
+
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: the documented way for a background worker to re-read its configuration.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+fn shutdown_requested() -> bool {
+    // SAFETY: a flag the SIGTERM handler sets.
+    unsafe { (&raw const pg_sys::ShutdownRequestPending).read_volatile() != 0 }
+}
+
+/// The launcher's main loop.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn secretgate_audit_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // No database: connected only to show in pg_stat_activity (as Postgres'
+    // own logical replication launcher does).
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let before = audit_queue::launcher_started();
+    if before > 0 {
+        audit_queue::set_error(&format!(
+            "the audit launcher restarted ({} starts since the server started)",
+            before + 1
+        ));
+    }
+    loop {
+        reload_config_if_asked();
+        for db in audit_queue::databases_needing_writers(START_RETRY_US) {
+            start_writer(db);
+        }
+        if shutdown_requested() || !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
+            break;
+        }
+    }
+    // Exit code 1: the postmaster starts the launcher again (unless it is shutting down).
+    // SAFETY: ends this process through Postgres' exit path.
+    unsafe { pg_sys::proc_exit(1) };
+}
+
+fn start_writer(db: pg_sys::Oid) {
+    let started = BackgroundWorkerBuilder::new(&format!("secretgate audit writer for database {}", db.to_u32()))
+        .set_type("secretgate audit writer")
+        .set_library("secretgate")
+        .set_function("secretgate_audit_writer_main")
+        .set_argument(Some(pg_sys::Datum::from(db.to_u32())))
+        .enable_spi_access()
+        .set_restart_time(None)
+        .load_dynamic();
+    if started.is_err() {
+        audit_queue::start_failed(
+            db,
+            "no background worker slot for an audit writer: raise max_worker_processes (records wait in the queue)",
+        );
+    }
+}
+
+/// Runs on every exit of a writer, a failed connection included.
+unsafe extern "C-unwind" fn writer_exit(_code: c_int, arg: pg_sys::Datum) {
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    audit_queue::writer_exits(db, CONNECTED.load(Ordering::Relaxed));
+}
+
+/// A writer's main loop, for the database whose oid is `arg`.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: registers a plain function to run at this process's exit.
+    unsafe { pg_sys::on_shmem_exit(Some(writer_exit), arg) };
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    CONNECTED.store(true, Ordering::Relaxed);
+    if !audit_queue::register_writer(db) {
+        return;
+    }
+    let mut last_prune: Option<Instant> = None;
+    let mut idle_since = Instant::now();
+    let mut wrote_since_prune = false;
+    loop {
+        reload_config_if_asked();
+        let batch = audit_queue::claim(db, BATCH);
+        let full = batch.len() == BATCH;
+        if !batch.is_empty() {
+            write(batch);
+            idle_since = Instant::now();
+            wrote_since_prune = true;
+        }
+        let due = if wrote_since_prune { PRUNE_AFTER_WRITE } else { PRUNE_EVERY };
+        let leaving = idle_since.elapsed() >= IDLE_EXIT;
+        if last_prune.is_none_or(|t| t.elapsed() >= due) || (leaving && wrote_since_prune) {
+            prune();
+            last_prune = Some(Instant::now());
+            wrote_since_prune = false;
+        }
+        if shutdown_requested() {
+            audit_queue::set_error(&format!(
+                "the audit writer for database {} was ended; another starts when records wait",
+                db.to_u32()
+            ));
+            break;
+        }
+        if leaving && audit_queue::leave_if_idle(db) {
+            break;
+        }
+        if full {
+            continue;
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
+            audit_queue::set_error(&format!(
+                "the audit writer for database {} was ended; another starts when records wait",
+                db.to_u32()
+            ));
+            break;
+        }
+        // Let the records of a burst gather, so that one transaction carries
+        // many: a transaction per refusal would cost more than the refusal.
+        // SAFETY: a plain sleep; signals still set their flags meanwhile.
+        unsafe { pg_sys::pg_usleep(GATHER.as_micros() as _) };
+    }
+}
+
+/// Runs `work` in a transaction of its own: committed when it succeeds,
+/// rolled back (with the error's message returned) when it fails.
+fn in_transaction<T>(work: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Result<T, String> {
+    // SAFETY: the sequence a background worker uses to start a transaction
+    // with a snapshot; no transaction is open here.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| work().map_err(|e| e.to_string())))
+        .catch_others(|caught| {
+            Err(match caught {
+                CaughtError::PostgresError(report)
+                | CaughtError::ErrorReport(report)
+                | CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
+            })
+        })
+        .execute();
+    match result {
+        Ok(v) => {
+            // SAFETY: ends the transaction started above.
+            unsafe {
+                pg_sys::PopActiveSnapshot();
+                pg_sys::CommitTransactionCommand();
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            // SAFETY: the error was caught; aborting cleans up the transaction
+            // (snapshots, locks, memory) as Postgres' own workers do.
+            unsafe { pg_sys::AbortCurrentTransaction() };
+            Err(e)
+        }
+    }
+}
+
+fn insert(records: &[&[u8]]) -> Result<Outcome, String> {
+    let mut json = String::from("[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(&String::from_utf8_lossy(r));
+    }
+    json.push(']');
+    in_transaction(|| {
+        Spi::connect_mut(|client| {
+            let has_table = client.select(HAS_TABLE, None, &[])?.first().get_one::<bool>()?.unwrap_or(false);
+            if !has_table {
+                return Ok(Outcome::Skipped);
+            }
+            client.update(INSERT, None, &[json.as_str().into()])?;
+            let count = records.len().to_string();
+            client.update("SELECT pg_catalog.pg_notify('secretgate_audit', $1)", None, &[count.as_str().into()])?;
+            Ok(Outcome::Written)
+        })
+    })
+}
+
+/// Writes one claimed batch; a failed batch is tried record by record, so
+/// one bad record does not hold back the others.
+fn write(batch: Vec<(u64, Vec<u8>)>) {
+    let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
+    let records: Vec<&[u8]> = batch.iter().map(|(_, r)| r.as_slice()).collect();
+    match insert(&records) {
+        Ok(outcome) => audit_queue::finish(&seqs, outcome),
+        Err(_) if batch.len() > 1 => {
+            for (seq, record) in &batch {
+                match insert(&[record.as_slice()]) {
+                    Ok(outcome) => audit_queue::finish(&[*seq], outcome),
+                    Err(e) => {
+                        audit_queue::set_error(&format!("an audit record could not be written: {e}"));
+                        audit_queue::finish(&[*seq], Outcome::Failed);
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            audit_queue::set_error(&format!("an audit record could not be written: {e}"));
+            audit_queue::finish(&seqs, Outcome::Failed);
+        }
+    }
+}
+
+/// Deletes rows older than the retention, a small batch per transaction.
+fn prune() {
+    let secs = RETENTION.get();
+    if secs <= 0 {
+        return;
+    }
+    loop {
+        let deleted = in_transaction(|| {
+            Spi::connect_mut(|client| {
+                let has_table = client.select(HAS_TABLE, None, &[])?.first().get_one::<bool>()?.unwrap_or(false);
+                if !has_table {
+                    return Ok(0);
+                }
+                let n = client
+                    .update(PRUNE, None, &[(secs as f64).into(), PRUNE_BATCH.into()])?
+                    .first()
+                    .get_one::<i64>()?
+                    .unwrap_or(0);
+                Ok(n)
+            })
+        });
+        match deleted {
+            Ok(n) if n >= PRUNE_BATCH && !shutdown_requested() => continue,
+            Ok(_) => break,
+            Err(e) => {
+                audit_queue::set_error(&format!("pruning secretgate.audit_events failed: {e}"));
+                break;
+            }
+        }
+    }
+}
