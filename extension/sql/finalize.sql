@@ -90,11 +90,13 @@ CREATE EVENT TRIGGER secretgate_guard_attached_triggers ON ddl_command_end
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.forbidden_keys
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
 
--- Every change to the registry (providers, routes, forbidden keys, header
--- forms) is an administrative event of the audit trail, recorded at commit.
+-- Every change to the registry (providers, routes, forbidden keys, header forms,
+-- external runtimes) is an administrative event of the audit trail, recorded at commit.
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.providers
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.model_routes
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.credential_auth
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.external_runtimes
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();

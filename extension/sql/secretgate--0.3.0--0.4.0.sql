@@ -258,3 +258,9 @@ CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON 
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.credential_auth
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+
+-- ---------------------------------------------------------------------------
+-- The external runtimes are part of the registry: a change to them is an
+-- administrative event of the audit trail too (as in a fresh install).
+CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.external_runtimes
+    FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
