@@ -43,6 +43,11 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The server's copy of contrib/keyring/age.sh.
+fn age_script(cluster: &Cluster) -> PathBuf {
+    kms_dir(cluster).join("age.sh")
+}
+
 fn kms_dir(cluster: &Cluster) -> PathBuf {
     cluster.dir().join("kms")
 }
@@ -87,11 +92,16 @@ fn age_command(cluster: &Cluster) -> Result<String> {
         run("age-keygen", &["-o", identity(cluster).to_str().unwrap()], None)?;
         std::fs::set_permissions(identity(cluster), std::fs::Permissions::from_mode(0o600))?;
         cluster.chown(&identity(cluster))?;
+        // Installed where the server's user can run it, as the docs say: the
+        // source tree may sit in a folder only root can enter (a CI clone).
+        std::fs::copy(repo().join("contrib/keyring/age.sh"), age_script(cluster))?;
+        std::fs::set_permissions(age_script(cluster), std::fs::Permissions::from_mode(0o755))?;
+        cluster.chown(&age_script(cluster))?;
     }
     Ok(format!(
         "echo run >> {counter}; exec {script} {identity} {file}",
         counter = counter(cluster).display(),
-        script = repo().join("contrib/keyring/age.sh").display(),
+        script = age_script(cluster).display(),
         identity = identity(cluster).display(),
         file = age_file(cluster).display(),
     ))
