@@ -652,16 +652,22 @@ async fn sigkilled_writer_crash_recovery_keeps_the_log_complete(cluster: Arc<Clu
         refuse_forbidden_global(&mut conn, &value).await?;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writers = audit_pids(&mut conn, "secretgate audit writer").await?;
-    ensure!(!writers.is_empty(), "no writer running while records wait");
-    for pid in &writers {
-        // SAFETY: kill(2) on a server process id read from pg_stat_activity.
-        let r = unsafe { libc::kill(*pid, libc::SIGKILL) };
-        ensure!(r == 0, "kill -9 {pid} failed");
-    }
+    // This database's writer (another database's may be leaving on its own),
+    // and only it: the first SIGKILL makes the postmaster end every process.
+    let writer: Option<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'secretgate audit writer' AND datname = current_database() LIMIT 1",
+    )
+    .fetch_optional(&mut conn)
+    .await
+    .described("this database's audit writer")?;
+    let writer = writer.context("no writer running while records wait")?;
+    // SAFETY: kill(2) on a server process id read from pg_stat_activity.
+    let r = unsafe { libc::kill(writer, libc::SIGKILL) };
+    ensure!(r == 0, "kill -9 {writer} failed: {}", std::io::Error::last_os_error());
     drop(holder);
-    drop(conn);
-    // Crash recovery restarts every session; the launcher comes back with it.
+    // Crash recovery ends every session (wait for it: a connection made before
+    // the postmaster reacts would die too); the launcher comes back with it.
+    wait_until_ended(conn, Duration::from_secs(60)).await?;
     let mut conn = connect_when_ready(&cluster.url(&name), Duration::from_secs(60)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while audit_pids(&mut conn, "secretgate audit launcher").await?.is_empty() {
@@ -742,7 +748,7 @@ async fn queue_of_16_accounts_for_every_record(cluster: Arc<Cluster>) -> Result<
 }
 
 async fn sixteen_sessions_refusing_lose_nothing(cluster: Arc<Cluster>) -> Result<()> {
-    let secs: u64 = std::env::var("SECRETGATE_AUDIT_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let secs: u64 = std::env::var("SECRETGATE_AUDIT_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let name = db_name("a_load");
     let (url, mut conn) = migrated_database(&cluster, &name).await?;
     drained(&mut conn, Duration::from_secs(10)).await?;

@@ -1029,13 +1029,7 @@ async fn reencrypt_backend_sigkilled_mid_batch(cluster: Arc<Cluster>) -> Result<
     // Every other session is terminated too; wait for that (a connection made
     // before the postmaster reacts would die with them), then reconnect once
     // recovery is done.
-    let mut old = m.conn;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while sqlx::query("SELECT 1").execute(&mut old).await.is_ok() {
-        ensure!(Instant::now() < deadline, "the other sessions survived a backend's SIGKILL for 60s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    drop(old);
+    wait_until_ended(m.conn, Duration::from_secs(60)).await?;
     drop(m.holder);
     let conn = connect_when_ready(&m.url, Duration::from_secs(60)).await?;
     let log = cluster.log_contents();

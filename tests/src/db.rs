@@ -4,7 +4,7 @@
 use crate::cluster::Cluster;
 use crate::errors::describe;
 use crate::keys::random_hex;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 use std::sync::Arc;
@@ -35,6 +35,19 @@ pub async fn connect_when_ready(url: &str, limit: Duration) -> Result<PgConnecti
             Err(e) => bail!("the server did not accept connections within {}s: {}", limit.as_secs(), describe(&e)),
         }
     }
+}
+
+/// Waits until `conn` is ended by the server: after a process is killed with
+/// SIGKILL the postmaster ends every session, but not at once. A connection
+/// made before it reacts would die with the others, so tests wait for an old
+/// session to go before they reconnect with [`connect_when_ready`].
+pub async fn wait_until_ended(mut conn: PgConnection, limit: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while sqlx::query("SELECT 1").execute(&mut conn).await.is_ok() {
+        ensure!(std::time::Instant::now() < deadline, "the other sessions survived a SIGKILL for {}s", limit.as_secs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// A fresh database with nothing in it.

@@ -1,8 +1,9 @@
 //! The launcher and the per-database writers.
 //!
 //! The launcher (a static background worker, no database) wakes when a
-//! record waits for a database with no writer, or once a second, and starts
-//! that database's writer. A writer connects to its database, takes its
+//! record waits for a database with no writer, when a quarter of the queue
+//! is taken, or once a second, and starts that database's writer (another,
+//! up to four, while the queue stays that full). A writer connects to its database, takes its
 //! records in batches, inserts each batch in a transaction of its own,
 //! sends `NOTIFY secretgate_audit`, prunes rows older than
 //! `secretgate.audit_retention` in small batches, and leaves after a short
@@ -14,14 +15,17 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use secretgate_core::audit;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Records per insert.
 const BATCH: usize = 200;
-/// How long a woken writer lets records gather before it takes them.
-const GATHER: Duration = Duration::from_millis(50);
+/// How long a woken writer lets records gather before it takes them: long
+/// enough for a burst to share one transaction, short enough that a storm
+/// of refusals (tens of thousands a second) does not fill the queue meanwhile.
+const GATHER: Duration = Duration::from_millis(5);
 /// Rows deleted per pruning transaction.
 const PRUNE_BATCH: i64 = 500;
 /// A writer with nothing to do for this long leaves.
@@ -35,15 +39,20 @@ const START_RETRY_US: i64 = 10_000_000;
 
 static CONNECTED: AtomicBool = AtomicBool::new(false);
 
+/// One multi-row insert of a batch, a parameter per column
+/// ([`audit::Columns`]).
 const INSERT: &str = "INSERT INTO secretgate.audit_events \
      (at, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name) \
-     SELECT pg_catalog.to_timestamp((r OPERATOR(pg_catalog.->>) 'at_unix_us')::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000), \
-            r OPERATOR(pg_catalog.->>) 'event', r OPERATOR(pg_catalog.->>) 'code', r OPERATOR(pg_catalog.->>) 'sqlstate', \
-            r OPERATOR(pg_catalog.->>) 'reason', (r OPERATOR(pg_catalog.->>) 'workspace_id')::pg_catalog.uuid, \
-            r OPERATOR(pg_catalog.->>) 'key', r OPERATOR(pg_catalog.->>) 'provider', r OPERATOR(pg_catalog.->) 'caller', \
-            (r OPERATOR(pg_catalog.->>) 'backend_pid')::pg_catalog.int4, \
-            (r OPERATOR(pg_catalog.->>) 'transaction_id')::pg_catalog.xid8, r OPERATOR(pg_catalog.->>) 'application_name' \
-       FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) AS r";
+     SELECT pg_catalog.to_timestamp(r.at_unix_us::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000), \
+            r.event, r.code, r.sqlstate, r.reason, r.workspace_id::pg_catalog.uuid, r.key, r.provider, \
+            r.caller::pg_catalog.jsonb, r.backend_pid, r.transaction_id::pg_catalog.xid8, r.application_name \
+       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                       pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
+                       pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.text[]), \
+                       pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.int4[]), \
+                       pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])) \
+         AS r(at_unix_us, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name)";
 
 const PRUNE: &str = "WITH gone AS (DELETE FROM secretgate.audit_events WHERE id IN \
        (SELECT id FROM secretgate.audit_events \
@@ -226,22 +235,51 @@ fn in_transaction<T>(work: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Resu
 }
 
 fn insert(records: &[&[u8]]) -> Result<Outcome, String> {
-    let mut json = String::from("[");
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            json.push(',');
+    let mut rows = audit::Columns::default();
+    for record in records {
+        if !rows.push(record) {
+            return Err("a queued record is not a JSON object".into());
         }
-        json.push_str(&String::from_utf8_lossy(r));
     }
-    json.push(']');
+    let count = rows.len().to_string();
+    let audit::Columns {
+        at_unix_us,
+        event,
+        code,
+        sqlstate,
+        reason,
+        workspace_id,
+        key,
+        provider,
+        caller,
+        backend_pid,
+        transaction_id,
+        application_name,
+    } = rows;
     in_transaction(|| {
         Spi::connect_mut(|client| {
             let has_table = client.select(HAS_TABLE, None, &[])?.first().get_one::<bool>()?.unwrap_or(false);
             if !has_table {
                 return Ok(Outcome::Skipped);
             }
-            client.update(INSERT, None, &[json.as_str().into()])?;
-            let count = records.len().to_string();
+            client.update(
+                INSERT,
+                None,
+                &[
+                    at_unix_us.into(),
+                    event.into(),
+                    code.into(),
+                    sqlstate.into(),
+                    reason.into(),
+                    workspace_id.into(),
+                    key.into(),
+                    provider.into(),
+                    caller.into(),
+                    backend_pid.into(),
+                    transaction_id.into(),
+                    application_name.into(),
+                ],
+            )?;
             client.update("SELECT pg_catalog.pg_notify('secretgate_audit', $1)", None, &[count.as_str().into()])?;
             Ok(Outcome::Written)
         })

@@ -1,6 +1,9 @@
 //! The audit queue: fixed-size records in shared memory, filled by the
-//! refusing backend before it raises, emptied by the audit writers (one
-//! background worker per database, started by a launcher; see `audit::worker`).
+//! refusing backend before it raises, emptied by the audit writers
+//! (background workers started per database by a launcher; see
+//! `audit::worker`). One writer per database, more while its records pile up:
+//! a single writer competes for CPU with every refusing session and, under a
+//! storm of refusals, gets too small a share to keep up.
 //!
 //! One LWLock guards the whole queue; holding it is a few copies, never an
 //! allocation or anything that can raise. A full queue drops the record and
@@ -31,8 +34,10 @@ static PREV_STARTUP: OnceLock<pg_sys::shmem_startup_hook_type> = OnceLock::new()
 
 const SHMEM_NAME: &CStr = c"secretgate audit queue";
 const TRANCHE: &CStr = c"secretgate_audit";
-/// Databases with a writer (running or starting) at once.
+/// Writers (running or starting), all databases together.
 pub const MAX_WRITERS: usize = 32;
+/// Writers of one database at once.
+pub const MAX_WRITERS_PER_DATABASE: usize = 4;
 const ERROR_BYTES: usize = 256;
 /// A record whose write failed this many times is given up (counted skipped).
 const MAX_ATTEMPTS: u32 = 3;
@@ -292,10 +297,23 @@ fn enqueue_record(bytes: Vec<u8>) {
     slot.state = READY;
     q.header().tail += 1;
     let h = q.header();
-    let writer = h.writers.iter().find(|w| w.db == db && w.pid != 0).map(|w| w.latch);
-    let wake = writer.unwrap_or(h.launcher_latch);
+    let mut wake = [std::ptr::null_mut(); MAX_WRITERS_PER_DATABASE + 1];
+    let mut n = 0;
+    for w in h.writers.iter().filter(|w| w.db == db && w.pid != 0).take(MAX_WRITERS_PER_DATABASE) {
+        wake[n] = w.latch;
+        n += 1;
+    }
+    // No writer yet, or records piling up: the launcher starts one (another).
+    if n == 0 || backlogged(h) {
+        wake[n] = h.launcher_latch;
+    }
     drop(q);
-    set_latch(wake);
+    wake.into_iter().for_each(set_latch);
+}
+
+/// A quarter of the queue is taken: time for another writer.
+fn backlogged(h: &Header) -> bool {
+    (h.tail - h.head) * 4 >= h.capacity
 }
 
 thread_local! {
@@ -395,9 +413,10 @@ pub fn launcher_started() -> u64 {
     h.launcher_starts - 1
 }
 
-/// The databases whose records wait with no writer to take them; each is
-/// marked as starting (the caller starts its writer). A start that never
-/// registered within `retry_after_us` is tried again.
+/// The databases whose records wait with no writer to take them, or (while
+/// the queue is backlogged) with too few writers; each is marked as starting
+/// one more (the caller starts it). A start that never registered within
+/// `retry_after_us` is tried again.
 pub fn databases_needing_writers(retry_after_us: i64) -> Vec<pg_sys::Oid> {
     let Some(mut q) = Locked::new() else { return Vec::new() };
     let now = now();
@@ -415,7 +434,15 @@ pub fn databases_needing_writers(retry_after_us: i64) -> Vec<pg_sys::Oid> {
         }
     }
     let h = q.header();
-    needed.retain(|db| !h.writers.iter().any(|w| w.db == *db));
+    let backlogged = backlogged(h);
+    needed.retain(|db| {
+        let mine = || h.writers.iter().filter(|w| w.db == *db);
+        match mine().count() {
+            0 => true,
+            // One start at a time, so a slow start is not answered with several.
+            n => backlogged && n < MAX_WRITERS_PER_DATABASE && mine().all(|w| w.pid != 0),
+        }
+    });
     let mut started = Vec::new();
     for db in needed {
         let Some(free) = h.writers.iter_mut().find(|w| w.db == pg_sys::InvalidOid) else { break };
@@ -437,16 +464,17 @@ pub fn start_failed(db: pg_sys::Oid, message: &str) {
     }
 }
 
-/// A writer connected to `db` registers; `false` if another one already has.
+/// A writer connected to `db` registers; `false` if the database has as
+/// many writers as it may.
 pub fn register_writer(db: pg_sys::Oid) -> bool {
     let Some(mut q) = Locked::new() else { return false };
     // SAFETY: this process's pid and latch.
     let (pid, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch) };
     let h = q.header();
-    if h.writers.iter().any(|w| w.db == db && w.pid != 0 && w.pid != pid) {
+    if h.writers.iter().filter(|w| w.db == db && w.pid != 0 && w.pid != pid).count() >= MAX_WRITERS_PER_DATABASE {
         return false;
     }
-    let entry = match h.writers.iter().position(|w| w.db == db) {
+    let entry = match h.writers.iter().position(|w| w.db == db && (w.pid == pid || w.pid == 0)) {
         Some(i) => i,
         None => match h.writers.iter().position(|w| w.db == pg_sys::InvalidOid) {
             Some(i) => i,
@@ -471,13 +499,18 @@ pub fn leave_if_idle(db: pg_sys::Oid) -> bool {
     true
 }
 
+/// Frees this process's writer entry for `db`; one that never registered
+/// (it could not connect) frees a starting entry of `db` instead.
 fn forget_writer(q: &mut Locked, db: pg_sys::Oid) {
     // SAFETY: this process's pid.
     let pid = unsafe { pg_sys::MyProcPid };
-    for w in q.header().writers.iter_mut() {
-        if w.db == db && (w.pid == pid || w.pid == 0) {
-            *w = Writer { db: pg_sys::InvalidOid, pid: 0, latch: std::ptr::null_mut(), launched_at: 0 };
-        }
+    let writers = &mut q.header().writers;
+    let entry = writers
+        .iter()
+        .position(|w| w.db == db && w.pid == pid)
+        .or_else(|| writers.iter().position(|w| w.db == db && w.pid == 0));
+    if let Some(i) = entry {
+        writers[i] = Writer { db: pg_sys::InvalidOid, pid: 0, latch: std::ptr::null_mut(), launched_at: 0 };
     }
 }
 
