@@ -43,6 +43,14 @@ if ! target/py-venv/bin/python -c "import sys, psycopg; sys.exit(psycopg.__versi
   python3 -m venv target/py-venv
   target/py-venv/bin/pip install -q "psycopg[binary]==$PSYCOPG_VERSION"
 fi
+# The Node.js snippet runs there too, with the npm package pg (pinned; the
+# machine's Node.js and npm, the npm registry; installed once into target/node-pg).
+NODE_PG_VERSION=8.16.3
+if [ "$(node -p "require('./target/node-pg/node_modules/pg/package.json').version" 2>/dev/null)" != "$NODE_PG_VERSION" ]; then
+  echo "setup: installing the npm package pg $NODE_PG_VERSION into target/node-pg"
+  mkdir -p target/node-pg
+  npm install --silent --no-audit --no-fund --prefix target/node-pg "pg@$NODE_PG_VERSION"
+fi
 # cargo-fuzz, for the fuzz tier: pinned, and installed if missing, by scripts/fuzz.sh.
 scripts/fuzz.sh --install-only
 

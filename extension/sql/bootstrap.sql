@@ -90,20 +90,6 @@ INSERT INTO secretgate.model_routes (pattern, provider, runtime) VALUES
     ('google:',     'gemini',     NULL),
     ('openrouter:', 'openrouter', NULL);
 
--- The provider a workspace's model routes to: the route naming its runtime
--- beats one that does not, then the longest matching prefix. NULL when no
--- route matches (the gates treat that as platform-managed).
-CREATE FUNCTION secretgate.resolve_provider(runtime text, model text) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT r.provider
-    FROM secretgate.model_routes r
-    WHERE starts_with(model, r.pattern) AND (r.runtime IS NULL OR r.runtime = resolve_provider.runtime)
-    ORDER BY (r.runtime IS NOT NULL) DESC, length(r.pattern) DESC
-    LIMIT 1
-$$;
-
 -- Runtimes whose workspaces are external agents (exempt from BYOK, as
 -- kind = 'external' is): for platforms that mark external agents by runtime.
 CREATE TABLE secretgate.external_runtimes (

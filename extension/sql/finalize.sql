@@ -57,21 +57,26 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $guard$
 DECLARE
     created record;
     target text;
+    owned boolean;
 BEGIN
     FOR created IN
         SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
         WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_trigger'::pg_catalog.regclass
     LOOP
-        SELECT r.oid::pg_catalog.regclass::pg_catalog.text INTO target
+        SELECT r.oid::pg_catalog.regclass::pg_catalog.text, pg_catalog.pg_has_role(r.relowner, 'USAGE')
+          INTO target, owned
           FROM pg_catalog.pg_trigger t
           JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) t.tgrelid
           JOIN secretgate.attached_tables a
             ON t.tgrelid OPERATOR(pg_catalog.=) ANY (ARRAY[a.workspaces, a.secrets, a.global_secrets]::pg_catalog.oid[])
           JOIN pg_catalog.pg_proc f ON f.oid OPERATOR(pg_catalog.=) t.tgfoid
          WHERE t.oid OPERATOR(pg_catalog.=) created.objid
-           AND f.pronamespace OPERATOR(pg_catalog.<>) 'secretgate'::pg_catalog.regnamespace
-           AND NOT pg_catalog.pg_has_role(r.relowner, 'USAGE');
-        IF target IS NOT NULL THEN
+           AND f.pronamespace OPERATOR(pg_catalog.<>) 'secretgate'::pg_catalog.regnamespace;
+        CONTINUE WHEN target IS NULL;
+        -- The gates of this table need the preloaded library, and so does
+        -- this guard: without it, audit_status() raises 55000 with the fix.
+        PERFORM FROM secretgate.audit_status();
+        IF NOT owned THEN
             RAISE EXCEPTION 'secretgate: only the owner of % may add triggers to it', target
                 USING ERRCODE = '42501',
                       DETAIL = 'A trigger on a table secretgate guards runs inside every write to it and could change a row after the gates checked it.',

@@ -62,6 +62,7 @@ fn main() {
         autocommit_set_local_is_not_an_agent,
         an_agent_login_role_needs_no_setting,
         the_python_snippet_in_docs_adopting_runs,
+        the_node_snippet_in_docs_adopting_runs,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -748,5 +749,82 @@ print(denied[0], denied[1].get("error"), allowed[0])
         stdout.trim()
     );
     ensure!(!stdout.contains(&value) && !stderr.contains(&value), "the snippet printed the value");
+    Ok(())
+}
+
+/// The Node.js (`pg`) snippet of docs/adopting.md, run against this cluster
+/// with the package scripts/setup.sh installs into target/node-pg, inside a
+/// function giving it what it names (`client`, `workspaceId`, `key`, `value`,
+/// an Express-like `res`): 403 for a self-write, 200 for a plain write.
+async fn the_node_snippet_in_docs_adopting_runs(cluster: Arc<Cluster>) -> Result<()> {
+    cluster.write_keyring(&adoption_keyring(), 0o600);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("docs/adopting.md")).context("read docs/adopting.md")?;
+    let snippet = doc
+        .split("```js\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .ok_or_else(|| anyhow!("docs/adopting.md has no ```js snippet"))?;
+    let modules = std::env::var("SECRETGATE_NODE_MODULES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target/node-pg/node_modules"));
+    if !modules.join("pg").exists() {
+        bail!("{} has no pg: scripts/setup.sh installs it (or set SECRETGATE_NODE_MODULES)", modules.display());
+    }
+    let (db, _admin, concierge) = concierge_db(&cluster, "nodesnip").await?;
+    let ordinary = Uuid::new_v4();
+    let mut admin = PgConnection::connect(&cluster.url(&db)).await.context("connect")?;
+    sqlx::query(
+        "INSERT INTO workspaces (id, kind, status, runtime) VALUES ($1, 'workspace', 'provisioning', 'claude-code')",
+    )
+    .bind(ordinary)
+    .execute(&mut admin)
+    .await
+    .described("ordinary workspace")?;
+    let dir = cluster.dir().join(format!("snippet-{}", random_hex(3)));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("snippet.js");
+    let value = cluster.fresh_secret();
+    let harness = format!(
+        r#"const {{ Client }} = require('pg');
+const res = {{ status: (code) => ({{ json: (body) => [code, body.error] }}) }};
+
+async function setWorkspaceSecret(client, workspaceId, key, value) {{
+{snippet}
+  return [200, null];
+}}
+
+(async () => {{
+  const client = new Client({{ connectionString: process.env.DATABASE_URL }});
+  await client.connect();
+  const value = process.env.SNIPPET_VALUE;
+  const denied = await setWorkspaceSecret(client, '{concierge}', 'SNIPPET_KEY', value);
+  const allowed = await setWorkspaceSecret(client, '{ordinary}', 'SNIPPET_KEY', value);
+  console.log(denied[0], denied[1], allowed[0]);
+  await client.end();
+}})().catch((err) => {{
+  console.error('the snippet failed:', err.code);
+  process.exit(1);
+}});
+"#
+    );
+    std::fs::write(&script, harness)?;
+    let out = tokio::process::Command::new("node")
+        .arg(&script)
+        .env("NODE_PATH", &modules)
+        .env("DATABASE_URL", cluster.url(&db))
+        .env("SNIPPET_VALUE", &value)
+        .output()
+        .await
+        .context("run node")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!stdout.contains(&value) && !stderr.contains(&value), "the snippet printed the value");
+    ensure!(out.status.success(), "the snippet failed:\n{stdout}\n{stderr}");
+    ensure!(
+        stdout.trim() == "403 CONCIERGE_SELF_WRITE_BLOCKED 200",
+        "the snippet answered {:?} (expected 403 CONCIERGE_SELF_WRITE_BLOCKED, then 200)\n{stderr}",
+        stdout.trim()
+    );
     Ok(())
 }

@@ -428,10 +428,22 @@ async fn administrative_events_are_recorded_at_commit(cluster: Arc<Cluster>) -> 
         .execute(&mut db.conn)
         .await
         .described("rename rolled back")?;
-    sqlx::query("SELECT secretgate.rename_secret_key('OLD_NAME', 'NEW_NAME')")
-        .execute(&mut db.conn)
-        .await
-        .described("rename")?;
+    // Rolled back to a savepoint in a committed transaction: no row either.
+    sqlx::raw_sql(
+        "BEGIN; SAVEPOINT a; INSERT INTO secretgate.forbidden_keys (key, reason) VALUES ('BB_GONE', 'a test');
+         ROLLBACK TO SAVEPOINT a; COMMIT",
+    )
+    .execute(&mut db.conn)
+    .await
+    .described("registry change rolled back to a savepoint")?;
+    // Done in a released savepoint: committed with its transaction, one row.
+    sqlx::raw_sql(
+        "BEGIN; SAVEPOINT a; SAVEPOINT b; SELECT secretgate.rename_secret_key('OLD_NAME', 'NEW_NAME');
+         RELEASE SAVEPOINT b; RELEASE SAVEPOINT a; SAVEPOINT c; ROLLBACK TO SAVEPOINT c; COMMIT",
+    )
+    .execute(&mut db.conn)
+    .await
+    .described("rename")?;
     sqlx::query("SELECT secretgate.detach_gates()").execute(&mut db.conn).await.described("detach")?;
     sqlx::query(
         "SELECT secretgate.attach_gates('public.workspaces', 'public.workspace_secrets', 'public.global_secrets')",
@@ -854,14 +866,50 @@ async fn without_preload_everything_raises_55000(cluster: Arc<Cluster>) -> Resul
             );
             Ok(())
         };
+        // Every function of the extension, called with plain arguments of its types.
+        let functions: Vec<(String, String)> = sqlx::query_as(
+            "SELECT p.proname::text, coalesce(pg_catalog.oidvectortypes(p.proargtypes), '')
+               FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'secretgate'::regnamespace AND p.prokind = 'f'
+                AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
+              ORDER BY 1, 2",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .described("the extension's functions")?;
+        ensure!(functions.len() >= 25, "only {} functions found", functions.len());
+        for (name, types) in &functions {
+            let mut args = Vec::new();
+            for ty in types.split(", ").filter(|t| !t.is_empty()) {
+                args.push(match ty {
+                    "text" => "'x'",
+                    "integer" | "bigint" => "1",
+                    "boolean" => "false",
+                    "uuid" => "'00000000-0000-0000-0000-000000000001'::uuid",
+                    "bytea" => "'\\x00'::bytea",
+                    "regclass" => "'public.workspaces'::regclass",
+                    "timestamp with time zone" | "timestamp without time zone" => "now()",
+                    other => bail!("{name}({types}): no test value for an argument of type {other}"),
+                });
+            }
+            let call = format!("SELECT * FROM secretgate.{name}({})", args.join(", "));
+            check(&call, sqlx::query(&call).execute(&mut conn).await)?;
+        }
+        // The registry's triggers, and the guard of triggers on attached tables.
         check(
-            "current_key_version()",
-            sqlx::query("SELECT secretgate.current_key_version()").execute(&mut conn).await,
+            "a registry change",
+            sqlx::query("INSERT INTO secretgate.forbidden_keys (key, reason) VALUES ('NOPE', 'test')")
+                .execute(&mut conn)
+                .await,
         )?;
-        check("audit_status()", sqlx::query("SELECT * FROM secretgate.audit_status()").execute(&mut conn).await)?;
         check(
-            "read_global_secret()",
-            sqlx::query("SELECT secretgate.read_global_secret('X')").execute(&mut conn).await,
+            "CREATE TRIGGER on an attached table",
+            sqlx::raw_sql(
+                "CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END';
+                 CREATE TRIGGER noop BEFORE INSERT ON public.workspaces FOR EACH ROW EXECUTE FUNCTION public.noop()",
+            )
+            .execute(&mut conn)
+            .await,
         )?;
         check(
             "a gate (INSERT a workspace)",

@@ -217,7 +217,7 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.registry_changed()", true, false, false),
     ("secretgate.registry_upsert()", true, false, true),
     ("secretgate.rename_secret_key(text,text)", false, false, false),
-    ("secretgate.resolve_provider(text,text)", true, false, true),
+    ("secretgate.resolve_provider(text,text)", true, false, false),
     ("secretgate.set_global_secret(text,text)", true, false, false),
     ("secretgate.set_secret(uuid,text,text)", true, false, false),
     ("secretgate.try_read_secret(uuid,text)", true, false, false),

@@ -316,27 +316,45 @@ fn backlogged(h: &Header) -> bool {
     (h.tail - h.head) * 4 >= h.capacity
 }
 
+/// A record waiting for its transaction's commit.
+struct Pending {
+    /// One record per key and transaction (see [`enqueue_at_commit`]).
+    once: Option<String>,
+    /// The subtransaction that made it: a rolled-back savepoint takes it along.
+    subxact: pg_sys::SubTransactionId,
+    record: Vec<u8>,
+}
+
 thread_local! {
-    /// Records waiting for this transaction's commit, each with its
-    /// once-per-transaction key (if any).
-    static AT_COMMIT: std::cell::RefCell<Vec<(Option<String>, Vec<u8>)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static AT_COMMIT: std::cell::RefCell<Vec<Pending>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SUBXACT_HOOKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Queues the audit line `line` when (and only if) the current transaction
-/// commits: an administrative action that rolled back did not happen. With
-/// `once`, one line per key and transaction is queued, the last one given
-/// (a statement-level trigger fires again for statements nested in it,
-/// before the outer statement's).
+/// commits: an administrative action that rolled back, whole or to a
+/// savepoint, did not happen. With `once`, one line per key and transaction
+/// is queued, the last one given (a statement-level trigger fires again for
+/// statements nested in it, before the outer statement's).
 pub fn enqueue_at_commit(line: &str, once: Option<&str>) {
     if QUEUE.load(Ordering::Acquire).is_null() {
         return;
     }
     let record = audit::record(line, &context(), RECORD_BYTES);
+    if !SUBXACT_HOOKED.get() {
+        // SAFETY: registers a plain function for the life of this backend (Postgres
+        // keeps no per-transaction list of these); it only edits AT_COMMIT.
+        unsafe { pg_sys::RegisterSubXactCallback(Some(forget_rolled_back), std::ptr::null_mut()) };
+        SUBXACT_HOOKED.set(true);
+    }
+    // SAFETY: reads the current subtransaction's id (1 at the top level).
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     if once.is_some() {
+        // The replaced record keeps its subtransaction: the event it stands for
+        // happened there first, whatever a later savepoint does.
         let replaced = AT_COMMIT.with(|pending| {
             let mut pending = pending.borrow_mut();
-            let same = pending.iter_mut().find(|(key, _)| key.as_deref() == once);
-            same.map(|(_, r)| *r = record.clone()).is_some()
+            let same = pending.iter_mut().find(|p| p.once.as_deref() == once);
+            same.map(|p| p.record = record.clone()).is_some()
         });
         if replaced {
             return;
@@ -344,18 +362,33 @@ pub fn enqueue_at_commit(line: &str, once: Option<&str>) {
     }
     let first = AT_COMMIT.with(|pending| {
         let mut pending = pending.borrow_mut();
-        pending.push((once.map(str::to_string), record));
+        pending.push(Pending { once: once.map(str::to_string), subxact, record });
         pending.len() == 1
     });
     if first {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, || {
-            for (_, record) in AT_COMMIT.with(|p| std::mem::take(&mut *p.borrow_mut())) {
-                enqueue_record(record);
+            for pending in AT_COMMIT.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+                enqueue_record(pending.record);
             }
         });
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || {
             AT_COMMIT.with(|p| p.borrow_mut().clear());
         });
+    }
+}
+
+/// A subtransaction rolled back: the records it made, or any subtransaction
+/// inside it made (their ids are not smaller: ids grow, and every one started
+/// while it was open is nested in it), are forgotten.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget_rolled_back(
+    event: pg_sys::SubXactEvent::Type,
+    rolled_back: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        AT_COMMIT.with(|p| p.borrow_mut().retain(|pending| pending.subxact < rolled_back));
     }
 }
 

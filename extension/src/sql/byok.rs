@@ -10,6 +10,13 @@ use crate::store::{attached, registry, workspaces};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 
+/// The provider a runtime and model id route to (the routes naming the
+/// runtime first, then the longest matching prefix); NULL when none matches.
+#[pg_extern(stable)]
+fn resolve_provider(runtime: Option<&str>, model: Option<&str>) -> Option<String> {
+    error::run(|| Spi::connect(|client| registry::routed_provider_name(client, runtime, model)))
+}
+
 #[pg_extern(stable)]
 fn byok_credential_present(workspace_id: Option<pgrx::Uuid>, provider: Option<&str>) -> bool {
     error::run(|| {

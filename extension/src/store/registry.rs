@@ -12,14 +12,28 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-/// `secretgate.resolve_provider($1 runtime, $2 model)` as a subquery: the
-/// rule of `policy::route` (a test checks they agree on generated tables),
-/// spelled out so that it is part of the caller's kept plan. A SQL function
-/// that cannot be inlined is planned again on every call, which cost more
-/// than the rest of a registration.
+/// The routing rule of `policy::route` as a subquery over `$1 runtime, $2
+/// model` (a test checks they agree on generated tables): what
+/// `secretgate.resolve_provider` runs, and part of the gates' kept plans. A
+/// SQL function that cannot be inlined is planned again on every call, which
+/// cost more than the rest of a registration.
 pub const ROUTED_PROVIDER: &str = "(SELECT r.provider FROM secretgate.model_routes r \
      WHERE pg_catalog.starts_with($2, r.pattern) AND (r.runtime IS NULL OR r.runtime OPERATOR(pg_catalog.=) $1) \
      ORDER BY (r.runtime IS NOT NULL) DESC, pg_catalog.length(r.pattern) DESC, r.provider COLLATE \"C\" LIMIT 1)";
+
+/// The name of the provider `runtime` and `model` route to (what
+/// `secretgate.resolve_provider` returns); `None` when no route matches.
+pub fn routed_provider_name(
+    client: &SpiClient<'_>,
+    runtime: Option<&str>,
+    model: Option<&str>,
+) -> Result<Option<String>> {
+    let row = spi::select(client, &format!("SELECT {ROUTED_PROVIDER}"), Some(1), &[runtime.into(), model.into()])?;
+    if row.is_empty() {
+        return Ok(None);
+    }
+    Ok(row.first().get::<String>(1)?)
+}
 
 /// The provider a workspace's runtime and model route to; `None` when underivable.
 pub fn routed_provider(client: &SpiClient<'_>, runtime: Option<&str>, model: Option<&str>) -> Result<Option<Provider>> {
