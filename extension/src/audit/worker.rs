@@ -2,8 +2,8 @@
 //!
 //! The launcher (a static background worker, no database) wakes when a
 //! record waits for a database with no writer, when a quarter of the queue
-//! is taken, or once a second, and starts that database's writer (another,
-//! up to four, while the queue stays that full). A writer connects to its database, takes its
+//! is taken, or once a second, and starts that database's writer (all four
+//! it may have while the queue is that full). A writer connects to its database, takes its
 //! records in batches, inserts each batch in a transaction of its own,
 //! sends `NOTIFY secretgate_audit`, prunes rows older than
 //! `secretgate.audit_retention` in small batches, and leaves after a short

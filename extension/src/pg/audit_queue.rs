@@ -1,7 +1,7 @@
 //! The audit queue: fixed-size records in shared memory, filled by the
 //! refusing backend before it raises, emptied by the audit writers
 //! (background workers started per database by a launcher; see
-//! `audit::worker`). One writer per database, more while its records pile up:
+//! `audit::worker`). One writer per database, four while records pile up:
 //! a single writer competes for CPU with every refusing session and, under a
 //! storm of refusals, gets too small a share to keep up.
 //!
@@ -297,15 +297,22 @@ fn enqueue_record(bytes: Vec<u8>) {
     slot.state = READY;
     q.header().tail += 1;
     let h = q.header();
+    let backlogged = backlogged(h);
+    // One running writer is woken, every one while records pile up.
     let mut wake = [std::ptr::null_mut(); MAX_WRITERS_PER_DATABASE + 1];
-    let mut n = 0;
-    for w in h.writers.iter().filter(|w| w.db == db && w.pid != 0).take(MAX_WRITERS_PER_DATABASE) {
-        wake[n] = w.latch;
-        n += 1;
+    let (mut running, mut all) = (0, 0);
+    for w in h.writers.iter().filter(|w| w.db == db) {
+        all += 1;
+        if w.pid != 0 && running < MAX_WRITERS_PER_DATABASE {
+            if running == 0 || backlogged {
+                wake[running] = w.latch;
+            }
+            running += 1;
+        }
     }
-    // No writer yet, or records piling up: the launcher starts one (another).
-    if n == 0 || backlogged(h) {
-        wake[n] = h.launcher_latch;
+    // No writer yet, or too few for the records piling up: the launcher starts one.
+    if running == 0 || (backlogged && all < MAX_WRITERS_PER_DATABASE) {
+        wake[MAX_WRITERS_PER_DATABASE] = h.launcher_latch;
     }
     drop(q);
     wake.into_iter().for_each(set_latch);
@@ -446,10 +453,10 @@ pub fn launcher_started() -> u64 {
     h.launcher_starts - 1
 }
 
-/// The databases whose records wait with no writer to take them, or (while
-/// the queue is backlogged) with too few writers; each is marked as starting
-/// one more (the caller starts it). A start that never registered within
-/// `retry_after_us` is tried again.
+/// The writers to start: one for each database whose records wait with no
+/// writer, and while the queue is backlogged as many as the database may
+/// have. Each is marked as starting (the caller starts it); a start that
+/// never registered within `retry_after_us` is tried again.
 pub fn databases_needing_writers(retry_after_us: i64) -> Vec<pg_sys::Oid> {
     let Some(mut q) = Locked::new() else { return Vec::new() };
     let now = now();
@@ -468,19 +475,17 @@ pub fn databases_needing_writers(retry_after_us: i64) -> Vec<pg_sys::Oid> {
     }
     let h = q.header();
     let backlogged = backlogged(h);
-    needed.retain(|db| {
-        let mine = || h.writers.iter().filter(|w| w.db == *db);
-        match mine().count() {
-            0 => true,
-            // One start at a time, so a slow start is not answered with several.
-            n => backlogged && n < MAX_WRITERS_PER_DATABASE && mine().all(|w| w.pid != 0),
-        }
-    });
     let mut started = Vec::new();
     for db in needed {
-        let Some(free) = h.writers.iter_mut().find(|w| w.db == pg_sys::InvalidOid) else { break };
-        *free = Writer { db, pid: 0, latch: std::ptr::null_mut(), launched_at: now };
-        started.push(db);
+        let have = h.writers.iter().filter(|w| w.db == db).count();
+        // A storm fills the queue faster than a writer starts: every writer
+        // the database may have is started at once.
+        let want = if backlogged { MAX_WRITERS_PER_DATABASE } else { 1 };
+        for _ in have..want {
+            let Some(free) = h.writers.iter_mut().find(|w| w.db == pg_sys::InvalidOid) else { break };
+            *free = Writer { db, pid: 0, latch: std::ptr::null_mut(), launched_at: now };
+            started.push(db);
+        }
     }
     started
 }
