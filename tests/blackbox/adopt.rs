@@ -684,28 +684,27 @@ async fn an_agent_login_role_needs_no_setting(cluster: Arc<Cluster>) -> Result<(
     Ok(())
 }
 
-/// The Python (psycopg) snippet of docs/adopting.md, run against this
-/// cluster with the virtualenv scripts/setup.sh makes: it maps SQLSTATEs to
-/// HTTP answers, and must give 403 for a self-write and 200 for a plain write.
-async fn the_python_snippet_in_docs_adopting_runs(cluster: Arc<Cluster>) -> Result<()> {
-    cluster.write_keyring(&adoption_keyring(), 0o600);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let doc = std::fs::read_to_string(root.join("docs/adopting.md")).context("read docs/adopting.md")?;
-    let snippet = doc
-        .split("```python\n")
+/// The repository's root (the docs and target/ live there).
+fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The first ```lang snippet of docs/adopting.md.
+fn adopting_snippet(lang: &str) -> Result<String> {
+    let doc = std::fs::read_to_string(repo_root().join("docs/adopting.md")).context("read docs/adopting.md")?;
+    doc.split(&format!("```{lang}\n"))
         .nth(1)
         .and_then(|rest| rest.split("\n```").next())
-        .ok_or_else(|| anyhow!("docs/adopting.md has no ```python snippet"))?;
-    let python = std::env::var("SECRETGATE_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/py-venv/bin/python"));
-    if !python.exists() {
-        bail!(
-            "{} not found: scripts/setup.sh makes the virtualenv with psycopg (or set SECRETGATE_PYTHON)",
-            python.display()
-        );
-    }
-    let (db, _admin, concierge) = concierge_db(&cluster, "snippet").await?;
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("docs/adopting.md has no ```{lang} snippet"))
+}
+
+/// What a client snippet runs against: a database with a concierge and an
+/// ordinary workspace, and a folder for the script. Returns (database,
+/// concierge, ordinary workspace, folder).
+async fn snippet_world(cluster: &Cluster, prefix: &str) -> Result<(String, Uuid, Uuid, std::path::PathBuf)> {
+    cluster.write_keyring(&adoption_keyring(), 0o600);
+    let (db, _admin, concierge) = concierge_db(cluster, prefix).await?;
     let ordinary = Uuid::new_v4();
     let mut admin = PgConnection::connect(&cluster.url(&db)).await.context("connect")?;
     sqlx::query(
@@ -717,6 +716,24 @@ async fn the_python_snippet_in_docs_adopting_runs(cluster: Arc<Cluster>) -> Resu
     .described("ordinary workspace")?;
     let dir = cluster.dir().join(format!("snippet-{}", random_hex(3)));
     std::fs::create_dir_all(&dir)?;
+    Ok((db, concierge, ordinary, dir))
+}
+
+/// The Python (psycopg) snippet of docs/adopting.md, run against this
+/// cluster with the virtualenv scripts/setup.sh makes: it maps SQLSTATEs to
+/// HTTP answers, and must give 403 for a self-write and 200 for a plain write.
+async fn the_python_snippet_in_docs_adopting_runs(cluster: Arc<Cluster>) -> Result<()> {
+    let snippet = adopting_snippet("python")?;
+    let python = std::env::var("SECRETGATE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target/py-venv/bin/python"));
+    if !python.exists() {
+        bail!(
+            "{} not found: scripts/setup.sh makes the virtualenv with psycopg (or set SECRETGATE_PYTHON)",
+            python.display()
+        );
+    }
+    let (db, concierge, ordinary, dir) = snippet_world(&cluster, "snippet").await?;
     let script = dir.join("snippet.py");
     let value = cluster.fresh_secret();
     let harness = format!(
@@ -757,32 +774,14 @@ print(denied[0], denied[1].get("error"), allowed[0])
 /// function giving it what it names (`client`, `workspaceId`, `key`, `value`,
 /// an Express-like `res`): 403 for a self-write, 200 for a plain write.
 async fn the_node_snippet_in_docs_adopting_runs(cluster: Arc<Cluster>) -> Result<()> {
-    cluster.write_keyring(&adoption_keyring(), 0o600);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let doc = std::fs::read_to_string(root.join("docs/adopting.md")).context("read docs/adopting.md")?;
-    let snippet = doc
-        .split("```js\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n```").next())
-        .ok_or_else(|| anyhow!("docs/adopting.md has no ```js snippet"))?;
+    let snippet = adopting_snippet("js")?;
     let modules = std::env::var("SECRETGATE_NODE_MODULES")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/node-pg/node_modules"));
+        .unwrap_or_else(|_| repo_root().join("target/node-pg/node_modules"));
     if !modules.join("pg").exists() {
         bail!("{} has no pg: scripts/setup.sh installs it (or set SECRETGATE_NODE_MODULES)", modules.display());
     }
-    let (db, _admin, concierge) = concierge_db(&cluster, "nodesnip").await?;
-    let ordinary = Uuid::new_v4();
-    let mut admin = PgConnection::connect(&cluster.url(&db)).await.context("connect")?;
-    sqlx::query(
-        "INSERT INTO workspaces (id, kind, status, runtime) VALUES ($1, 'workspace', 'provisioning', 'claude-code')",
-    )
-    .bind(ordinary)
-    .execute(&mut admin)
-    .await
-    .described("ordinary workspace")?;
-    let dir = cluster.dir().join(format!("snippet-{}", random_hex(3)));
-    std::fs::create_dir_all(&dir)?;
+    let (db, concierge, ordinary, dir) = snippet_world(&cluster, "nodesnip").await?;
     let script = dir.join("snippet.js");
     let value = cluster.fresh_secret();
     let harness = format!(
