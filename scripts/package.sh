@@ -70,7 +70,8 @@ shlib_depends() {
     rm -rf "$tmp"
 }
 
-# The files every package carries: copyright and a Debian changelog.
+# The files every package carries: copyright (the PostgreSQL Licence, as in LICENSE)
+# and a Debian changelog.
 doc_files() {
     local root=$1 name=$2 doc="$1/usr/share/doc/$2"
     install -d "$doc"
@@ -80,10 +81,26 @@ Upstream-Name: secretgate
 Comment: Built from the secretgate source tree by scripts/package.sh.
 
 Files: *
-Copyright: 2026 the secretgate developers
-License: no-license-granted
- The secretgate source carries no licence yet; no rights are granted beyond
- running the software where it was obtained.
+Copyright: 2026 The secretgate contributors
+License: PostgreSQL
+
+License: PostgreSQL
+ Permission to use, copy, modify, and distribute this software and its
+ documentation for any purpose, without fee, and without a written agreement
+ is hereby granted, provided that the above copyright notice and this
+ paragraph and the following two paragraphs appear in all copies.
+ .
+ IN NO EVENT SHALL THE SECRETGATE CONTRIBUTORS BE LIABLE TO ANY PARTY FOR
+ DIRECT, INDIRECT, SPECIAL, INCIDENTAL, OR CONSEQUENTIAL DAMAGES, INCLUDING
+ LOST PROFITS, ARISING OUT OF THE USE OF THIS SOFTWARE AND ITS
+ DOCUMENTATION, EVEN IF THE SECRETGATE CONTRIBUTORS HAVE BEEN ADVISED OF THE
+ POSSIBILITY OF SUCH DAMAGE.
+ .
+ THE SECRETGATE CONTRIBUTORS SPECIFICALLY DISCLAIM ANY WARRANTIES,
+ INCLUDING, BUT NOT LIMITED TO, THE IMPLIED WARRANTIES OF MERCHANTABILITY
+ AND FITNESS FOR A PARTICULAR PURPOSE. THE SOFTWARE PROVIDED HEREUNDER IS
+ ON AN "AS IS" BASIS, AND THE SECRETGATE CONTRIBUTORS HAVE NO OBLIGATIONS TO
+ PROVIDE MAINTENANCE, SUPPORT, UPDATES, ENHANCEMENTS, OR MODIFICATIONS.
 EOF
     printf '%s (%s) unstable; urgency=medium\n\n  * secretgate %s, built by scripts/package.sh.\n\n -- secretgate developers <dev@secretgate.dev>  %s\n' \
         "$name" "$version" "$version" "$(date -R -d @"${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}")" \
