@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""secretgate's benchmark suite (issue 7). Run it through scripts/bench.sh,
+"""secretgate's benchmark suite (docs/performance.md). Run it through scripts/bench.sh,
 which builds the release extension, prepares the private PostgreSQL tree and
 this venv, then calls:  bench.py [all | write_tax bulk decrypt plpgsql scale | profile NAME]
 

@@ -1,6 +1,6 @@
--- Reference gates in PL/pgSQL, for issue 7's comparison only (never installed
--- by the extension). Same logic as src/gates.rs, src/byok.rs, src/triggers.rs
--- and register_workspace in src/concierge.rs, on a copy of the platform's
+-- Reference gates in PL/pgSQL, for the benchmark's comparison only (never
+-- installed by the extension). Same logic as the gates (extension/src/gates/
+-- and the core's policy) and register_workspace, on a copy of the platform's
 -- tables in schema sgref (same columns, keys and foreign key), sharing
 -- secretgate's registry (providers, model_routes, forbidden_keys, liveness).
 --

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# secretgate's benchmark suite (issue 7): not part of scripts/test.sh.
+# secretgate's benchmark suite (docs/performance.md): not part of scripts/test.sh.
 #   scripts/bench.sh                  every comparison; writes bench/report.md and bench/plots/
 #   scripts/bench.sh write_tax        one or more of: write_tax bulk decrypt plpgsql scale
 #                                     (partial or quick runs write target/bench-results/report-*.md)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The packages on a system that never built secretgate (issue 15):
+# The packages on a system that never built secretgate (docs/packaging.md):
 #   1. builds this version's packages (scripts/package.sh) and the previous
 #      released version's extension package (from its commit, cached);
 #   2. copies a Debian 12 root made by debootstrap from Debian's packages, with

@@ -13,7 +13,7 @@ URL="postgres://postgres@127.0.0.1:$PORT/postgres"
 scripts/install.sh
 cargo build -p secretgate-cli
 # A throwaway cluster: start from scratch each time, so the database runs
-# this build's extension version and migrations.
+# the extension version and migrations just built.
 scripts/cluster.sh stop "$DIR"
 rm -rf "$DIR"
 scripts/cluster.sh start "$DIR" "$PORT"

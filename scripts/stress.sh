@@ -8,7 +8,7 @@
 # secretgate.caller = 'agent', superuser and plain operators) run random
 # transactions against one throwaway cluster for that many seconds, while
 # reencrypt batches run and the keyring gets a new current version every 30 s
-# (at most). Afterwards every invariant of CONTRACT §6 is checked over what
+# (at most). Afterwards every invariant of the gates is checked over what
 # committed: the platform-identity history replayed in commit order, the BYOK
 # and self-write audits, forbidden keys and MODEL values, verify_secrets.
 # The report (operations, commits, refusals by SQLSTATE, violations) goes to

@@ -40,6 +40,7 @@ for major in "${all_tiers[@]}"; do
     tier_start=$SECONDS
     cargo fmt --all --check
     scripts/check-layers.sh
+    scripts/check-shipped.sh
     cargo clippy --workspace --all-targets -- -D warnings
     # The extension's code for this major (its cfg'd shims in extension/src/pg/).
     [ "$major" = 15 ] || cargo clippy -p secretgate --all-targets --no-default-features --features "pg$major" -- -D warnings
@@ -68,7 +69,7 @@ done
 tier_start=$SECONDS
 install=("${majors[@]}")
 if [[ " ${majors[*]} " == *" 18 "* ]]; then
-    # majors.rs moves 15 and 16 clusters to 18 in 18's pass: every installed major gets this build.
+    # majors.rs moves 15 and 16 clusters to 18 in 18's pass: every installed major gets the same build.
     install=()
     for major in "${SUPPORTED_MAJORS[@]}"; do [ ! -x "$(pg_config_of "$major")" ] || install+=("$major"); done
 fi

@@ -1,5 +1,5 @@
 //! `secretgate adopt`: where a database stands on the way to secretgate
-//! (CONTRACT §7). It changes nothing: it reads the catalog, asks the server
+//! (docs/adopting.md). It changes nothing: it reads the catalog, asks the server
 //! whether the tables attach (`secretgate.attach_check`), counts rows per key
 //! version and format and the rows the current keyring cannot read
 //! (`secretgate.adoption_rows`: decrypted in the server, never a value here),

@@ -1,4 +1,4 @@
-//! `secretgate audit`: the rows of `secretgate.audit_events` (CONTRACT §6, §7),
+//! `secretgate audit`: the rows of `secretgate.audit_events` (refusals and admin events),
 //! as a table or as JSON lines; `--follow` keeps printing new rows as the
 //! extension's audit writers announce them (`NOTIFY secretgate_audit`),
 //! without polling. Rows never hold a value, so there is none to print.

@@ -57,7 +57,7 @@ pub async fn connect(url: &str, application_name: &str) -> Result<PgConnection, 
     }
 }
 
-/// This tool's version: the workspace's, which is the extension's (CONTRACT §7).
+/// This tool's version: the workspace's, which is the extension's (released together).
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Reads the installed extension's version and, when it differs from this

@@ -1,4 +1,4 @@
-//! `secretgate keyring new | add-version FILE | check` (CONTRACT §7).
+//! `secretgate keyring new | add-version FILE | check` (docs/reference/keyring.md).
 //!
 //! `new` and `add-version` work on a keyring file and need no database: the
 //! file is written 0600 through a temporary file in the same directory and

@@ -1,4 +1,4 @@
-//! `secretgate`: the command-line tool (CONTRACT §7).
+//! `secretgate`: the command-line tool (docs/reference/cli.md).
 //!
 //! Exit codes: 0 success, 1 a check failed, 2 usage or connection error.
 

@@ -124,7 +124,7 @@ enum State {
     Changed,
     /// Recorded as not successful (partially applied).
     Failed,
-    /// Applied, but no such migration is embedded in this build.
+    /// Applied, but no such migration is embedded in this binary.
     Unknown,
 }
 
@@ -178,7 +178,7 @@ async fn status(migrator: &Migrator, conn: &mut PgConnection) -> Result<Vec<Row>
     }
     for (version, _, _) in &applied {
         if !rows.iter().any(|r| r.version == *version) {
-            rows.push(Row { version: *version, description: "(not in this build)".into(), state: State::Unknown });
+            rows.push(Row { version: *version, description: "(not in this binary)".into(), state: State::Unknown });
         }
     }
     rows.sort_by_key(|r| r.version);

@@ -1,5 +1,5 @@
-//! `secretgate probe`: the liveness preflight (CONTRACT §5 `record_liveness`,
-//! §6 BYOK, §7; DOMAIN incident 4).
+//! `secretgate probe`: the BYOK liveness preflight: a dead credential is found
+//! and recorded (`record_liveness`) before a workspace goes online with it.
 //!
 //! The extension says what to probe: `secretgate.byok_credentials()` lists,
 //! for every BYOK workspace, each of its provider's `auth_env` key names that

@@ -1,5 +1,5 @@
 //! `secretgate rotate`: re-encrypts every secret under the current key version
-//! (CONTRACT §3, §5 `reencrypt`, §7; issue 5 item 2).
+//! (docs/reference/keyring.md, rotating a key).
 //!
 //! The tool counts the rows of the attached tables that are not on the current
 //! key version, then calls `secretgate.reencrypt(batch_size)` again and again,

@@ -1,5 +1,5 @@
-//! `secretgate verify`: every stored secret that does not decrypt (CONTRACT §5
-//! `verify_secrets`, §7).
+//! `secretgate verify`: every stored secret that does not decrypt
+//! (`secretgate.verify_secrets()`).
 //!
 //! The extension decrypts every row of the attached secrets tables, in the
 //! server, and reports `ok` or the error's SQLSTATE for each; only the rows

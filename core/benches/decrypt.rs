@@ -1,4 +1,4 @@
-//! The floor for issue 7's decrypt comparison: the pure core opening one
+//! The floor for the benchmark's decrypt comparison: the pure core opening one
 //! stored 64-byte secret in-process (associated data, AES-256-GCM, UTF-8
 //! check), with no Postgres around it. scripts/bench.sh runs it and reads
 //! Criterion's estimates; `cargo bench -p secretgate-core --bench decrypt`

@@ -1,5 +1,5 @@
 /// Every refusal secretgate raises: its SQLSTATE and the code word its
-/// message starts with (CONTRACT §4). The one table both sides share.
+/// message starts with (`WORD: reason`). The one table both sides share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
     DecryptFailed,
