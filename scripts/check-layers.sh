@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Checks the layer rule of extension/src/ (see extension/src/lib.rs): sql -> gates -> audit -> store -> pg.
 # A module may use modules of its own layer or the layers below, never above,
-# and no modules may use each other in a circle. Exits 1 on a violation.
+# and no modules may use each other in a circle.
+# Checks cli/src/ too: main.rs, the crate root, is the top; no other module
+# uses it (or an item defined in it), and no modules use each other in a circle.
+# Exits 1 on a violation in either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 - <<'PY'
+status=0
+python3 - <<'PY' || status=1
 import os, re, sys
 
 LAYERS = ["pg", "store", "audit", "gates", "sql"]  # bottom to top
@@ -58,3 +62,83 @@ if bad:
     sys.exit(1)
 print(f"check-layers: {len(modules)} modules in {len(LAYERS)} layers, imports point down, no circle")
 PY
+
+# The tool: every file (or folder) under cli/src is one module, named by its
+# stem; `crate::x` names module x, and any other `crate::` name is an item of
+# the crate root. Comment lines are skipped, so a doc comment may name a path.
+python3 - <<'PY' || status=1
+import os, re, sys
+
+ROOT = os.path.join("cli", "src")
+TOP = "main"                                        # the crate root
+files = {}                                          # module -> its files
+for dirpath, _, names in os.walk(ROOT):
+    for name in sorted(names):
+        if name.endswith(".rs"):
+            path = os.path.join(dirpath, name)
+            module = os.path.relpath(path, ROOT).split(os.sep)[0].removesuffix(".rs")
+            files.setdefault(module, []).append(path)
+
+def braced(text, start):
+    """The text inside the braces that open at text[start], nested braces kept."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start + 1:i]
+    return text[start + 1:]
+
+def top_level_names(inside):
+    """`db, failure::{one_line, Failure}, self` -> ["db", "failure", "self"]."""
+    names, depth, part = [], 0, ""
+    for ch in inside + ",":
+        if ch == "," and depth == 0:
+            m = re.match(r"\s*(\w+)", part)
+            if m:
+                names.append(m.group(1))
+            part = ""
+            continue
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        part += ch
+    return names
+
+edges = {m: set() for m in files}
+bad = []
+for module, paths in sorted(files.items()):
+    for path in paths:
+        code = "\n".join(l for l in open(path).read().splitlines() if not l.lstrip().startswith("//"))
+        for m in re.finditer(r"\bcrate::", code):
+            rest = m.end()
+            if code[rest:rest + 1] == "{":
+                names = top_level_names(braced(code, rest))
+            else:
+                names = re.findall(r"^\w+", code[rest:])
+            for name in names:
+                if name == "self":
+                    continue
+                target = name if name in files and name != TOP else TOP
+                if target == TOP and module != TOP:
+                    bad.append(f"{path}: {module} uses crate::{name} of the crate root (main.rs), the top")
+                elif target != module:
+                    edges[module].add(target)
+
+state = {}
+def visit(m, trail):
+    state[m] = 1
+    for n in sorted(edges[m]):
+        if state.get(n) == 1:
+            bad.append("circle: " + " -> ".join(trail[trail.index(n):] + [n]))
+        elif n not in state:
+            visit(n, trail + [n])
+    state[m] = 2
+for m in sorted(files):
+    if m not in state:
+        visit(m, [m])
+
+if bad:
+    print("check-layers: cli/src: the layer rule is broken:")
+    print("\n".join("  " + b for b in bad))
+    sys.exit(1)
+print(f"check-layers: cli/src: {len(files)} modules under main.rs, none uses the crate root, no circle")
+PY
+exit $status

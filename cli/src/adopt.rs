@@ -10,8 +10,9 @@
 //! key version bound); 1 not there yet (the report says why); 2 usage or
 //! connection error.
 
-use crate::verify::{db_message, sqlstate};
-use crate::{db, Failure};
+use crate::db;
+use crate::db_error::{describe, sqlstate};
+use crate::failure::Failure;
 use anyhow::anyhow;
 use clap::Args;
 use sqlx::postgres::PgConnection;
@@ -137,8 +138,8 @@ pub fn next_step(f: &Findings) -> (Stage, String) {
 
 fn query_failed(what: &str, e: &sqlx::Error) -> Failure {
     match sqlstate(e) {
-        Some(code) => Failure::usage(anyhow!("cannot {what} (SQLSTATE {code}: {})", db_message(e))),
-        None => Failure::usage(anyhow!("lost the database connection while trying to {what}: {}", db_message(e))),
+        Some(_) => Failure::usage(anyhow!("cannot {what} ({})", describe(e))),
+        None => Failure::usage(anyhow!("lost the database connection while trying to {what}: {}", describe(e))),
     }
 }
 
@@ -323,13 +324,6 @@ async fn report(conn: &mut PgConnection, url: &str, args: &AdoptArgs) -> Result<
 
 fn missing_tables(f: &Findings) -> bool {
     f.problems.iter().any(|p| p.ends_with(": no such table"))
-}
-
-fn describe(e: &sqlx::Error) -> String {
-    match sqlstate(e) {
-        Some(code) => format!("SQLSTATE {code}: {}", db_message(e)),
-        None => db_message(e),
-    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! Exit codes: 0 success; 2 usage or connection error (a bad duration, no
 //! extension, a role that may not read the table: grant it secretgate_auditor).
 
-use crate::{db, one_line, Failure};
+use crate::db::{self, TOOL_VERSION};
+use crate::db_error::{describe, sqlstate};
+use crate::failure::Failure;
 use anyhow::anyhow;
 use clap::Args;
 use serde_json::Value;
@@ -59,9 +61,8 @@ const SELECT: &str = "SELECT a.id, pg_catalog.to_jsonb(a)::text FROM secretgate.
 pub async fn main(url: &str, args: AuditArgs) -> Result<(), Failure> {
     let mut conn = db::connect(url, "secretgate audit").await?;
     let mut listener = if args.follow {
-        let mut l = PgListener::connect(url)
-            .await
-            .map_err(|e| Failure::usage(anyhow!("{}", db::scrub(url, one_line(&e.to_string())))))?;
+        let mut l =
+            PgListener::connect(url).await.map_err(|e| Failure::usage(anyhow!("{}", db::scrub(url, describe(&e)))))?;
         l.listen("secretgate_audit").await.map_err(|e| Failure::usage(anyhow!("LISTEN secretgate_audit: {e}")))?;
         Some(l)
     } else {
@@ -96,12 +97,12 @@ async fn print_new(conn: &mut PgConnection, args: &AuditArgs, after: i64) -> Res
         .fetch_all(conn)
         .await
         .map_err(|e| {
-            let hint = match e.as_database_error().and_then(|d| d.code()).as_deref() {
-                Some("42501") => " (reading the audit trail needs membership in secretgate_auditor)",
-                Some("42P01") => " (no secretgate.audit_events: is secretgate 0.4.0 installed here?)",
-                _ => "",
+            let hint = match sqlstate(&e).as_deref() {
+                Some("42501") => " (reading the audit trail needs membership in secretgate_auditor)".to_string(),
+                Some("42P01") => format!(" (no secretgate.audit_events: is secretgate {TOOL_VERSION} installed here?)"),
+                _ => String::new(),
             };
-            Failure::usage(anyhow!("reading secretgate.audit_events: {}{hint}", one_line(&e.to_string())))
+            Failure::usage(anyhow!("reading secretgate.audit_events: {}{hint}", describe(&e)))
         })?;
     let mut last = after;
     for (id, json) in rows {

@@ -1,7 +1,7 @@
 //! One dedicated connection, and a URL that is safe to print; and the check,
 //! on every connection, that the database's extension is this tool's version.
 
-use crate::Failure;
+use crate::failure::Failure;
 use anyhow::anyhow;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::ConnectOptions;

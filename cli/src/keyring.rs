@@ -7,8 +7,9 @@
 //! `check` asks the server (`secretgate.key_check_status()`) how its keyring
 //! compares with the database's key check values; no row is decrypted.
 
-use crate::verify::{db_message, sqlstate};
-use crate::{db, Failure};
+use crate::db::{self, TOOL_VERSION};
+use crate::db_error::{describe, sqlstate};
+use crate::failure::Failure;
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use sqlx::Connection;
@@ -146,13 +147,13 @@ async fn check(url: &str) -> Result<(), Failure> {
     let _ = conn.close().await;
     let rows = result.map_err(|e| match sqlstate(&e) {
         Some(code) if code.starts_with("SG") => {
-            Failure::check(anyhow!("the server cannot use its keyring (SQLSTATE {code}: {})", db_message(&e)))
+            Failure::check(anyhow!("the server cannot use its keyring ({})", describe(&e)))
         }
-        Some(code) => Failure::usage(anyhow!(
-            "cannot compare the keyring (SQLSTATE {code}: {}); is the secretgate extension at 0.4.0 and migrated?",
-            db_message(&e)
+        Some(_) => Failure::usage(anyhow!(
+            "cannot compare the keyring ({}); is the secretgate extension at {TOOL_VERSION} and migrated?",
+            describe(&e)
         )),
-        None => Failure::usage(anyhow!("lost the database connection: {}", db_message(&e))),
+        None => Failure::usage(anyhow!("lost the database connection: {}", describe(&e))),
     })?;
     let mut problems = 0;
     for r in &rows {

@@ -5,6 +5,8 @@
 mod adopt;
 mod audit;
 mod db;
+mod db_error;
+mod failure;
 mod keyring;
 mod manual;
 mod migrate;
@@ -12,7 +14,8 @@ mod probe;
 mod rotate;
 mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use failure::{one_line, Failure};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -60,28 +63,10 @@ enum Command {
     },
 }
 
-/// An error and the exit code it maps to.
-pub struct Failure {
-    pub code: u8,
-    pub error: anyhow::Error,
-}
-
-impl Failure {
-    /// A check failed: exit 1.
-    pub fn check(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: 1, error: error.into() }
-    }
-
-    /// Usage or connection error: exit 2.
-    pub fn usage(error: impl Into<anyhow::Error>) -> Self {
-        Failure { code: 2, error: error.into() }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::GenerateManual { out } = &cli.command {
-        return match manual::write(out) {
+        return match manual::write(Cli::command(), out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -121,9 +106,4 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
-}
-
-/// Error chains from the server can span lines; keep one line.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -1,17 +1,19 @@
 //! The man pages and shell completions, generated from the clap definition so
 //! they never drift from `--help` (packaged by scripts/package.sh).
+//!
+//! The definition is passed in rather than read from the crate root, so this
+//! module depends on nothing of the tool's.
 
 use anyhow::Context;
-use clap::CommandFactory;
 use clap_complete::Shell;
 use std::path::Path;
 
 /// Writes `man/secretgate.1` (and one page per visible subcommand,
-/// `secretgate-migrate.1`, …) and `completions/` for bash, zsh and fish into `out`.
-pub fn write(out: &Path) -> anyhow::Result<()> {
+/// `secretgate-migrate.1`, …) and `completions/` for bash, zsh and fish into
+/// `out`, all from `command`, the tool's whole clap definition.
+pub fn write(command: clap::Command, out: &Path) -> anyhow::Result<()> {
     let man = out.join("man");
     std::fs::create_dir_all(&man).with_context(|| format!("cannot create {}", man.display()))?;
-    let command = crate::Cli::command();
     clap_mangen::generate_to(command.clone(), &man).context("cannot write the man pages")?;
 
     let completions = out.join("completions");

@@ -36,7 +36,9 @@
 //! Exit codes: 0 every probe recorded (dead ones included); 1 a credential
 //! could not be read, probed or recorded; 2 usage or connection error.
 
-use crate::{db, one_line, Failure};
+use crate::db;
+use crate::db_error::{describe, sqlstate};
+use crate::failure::Failure;
 use anyhow::anyhow;
 use clap::Args;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -127,26 +129,13 @@ impl Outcome {
     }
 
     /// A database error while reading or recording: its SQLSTATE, or a lost connection.
+    /// The probe never sends a value to the server, so the server's message
+    /// is safe to show.
     fn db_error(what: &str, e: &sqlx::Error) -> Outcome {
         match sqlstate(e) {
-            Some(code) => {
-                Outcome::error(code.clone(), format!("{what}: SQLSTATE {code}: {}", db_message(e)), FailureKind::Check)
-            }
-            None => Outcome::error("-", format!("{what}: {}", one_line(&e.to_string())), FailureKind::Connection),
+            Some(code) => Outcome::error(code, format!("{what}: {}", describe(e)), FailureKind::Check),
+            None => Outcome::error("-", format!("{what}: {}", describe(e)), FailureKind::Connection),
         }
-    }
-}
-
-fn sqlstate(e: &sqlx::Error) -> Option<String> {
-    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
-}
-
-/// The server's message (the probe never sends a value to the server, and the
-/// extension's errors never carry one).
-fn db_message(e: &sqlx::Error) -> String {
-    match e.as_database_error() {
-        Some(d) => one_line(d.message()),
-        None => one_line(&e.to_string()),
     }
 }
 
@@ -175,7 +164,7 @@ pub async fn main(url: &str, args: ProbeArgs) -> Result<(), Failure> {
                 .bind(ws)
                 .fetch_one(&mut conn)
                 .await
-                .map_err(|e| Failure::usage(anyhow!("cannot look up workspace {ws}: {}", db_message(&e))))?;
+                .map_err(|e| Failure::usage(anyhow!("cannot look up workspace {ws}: {}", describe(&e))))?;
         if !exists {
             let _ = conn.close().await;
             return Err(Failure::usage(anyhow!("no workspace {ws}")));
@@ -250,7 +239,7 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client, Failure> {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)
         .timeout(timeout)
-        .user_agent(concat!("secretgate-probe/", env!("CARGO_PKG_VERSION")))
+        .user_agent(format!("secretgate-probe/{}", db::TOOL_VERSION))
         .build()
         .map_err(|_| Failure::usage(anyhow!("cannot set up the HTTP client (TLS)")))
 }
@@ -272,10 +261,9 @@ async fn attached(conn: &mut PgConnection) -> Result<Tables, Failure> {
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| {
-        let code = sqlstate(&e).map(|c| format!("SQLSTATE {c}: ")).unwrap_or_default();
         Failure::usage(anyhow!(
-            "cannot read secretgate.attached_tables ({code}{}); is the secretgate extension installed and migrated?",
-            db_message(&e)
+            "cannot read secretgate.attached_tables ({}); is the secretgate extension installed and migrated?",
+            describe(&e)
         ))
     })?;
     match rows.as_slice() {
@@ -317,9 +305,7 @@ async fn list(conn: &mut PgConnection, workspace: Option<Uuid>) -> Result<Vec<Cr
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| {
-        let code = sqlstate(&e);
-        let prefix = code.as_deref().map(|c| format!("SQLSTATE {c}: ")).unwrap_or_default();
-        let advice = match code.as_deref() {
+        let advice = match sqlstate(&e).as_deref() {
             // undefined_function / undefined_table: an extension older than this tool
             Some("42883") | Some("42P01") => format!(
                 "this tool needs secretgate {} (byok_credentials, credential_auth); run ALTER EXTENSION secretgate UPDATE",
@@ -327,7 +313,7 @@ async fn list(conn: &mut PgConnection, workspace: Option<Uuid>) -> Result<Vec<Cr
             ),
             _ => "is the secretgate extension installed and migrated?".to_string(),
         };
-        Failure::usage(anyhow!("cannot list the BYOK credentials ({prefix}{}); {advice}", db_message(&e)))
+        Failure::usage(anyhow!("cannot list the BYOK credentials ({}); {advice}", describe(&e)))
     })?;
 
     let mut unique: BTreeMap<(Option<Uuid>, String, String), Credential> = BTreeMap::new();

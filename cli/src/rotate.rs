@@ -26,8 +26,9 @@
 //! decrypts; 1 a row cannot be decrypted (every other row was moved), rows stayed locked, the run was
 //! interrupted, or the server refused a batch; 2 usage or connection error.
 
-use crate::verify::{self, db_message, sqlstate};
-use crate::{db, Failure};
+use crate::db_error::{describe, sqlstate};
+use crate::failure::Failure;
+use crate::{db, verify};
 use anyhow::anyhow;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
@@ -84,7 +85,8 @@ enum Ending {
     Interrupted,
     /// `reencrypt` raised SG001/SG002/SG004: a row cannot be decrypted (the batch
     /// rolled back; only against a database without `reencrypt_skipping`).
-    Undecryptable { sqlstate: String, message: String },
+    /// The error, described with its SQLSTATE.
+    Undecryptable { error: String },
     /// Every readable row moved; this many could not be decrypted and stayed.
     Skipped { skipped: i64 },
     /// Rows on older versions stayed locked by other transactions past --lock-wait.
@@ -139,9 +141,9 @@ async fn run(conn: &mut PgConnection, args: &RotateArgs, stop: &AtomicBool) -> R
              run `secretgate rotate` again later to finish (or raise --lock-wait)",
             args.lock_wait
         ))),
-        Ending::Undecryptable { sqlstate, message } => {
+        Ending::Undecryptable { error } => {
             println!(
-                "a batch stopped on a secret that cannot be decrypted ({sqlstate}: {message}); it was rolled back whole, \
+                "a batch stopped on a secret that cannot be decrypted ({error}); it was rolled back whole, \
                  nothing was half-written. Every secret that does not decrypt:"
             );
             let report = verify::check(conn).await?;
@@ -256,9 +258,7 @@ async fn reencrypt_all(
                     transient += 1;
                     tokio::time::sleep(Duration::from_millis(200) * transient).await;
                 }
-                Some(code @ ("SG001" | "SG002" | "SG004")) => {
-                    break Ending::Undecryptable { sqlstate: code.to_string(), message: db_message(&e) };
-                }
+                Some("SG001" | "SG002" | "SG004") => break Ending::Undecryptable { error: describe(&e) },
                 _ => return Err(progress.abandon_with(loop_failure(&e, progress.moved))),
             },
         }
@@ -274,16 +274,15 @@ fn loop_failure(e: &sqlx::Error, moved: u64) -> Failure {
          run `secretgate rotate` again to resume"
     );
     match sqlstate(e) {
-        Some(code) if code == "SG003" => Failure::check(anyhow!(
-            "the server cannot use its keyring (SQLSTATE SG003: {}); {resume} once it is fixed",
-            db_message(e)
-        )),
+        Some(code) if code == "SG003" => {
+            Failure::check(anyhow!("the server cannot use its keyring ({}); {resume} once it is fixed", describe(e)))
+        }
         Some(code) if code == "57014" => Failure::check(anyhow!(
-            "a batch was cancelled (SQLSTATE 57014: {}; a statement_timeout?); {resume} with a smaller --batch-size",
-            db_message(e)
+            "a batch was cancelled ({}; a statement_timeout?); {resume} with a smaller --batch-size",
+            describe(e)
         )),
-        Some(code) => Failure::check(anyhow!("a batch failed (SQLSTATE {code}: {}); {resume}", db_message(e))),
-        None => Failure::usage(anyhow!("lost the database connection ({}); {resume}", db_message(e))),
+        Some(_) => Failure::check(anyhow!("a batch failed ({}); {resume}", describe(e))),
+        None => Failure::usage(anyhow!("lost the database connection ({}); {resume}", describe(e))),
     }
 }
 
@@ -291,12 +290,11 @@ fn loop_failure(e: &sqlx::Error, moved: u64) -> Failure {
 /// anything else a usage or connection error.
 fn setup_failure(what: &str, e: &sqlx::Error) -> Failure {
     match sqlstate(e) {
-        Some(code) if code.starts_with("SG") => Failure::check(anyhow!("{what} (SQLSTATE {code}: {})", db_message(e))),
-        Some(code) => Failure::usage(anyhow!(
-            "{what} (SQLSTATE {code}: {}); is the secretgate extension installed and migrated?",
-            db_message(e)
-        )),
-        None => Failure::usage(anyhow!("{what}: lost the database connection ({})", db_message(e))),
+        Some(code) if code.starts_with("SG") => Failure::check(anyhow!("{what} ({})", describe(e))),
+        Some(_) => {
+            Failure::usage(anyhow!("{what} ({}); is the secretgate extension installed and migrated?", describe(e)))
+        }
+        None => Failure::usage(anyhow!("{what}: lost the database connection ({})", describe(e))),
     }
 }
 

@@ -11,7 +11,9 @@
 //! connection error (including an extension that is not installed or has no
 //! attached tables).
 
-use crate::{db, one_line, Failure};
+use crate::db;
+use crate::db_error::{describe, sqlstate};
+use crate::failure::Failure;
 use anyhow::anyhow;
 use secretgate_core::Code;
 use sqlx::postgres::PgConnection;
@@ -71,11 +73,11 @@ pub async fn check(conn: &mut PgConnection) -> Result<Report, Failure> {
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| match sqlstate(&e) {
-        Some(code) => Failure::usage(anyhow!(
-            "cannot verify the secrets (SQLSTATE {code}: {}); is the secretgate extension installed and migrated?",
-            db_message(&e)
+        Some(_) => Failure::usage(anyhow!(
+            "cannot verify the secrets ({}); is the secretgate extension installed and migrated?",
+            describe(&e)
         )),
-        None => Failure::usage(anyhow!("lost the database connection while verifying: {}", db_message(&e))),
+        None => Failure::usage(anyhow!("lost the database connection while verifying: {}", describe(&e))),
     })?;
     let checked = rows.first().map_or(0, |r| r.0);
     let failed = rows
@@ -188,17 +190,5 @@ pub async fn main(url: &str) -> Result<(), Failure> {
             "{} secret(s) do not decrypt or are stored unencrypted (listed above)",
             report.failed.len()
         )))
-    }
-}
-
-pub fn sqlstate(e: &sqlx::Error) -> Option<String> {
-    e.as_database_error().and_then(|d| d.code()).map(|c| c.into_owned())
-}
-
-/// The server's message (secretgate's errors never carry a value).
-pub fn db_message(e: &sqlx::Error) -> String {
-    match e.as_database_error() {
-        Some(d) => one_line(d.message()),
-        None => one_line(&e.to_string()),
     }
 }

@@ -152,11 +152,29 @@ async fn run_info_revert_cycle(cluster: Arc<Cluster>) -> Result<()> {
     let mut conn = PgConnection::connect(&url).await?;
     ensure!(applied_count(&mut conn).await? == migration_count(), "one row per migration after two runs");
 
-    // `revert` undoes the last migration; once per migration undoes them all.
-    for _ in 0..migration_count() {
+    // `revert` undoes the last migration, one a call: every migration after the first.
+    for _ in 1..migration_count() {
         let revert = cli(&url, &["migrate", "revert"]).await?;
         expect_code(&revert, 0, "revert")?;
     }
+    // The first migration's down script drops every secret: refused without --allow-data-loss,
+    // naming what it would drop, and changing nothing.
+    let refused = cli(&url, &["migrate", "revert"]).await?;
+    expect_code(&refused, 1, "revert of the first migration without --allow-data-loss")?;
+    ensure!(
+        refused.stdout.contains("DROP TABLE public.workspace_secrets")
+            && refused.stdout.contains("DROP EXTENSION")
+            && refused.stderr.contains("--allow-data-loss"),
+        "a refused revert should list what it drops and name --allow-data-loss:\n{refused}"
+    );
+    ensure!(
+        info_state(&cli(&url, &["migrate", "info"]).await?, VERSION).as_deref() == Some("applied"),
+        "{VERSION} stays applied"
+    );
+    assert_migrated(&cluster, &url).await.context("after a refused revert of the first migration")?;
+    ensure!(advisory_locks(&mut conn).await? == 0, "a refused revert must not leave an advisory lock");
+    let revert = cli(&url, &["migrate", "revert", "--allow-data-loss"]).await?;
+    expect_code(&revert, 0, "revert --allow-data-loss")?;
     assert_not_migrated(&url).await.context("after reverting every migration")?;
     let info = cli(&url, &["migrate", "info"]).await?;
     ensure!(info_state(&info, VERSION).as_deref() == Some("pending"), "after revert, {VERSION} is pending:\n{info}");
