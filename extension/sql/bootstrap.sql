@@ -220,3 +220,22 @@ BEGIN
 END $$;
 COMMENT ON ROLE secretgate_auditor IS 'Members may read secretgate.audit_events';
 GRANT SELECT ON secretgate.audit_events TO secretgate_auditor;
+
+-- The role the audit writers' SQL runs as (they connect as the bootstrap
+-- superuser, the one role sure to exist, and switch to it for every
+-- statement): it may add and prune audit rows and record key checks, and
+-- nothing else. NOLOGIN: no one connects as it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'secretgate_audit_writer') THEN
+        BEGIN
+            CREATE ROLE secretgate_audit_writer NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's CREATE EXTENSION made it first
+        END;
+    END IF;
+END $$;
+COMMENT ON ROLE secretgate_audit_writer IS 'The role secretgate''s audit writers act as: adds and prunes rows of secretgate.audit_events, records key checks';
+GRANT USAGE ON SCHEMA secretgate TO secretgate_audit_writer;
+GRANT SELECT, INSERT, DELETE ON secretgate.audit_events TO secretgate_audit_writer;
+GRANT SELECT, INSERT ON secretgate.key_checks TO secretgate_audit_writer;

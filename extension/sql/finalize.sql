@@ -105,3 +105,27 @@ CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON 
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
 CREATE TRIGGER registry_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON secretgate.external_runtimes
     FOR EACH STATEMENT EXECUTE FUNCTION secretgate.registry_changed();
+
+-- Dropping an attached table (DROP TABLE, DROP SCHEMA ... CASCADE, DROP
+-- OWNED) detaches the gates in the same transaction, with its audit event:
+-- the database is never left attached to a table that is gone. Runs as the
+-- extension's owner, whoever drops: detach_gates drops the remaining
+-- tables' triggers as each table's owner.
+CREATE FUNCTION secretgate.detach_dropped() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $detach$
+BEGIN
+    IF EXISTS (
+        SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d, secretgate.attached_tables a
+         WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+           AND d.objsubid OPERATOR(pg_catalog.=) 0
+           AND d.objid OPERATOR(pg_catalog.=) ANY (ARRAY[a.workspaces, a.secrets, a.global_secrets]::pg_catalog.oid[]))
+    THEN
+        PERFORM secretgate.detach_gates();
+    END IF;
+END
+$detach$;
+REVOKE EXECUTE ON FUNCTION secretgate.detach_dropped() FROM PUBLIC;
+
+CREATE EVENT TRIGGER secretgate_detach_dropped ON sql_drop
+    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
+    EXECUTE FUNCTION secretgate.detach_dropped();

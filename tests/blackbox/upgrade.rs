@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 /// Every released version (its full script frozen in sql/released/): each
 /// must update to this build's version.
-const RELEASED: &[&str] = &["0.1.0", "0.2.0", "0.3.0"];
+const RELEASED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.4.0"];
 
 /// This source tree's extension version: the root package's version.
 fn current() -> String {

@@ -11,6 +11,7 @@
 //! A database without the extension: its records are counted as skipped.
 
 use crate::pg::audit_queue::{self, Outcome, RETENTION};
+use crate::pg::{keyring_checks, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
@@ -54,11 +55,37 @@ const INSERT: &str = "INSERT INTO secretgate.audit_events \
                        pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])) \
          AS r(at_unix_us, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name)";
 
-const PRUNE: &str = "WITH gone AS (DELETE FROM secretgate.audit_events WHERE id IN \
+const PRUNE: &str = "WITH gone AS (DELETE FROM secretgate.audit_events WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY \
        (SELECT id FROM secretgate.audit_events \
          WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
-         ORDER BY at LIMIT $2) RETURNING 1) \
+         ORDER BY at LIMIT $2)) RETURNING 1) \
      SELECT pg_catalog.count(*) FROM gone";
+
+/// A key version's check value, recorded for a session that could not
+/// record it itself without waiting or failing ([`keyring_checks`]): the
+/// same advisory lock, so the writer never waits on a session either.
+const RECORD_KEY_CHECK: &str = "INSERT INTO secretgate.key_checks (version, check_value) \
+     SELECT $1, $2 WHERE pg_catalog.pg_try_advisory_xact_lock($3, $1) \
+     ON CONFLICT (version) DO NOTHING";
+
+/// The role a writer's SQL runs as: it may only add and prune audit rows
+/// and record key checks. Before the extension's SQL has it (a database
+/// not yet updated), the extension's owner.
+const WRITER_ROLE: &std::ffi::CStr = c"secretgate_audit_writer";
+
+/// Settings a database's or a role's defaults (`ALTER DATABASE … SET`, which
+/// the database's owner may run) must not change for a writer: they would
+/// bind its SQL or stop it writing.
+const PINNED_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
+    (c"search_path", c"pg_catalog, pg_temp"),
+    (c"default_transaction_read_only", c"off"),
+    (c"default_transaction_isolation", c"read committed"),
+    (c"statement_timeout", c"0"),
+    (c"lock_timeout", c"0"),
+    (c"idle_in_transaction_session_timeout", c"0"),
+    (c"transaction_timeout", c"0"),
+    (c"synchronous_commit", c"on"),
+];
 
 const HAS_TABLE: &str = "SELECT pg_catalog.to_regclass('secretgate.audit_events') IS NOT NULL";
 
@@ -146,7 +173,14 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     // SAFETY: registers a plain function to run at this process's exit.
     unsafe { pg_sys::on_shmem_exit(Some(writer_exit), arg) };
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    // As the bootstrap superuser (the only role sure to exist and to log
+    // in), also when the database's owner set ALLOW_CONNECTIONS false: that
+    // must not silence the trail. Its SQL then runs as the writer role.
+    // SAFETY: a background worker's connection call, once, before any SQL.
+    unsafe {
+        pg_sys::BackgroundWorkerInitializeConnectionByOid(db, pg_sys::InvalidOid, pg_sys::BGWORKER_BYPASS_ALLOWCONN)
+    };
+    pin_settings();
     CONNECTED.store(true, Ordering::Relaxed);
     if !audit_queue::register_writer(db) {
         return;
@@ -197,8 +231,42 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
     }
 }
 
-/// Runs `work` in a transaction of its own: committed when it succeeds,
-/// rolled back (with the error's message returned) when it fails.
+/// Overrides the database's and the role's defaults for [`PINNED_SETTINGS`]
+/// (a setting this server does not have is left alone).
+fn pin_settings() {
+    for (name, value) in PINNED_SETTINGS {
+        // SAFETY: GUC lookups and sets by C string in this worker's own
+        // session, outside any transaction; an unknown name is skipped.
+        unsafe {
+            if pg_sys::GetConfigOption(name.as_ptr(), true, false).is_null() {
+                continue;
+            }
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            );
+        }
+    }
+}
+
+/// The role the writer's SQL runs as: [`WRITER_ROLE`], or the extension's
+/// owner while the database's extension SQL has no such role.
+fn writer_role() -> pg_sys::Oid {
+    // SAFETY: catalog lookups by name inside a transaction; missing_ok.
+    unsafe {
+        let role = pg_sys::get_role_oid(WRITER_ROLE.as_ptr(), true);
+        if role != pg_sys::InvalidOid {
+            return role;
+        }
+    }
+    spi::extension_owner()
+}
+
+/// Runs `work` in a transaction of its own, as the writer role in a
+/// security-restricted operation: committed when it succeeds, rolled back
+/// (with the error's message returned) when it fails.
 fn in_transaction<T>(work: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Result<T, String> {
     // SAFETY: the sequence a background worker uses to start a transaction
     // with a snapshot; no transaction is open here.
@@ -207,15 +275,17 @@ fn in_transaction<T>(work: impl FnOnce() -> Result<T, pgrx::spi::Error>) -> Resu
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
     }
-    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| work().map_err(|e| e.to_string())))
-        .catch_others(|caught| {
-            Err(match caught {
-                CaughtError::PostgresError(report)
-                | CaughtError::ErrorReport(report)
-                | CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
-            })
+    let result = PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        spi::elevated(writer_role(), work).map_err(|e| e.to_string())
+    }))
+    .catch_others(|caught| {
+        Err(match caught {
+            CaughtError::PostgresError(report)
+            | CaughtError::ErrorReport(report)
+            | CaughtError::RustPanic { ereport: report, .. } => report.message().to_string(),
         })
-        .execute();
+    })
+    .execute();
     match result {
         Ok(v) => {
             // SAFETY: ends the transaction started above.
@@ -286,9 +356,47 @@ fn insert(records: &[&[u8]]) -> Result<Outcome, String> {
     })
 }
 
+/// Records the key checks of a claimed batch; one that cannot be recorded
+/// now (another session holds its lock) is let go: the next use of that
+/// version asks again.
+fn record_key_checks(batch: Vec<(u64, Vec<u8>)>) {
+    let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
+    let done = in_transaction(|| {
+        Spi::connect_mut(|client| {
+            if client.select(HAS_KEY_CHECKS, None, &[])?.first().get_one::<bool>()? != Some(true) {
+                return Ok(());
+            }
+            for (_, record) in &batch {
+                if let Some((version, check)) = keyring_checks::parse_request(record) {
+                    client.update(
+                        RECORD_KEY_CHECK,
+                        None,
+                        &[version.into(), check.into(), keyring_checks::LOCK_CLASS.into()],
+                    )?;
+                }
+            }
+            Ok(())
+        })
+    });
+    if let Err(e) = done {
+        audit_queue::set_error(&format!("a key check could not be recorded: {e}"));
+    }
+    audit_queue::finish(&seqs, Outcome::Applied);
+}
+
+const HAS_KEY_CHECKS: &str = "SELECT pg_catalog.to_regclass('secretgate.key_checks') IS NOT NULL";
+
 /// Writes one claimed batch; a failed batch is tried record by record, so
 /// one bad record does not hold back the others.
 fn write(batch: Vec<(u64, Vec<u8>)>) {
+    let (checks, batch): (Vec<_>, Vec<_>) =
+        batch.into_iter().partition(|(_, record)| keyring_checks::is_request(record));
+    if !checks.is_empty() {
+        record_key_checks(checks);
+    }
+    if batch.is_empty() {
+        return;
+    }
     let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
     let records: Vec<&[u8]> = batch.iter().map(|(_, r)| r.as_slice()).collect();
     match insert(&records) {

@@ -277,16 +277,27 @@ pub fn enqueue(line: &str) {
     enqueue_record(audit::record(line, &context(), RECORD_BYTES));
 }
 
+/// Puts a request that is not an audit record (see `keyring_checks`) into
+/// the queue for this database's writer; dropped, uncounted, when full.
+pub fn enqueue_request(bytes: Vec<u8>) {
+    enqueue_with(bytes, false);
+}
+
 fn enqueue_record(bytes: Vec<u8>) {
+    enqueue_with(bytes, true);
+}
+
+fn enqueue_with(bytes: Vec<u8>, counted: bool) {
     // SAFETY: reads this backend's database oid.
     let db = unsafe { pg_sys::MyDatabaseId };
     let Some(mut q) = Locked::new() else { return };
-    let h = q.header();
-    if h.tail - h.head >= h.capacity {
-        h.dropped += 1;
+    if q.header().tail - q.header().head >= q.header().capacity || over_share(&mut q, db) {
+        if counted {
+            q.header().dropped += 1;
+        }
         return;
     }
-    let tail = h.tail;
+    let tail = q.header().tail;
     let slot = q.slot(tail);
     let len = bytes.len().min(RECORD_BYTES);
     slot.bytes[..len].copy_from_slice(&bytes[..len]);
@@ -316,6 +327,21 @@ fn enqueue_record(bytes: Vec<u8>) {
     }
     drop(q);
     wake.into_iter().for_each(set_latch);
+}
+
+/// Whether `db` already holds its share of the queue: once seven eighths
+/// of it are taken, no database may hold more than three quarters, so
+/// one database's storm of refusals leaves room for the others' records.
+fn over_share(q: &mut Locked, db: pg_sys::Oid) -> bool {
+    let (head, tail, capacity) = (q.header().head, q.header().tail, q.header().capacity);
+    if (tail - head) * 8 < capacity * 7 {
+        return false;
+    }
+    let held = (head..tail).filter(|&seq| {
+        let slot = q.slot(seq);
+        slot.state != FREE && slot.db == db
+    });
+    held.count() as u64 * 4 >= capacity * 3
 }
 
 /// A quarter of the queue is taken: time for another writer.
@@ -597,6 +623,8 @@ pub enum Outcome {
     Skipped,
     /// The write failed: tried again, up to a few times, then skipped.
     Failed,
+    /// Not an audit record (a key check request): done, counted nowhere.
+    Applied,
 }
 
 /// Frees (or, after a failure, returns) the claimed records `seqs`.
@@ -616,6 +644,7 @@ pub fn finish(seqs: &[u64], outcome: Outcome) {
                 slot.state = FREE;
                 q.header().skipped += 1;
             }
+            Outcome::Applied => slot.state = FREE,
             Outcome::Failed => {
                 slot.attempts += 1;
                 if slot.attempts >= MAX_ATTEMPTS {

@@ -6,15 +6,22 @@
 //! A version's check is recorded the first time it encrypts, or the first
 //! time one of its rows decrypts (the key has then proved itself: this is how
 //! a database from before 0.4.0 gets its checks, on first use), as the
-//! extension's owner, so readers need no right on the table. Nothing is
-//! recorded where nothing may be written (a read-only transaction, a standby,
-//! a parallel worker): the next writable use records it.
+//! extension's owner, so readers need no right on the table.
+//!
+//! Recording never makes a read fail or wait. A session records a check
+//! itself only in a writable READ COMMITTED transaction and only while it
+//! holds a transaction-level advisory lock on the version, taken without
+//! waiting, so it never waits on another session's uncommitted row and never
+//! meets the serialization failure a snapshot transaction would. Otherwise
+//! it asks the database's audit writer to record it, through the audit
+//! queue, and goes on; on a standby nothing is recorded, and the next use
+//! on the primary records it.
 //!
 //! What the table says is kept per backend, keyed by the keyring's own check
 //! value for the version: a new keyring with another key is looked up again,
 //! the same key costs one map lookup per row.
 
-use crate::pg::spi;
+use crate::pg::{audit_queue, spi};
 use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use secretgate_core::{Error as CoreError, Keyring, CHECK_LEN};
@@ -83,17 +90,57 @@ pub fn verify(keyring: &Keyring, version: i32) -> Result<Check, CoreError> {
     }
 }
 
+/// The advisory lock class (`'SGKC'`) under which a key version's check is
+/// recorded, the version being the lock's second key.
+pub const LOCK_CLASS: i32 = 0x5347_4b43;
+
+/// The first byte of a key check request in the audit queue (audit records
+/// are JSON objects, which start with `{`).
+const REQUEST: u8 = b'K';
+
+/// How long a session waits before asking the writer again for a version it
+/// already asked about (its own reads meanwhile still see no check).
+const ASK_AGAIN_US: i64 = 1_000_000;
+
+thread_local! {
+    /// When this session last asked the writer to record each version.
+    static ASKED: RefCell<HashMap<i32, pg_sys::TimestampTz>> = RefCell::new(HashMap::new());
+}
+
 /// Records `version`'s check value after its key was used successfully,
-/// when this transaction may write. A check recorded meanwhile by another
-/// session is compared instead (SG004 if it names another key).
+/// without waiting and without failing (see the module's documentation). A
+/// check recorded meanwhile by another session is compared instead (SG004
+/// if it names another key).
 pub fn record(keyring: &Keyring, version: i32) -> Result<(), CoreError> {
     let Some(mine) = keyring.check_value(version) else {
         return Ok(());
     };
-    if !may_write() || !table_exists() {
+    if !table_exists() {
         return Ok(());
     }
-    let inserted = spi::as_owner_mut(|client: &mut SpiClient<'_>| -> pgrx::spi::SpiResult<bool> {
+    // SAFETY: reads Postgres' transaction state; no side effect.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    if standby {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let snapshot_transaction = unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 };
+    if !may_write() || snapshot_transaction {
+        ask_writer(version, mine);
+        return Ok(());
+    }
+    let inserted = spi::as_owner_mut(|client: &mut SpiClient<'_>| -> pgrx::spi::SpiResult<Option<bool>> {
+        let locked = spi::update(
+            client,
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
+            Some(1),
+            &[LOCK_CLASS.into(), version.into()],
+        )?
+        .first()
+        .get_one::<bool>()?;
+        if locked != Some(true) {
+            return Ok(None);
+        }
         let table = spi::update(
             client,
             "INSERT INTO secretgate.key_checks (version, check_value) VALUES ($1, $2) \
@@ -101,16 +148,54 @@ pub fn record(keyring: &Keyring, version: i32) -> Result<(), CoreError> {
             None,
             &[version.into(), mine.as_slice().into()],
         )?;
-        Ok(!table.is_empty())
+        Ok(Some(!table.is_empty()))
     })
     .unwrap_or_else(|e| pgrx::error!("secretgate: cannot record the key check of version {version}: {e}"));
-    if inserted {
-        KNOWN.with_borrow_mut(|k| k.insert(version, (*mine, Known::RecordedHere(transaction_start()))));
-        return Ok(());
+    match inserted {
+        // Another session is recording it: the writer records it if that one rolls back.
+        None => {
+            ask_writer(version, mine);
+            Ok(())
+        }
+        Some(true) => {
+            KNOWN.with_borrow_mut(|k| k.insert(version, (*mine, Known::RecordedHere(transaction_start()))));
+            Ok(())
+        }
+        // Another session recorded it first: compare with what it recorded.
+        Some(false) => {
+            KNOWN.with_borrow_mut(|k| k.remove(&version));
+            verify(keyring, version).map(|_| ())
+        }
     }
-    // Another session recorded it first: compare with what it recorded.
-    KNOWN.with_borrow_mut(|k| k.remove(&version));
-    verify(keyring, version).map(|_| ())
+}
+
+/// Asks the database's audit writer to record `version`'s check, at most
+/// once per [`ASK_AGAIN_US`] per session.
+fn ask_writer(version: i32, check: &[u8; CHECK_LEN]) {
+    let now = statement_start();
+    let recent = ASKED.with_borrow(|a| a.get(&version).is_some_and(|at| now - at < ASK_AGAIN_US));
+    if recent {
+        return;
+    }
+    ASKED.with_borrow_mut(|a| a.insert(version, now));
+    let mut request = Vec::with_capacity(5 + CHECK_LEN);
+    request.push(REQUEST);
+    request.extend_from_slice(&version.to_le_bytes());
+    request.extend_from_slice(check);
+    audit_queue::enqueue_request(request);
+}
+
+/// Whether a queued record is a key check request.
+pub fn is_request(record: &[u8]) -> bool {
+    record.first() == Some(&REQUEST)
+}
+
+/// The version and check value of a key check request.
+pub fn parse_request(record: &[u8]) -> Option<(i32, &[u8])> {
+    let rest = record.strip_prefix(&[REQUEST])?;
+    let (version, check) = rest.split_at_checked(4)?;
+    let version = i32::from_le_bytes(version.try_into().ok()?);
+    (check.len() == CHECK_LEN).then_some((version, check))
 }
 
 /// Whether this transaction may write a row: not read-only, not on a

@@ -141,8 +141,10 @@ pub fn forget_owner() {
     OWNER.set(pg_sys::InvalidOid);
 }
 
-/// The owner of the `secretgate` schema: the role the gates read as.
-fn extension_owner() -> pg_sys::Oid {
+/// The owner of the `secretgate` schema: the role the gates read as (the
+/// bootstrap superuser where there is no such schema: nothing of the
+/// extension's is read then).
+pub fn extension_owner() -> pg_sys::Oid {
     let cached = OWNER.get();
     if cached != pg_sys::InvalidOid {
         return cached;
@@ -150,7 +152,7 @@ fn extension_owner() -> pg_sys::Oid {
     // SAFETY: a syscache lookup of the schema by oid; the tuple is released
     // before return and its struct is read while it is held.
     let owner = unsafe {
-        let schema = pg_sys::get_namespace_oid(c"secretgate".as_ptr(), false);
+        let schema = pg_sys::get_namespace_oid(c"secretgate".as_ptr(), true);
         let tuple = pg_sys::SearchSysCache1(
             pg_sys::SysCacheIdentifier::NAMESPACEOID as std::ffi::c_int,
             pg_sys::Datum::from(schema),
@@ -167,44 +169,86 @@ fn extension_owner() -> pg_sys::Oid {
     owner
 }
 
-/// `Spi::connect` as the extension's owner, under the pinned search_path,
-/// both restored afterwards (on an error, by the (sub)transaction's abort,
-/// as for a function's own `SET` and as for PostgreSQL's foreign-key
-/// triggers). The per-row secret gates run as the invoker, so that applying
-/// SECURITY DEFINER's context on every row costs nothing: the reads they
-/// make on a cold cache, or for a MODEL value, come through here, so
+/// `Spi::connect` as the extension's owner, in an elevated context
+/// ([`elevated`]). The per-row secret gates run as the invoker, so that
+/// applying SECURITY DEFINER's context on every row costs nothing: the reads
+/// they make on a cold cache, or for a MODEL value, come through here, so
 /// neither the writer's privileges nor its search_path bind their SQL.
 pub fn as_owner<T, E>(f: impl FnOnce(&SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
-    in_owner_context(|| Spi::connect(f))
+    elevated(extension_owner(), || Spi::connect(f))
 }
 
 /// [`as_owner`] for work that writes (the record `attach_gates` keeps).
 pub fn as_owner_mut<T, E>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
-    in_owner_context(|| Spi::connect_mut(f))
+    elevated(extension_owner(), || Spi::connect_mut(f))
 }
 
-fn in_owner_context<T>(f: impl FnOnce() -> T) -> T {
-    let owner = extension_owner();
+/// The owner of relation `table`: the role maintenance acts as on it.
+pub fn table_owner(table: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    // SAFETY: a syscache lookup of the relation by oid; the tuple is released
+    // before return and its struct is read while it is held.
+    unsafe {
+        let tuple =
+            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as std::ffi::c_int, pg_sys::Datum::from(table));
+        if tuple.is_null() {
+            return None;
+        }
+        let form = pg_sys::GETSTRUCT(tuple) as pg_sys::Form_pg_class;
+        let owner = (*form).relowner;
+        pg_sys::ReleaseSysCache(tuple);
+        Some(owner)
+    }
+}
+
+/// Marks the running code as a security-restricted operation (SET ROLE,
+/// temporary objects, and the like are refused to anything it calls), for
+/// the trigger functions that run SECURITY DEFINER; undone afterwards, or by
+/// the (sub)transaction's abort on an error.
+pub fn restricted<T>(f: impl FnOnce() -> T) -> T {
+    let mut user = pg_sys::InvalidOid;
+    let mut context = 0;
+    // SAFETY: reads the current user and security context and sets them
+    // back with one more flag; restored below.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(user, context | pg_sys::SECURITY_RESTRICTED_OPERATION as i32);
+    }
+    let result = f();
+    // SAFETY: the context saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    result
+}
+
+/// The context of every statement that runs with other rights than the
+/// caller's: the role `role` (SECURITY_LOCAL_USERID_CHANGE, as ri_triggers.c
+/// does), a security-restricted operation, `search_path` pinned to
+/// `pg_catalog, pg_temp` and `row_security` off (a policy of someone else's
+/// would otherwise run its expressions with these rights: the statement
+/// fails with 42501 instead). All restored afterwards, or by the
+/// (sub)transaction's abort on an error, as for a function's own `SET`.
+pub fn elevated<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
-    // SAFETY: saves the current user and security context, switches to the
-    // owner for local reads (SECURITY_LOCAL_USERID_CHANGE, as ri_triggers.c
-    // does), and opens a GUC nest level for the pinned search_path; both are
+    // SAFETY: saves the current user and security context, switches to
+    // `role`, and opens a GUC nest level for the pinned settings; both are
     // undone below, or by the transaction's abort on an error.
     let nest_level = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(owner, saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
+        let flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
+        pg_sys::SetUserIdAndSecContext(role, saved_context | flags as i32);
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in [(c"search_path", PINNED_SEARCH_PATH), (c"row_security", c"off")] {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     let result = f();

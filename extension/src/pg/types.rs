@@ -79,3 +79,30 @@ pub fn trigger_column(data: &pg_sys::TriggerData, new: bool, column: &str) -> Re
             .ok_or_else(|| format!("column {column} is not text, varchar or an enum"))
     }
 }
+
+/// Column `ordinal` (1-based) of the current row of an SPI result read as a
+/// label, through its type's output function: never a cast, which the
+/// type's owner may have replaced with a function of theirs (and the
+/// statement may run with more rights than theirs). `Ok(None)` for NULL.
+pub fn spi_label(table: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> crate::pg::error::Result<Option<String>> {
+    let type_oid = table.column_type_oid(ordinal)?.value();
+    let Some(datum) = table.get_datum_by_ordinal(ordinal)? else {
+        return Ok(None);
+    };
+    // SAFETY: a non-NULL datum of the column's own type, from the live SPI result.
+    unsafe { label_text(datum, type_oid) }.map(Some).ok_or_else(|| {
+        crate::pg::error::Failure::sql(
+            pgrx::PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!(
+                "secretgate: the attached table's column {} is not text, varchar or an enum",
+                table.column_name(ordinal).unwrap_or_default()
+            ),
+        )
+    })
+}
+
+/// SQL for the text of label column `column` (any label type) in a WHERE
+/// clause: `format` calls the type's output function, not a cast.
+pub fn label_sql(column: &str) -> String {
+    format!("pg_catalog.format('%s', {column})")
+}

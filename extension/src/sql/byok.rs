@@ -59,7 +59,10 @@ fn record_liveness_by_provider(
 ) -> String {
     error::run(|| {
         let scope = scope_of(workspace_id);
-        byok::record_liveness(scope, required(key, "key")?, required(http_status, "http_status")?, provider)
+        // SECURITY DEFINER: restricted, as the gates that run so.
+        crate::pg::spi::restricted(|| {
+            byok::record_liveness(scope, required(key, "key")?, required(http_status, "http_status")?, provider)
+        })
     })
 }
 

@@ -6,6 +6,7 @@ use crate::gates::caller::Caller;
 use crate::gates::{admin_audit, byok, identity, secret_write};
 use crate::pg::error::{self, Failure, Result};
 use crate::pg::keyring;
+use crate::pg::spi;
 use crate::pg::types;
 use crate::store::attached::{self, Attached};
 use pgrx::heap_tuple::PgHeapTuple;
@@ -52,7 +53,9 @@ fn dispatch(
         Some(Ok(trigger)) => trigger,
         _ => not_called_as_trigger(),
     };
-    match error::run(|| body(&trigger)).and_then(|row| row.into_trigger_datum()) {
+    // Several gates run SECURITY DEFINER and read the platform's tables: in a
+    // security-restricted operation, whatever those reads could reach is too.
+    match error::run(|| spi::restricted(|| body(&trigger))).and_then(|row| row.into_trigger_datum()) {
         Some(datum) => datum,
         None => pg_sys::Datum::from(0),
     }

@@ -27,16 +27,22 @@ impl Attached {
         self.oids[0]
     }
 
+    /// The secrets table and the global secrets table.
+    pub fn secret_table_oids(&self) -> [pg_sys::Oid; 2] {
+        [self.oids[1], self.oids[2]]
+    }
+
     /// The three qualified names, workspaces first.
     pub fn names(&self) -> trigger_ddl::Tables<'_> {
         [&self.workspaces, &self.secrets, &self.global_secrets]
     }
 
-    /// The model of workspace row `w` as SQL: its column, or NULL when the
-    /// model is the MODEL secret (read and decrypted by the caller).
+    /// The model of workspace row `w` as SQL text: its column (through its
+    /// type's output function, never a cast), or NULL when the model is the
+    /// MODEL secret (read and decrypted by the caller).
     pub fn model_column(&self, w: &str) -> String {
         if self.has_model {
-            format!("{w}.model::pg_catalog.text")
+            format!("(CASE WHEN {w}.model IS NULL THEN NULL ELSE {} END)", types::label_sql(&format!("{w}.model")))
         } else {
             "NULL::pg_catalog.text".to_string()
         }
@@ -318,22 +324,62 @@ pub fn attach(
     Ok(())
 }
 
-/// Drops the gates' triggers and forgets the tables; a no-op when none are attached.
+/// Drops the gates' triggers and forgets the tables; a no-op when none are
+/// attached. Works when an attached table no longer exists (its triggers
+/// went with it). Allowed to a superuser, the extension's owner, the
+/// database's owner, and the owner of every attached table that still
+/// exists (42501 otherwise). Each table's triggers are dropped as that
+/// table's owner, in a security-restricted operation.
 pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
-    let current = spi::select(client, "SELECT 1 FROM secretgate.attached_tables", Some(1), &[])?;
+    let current = spi::select(
+        client,
+        "SELECT workspaces::pg_catalog.oid, secrets::pg_catalog.oid, global_secrets::pg_catalog.oid FROM secretgate.attached_tables",
+        Some(1),
+        &[],
+    )?;
     if current.is_empty() {
         return Ok(());
     }
-    let attached = attached()?;
-    if let Some(p) = may_attach(client, attached.oids)? {
-        return Err(p.into_failure());
+    let row = current.first();
+    let oids = [row.get::<pg_sys::Oid>(1)?, row.get::<pg_sys::Oid>(2)?, row.get::<pg_sys::Oid>(3)?]
+        .map(Option::unwrap_or_default);
+    let mut names: [Option<String>; 3] = Default::default();
+    for (name, oid) in names.iter_mut().zip(oids) {
+        let found =
+            spi::select(client, &format!("SELECT {}", QUALIFIED.replace("{col}", "$1")), Some(1), &[oid.into()])?;
+        *name = found.first().get_one::<String>()?;
     }
-    for statement in trigger_ddl::drop_statements(attached.names()) {
+    let existing: Vec<pg_sys::Oid> = oids.iter().zip(&names).filter(|(_, n)| n.is_some()).map(|(o, _)| *o).collect();
+    if !may_detach(client, &existing)? {
+        return Err(Failure::sql(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "secretgate: only a superuser, the extension's owner, the database's owner or the owner of the attached tables may detach the gates",
+        ));
+    }
+    let [w, s, g] = names.each_ref().map(|n| n.as_deref());
+    for (table, statement) in trigger_ddl::drop_statements([w, s, g]) {
         spi::prevent_if_read_only(&statement);
-        client.update(&statement, None, &[])?;
+        let owner = spi::table_owner(oids[table]).unwrap_or_default();
+        spi::elevated(owner, || client.update(&statement, None, &[]).map(drop))?;
     }
     spi::as_owner_mut(|owner| spi::update(owner, "DELETE FROM secretgate.attached_tables", None, &[]).map(drop))?;
+    forget_all();
     Ok(())
+}
+
+/// Whether the current role may detach: see [`detach`].
+fn may_detach(client: &SpiClient<'_>, existing: &[pg_sys::Oid]) -> Result<bool> {
+    let allowed = spi::select(
+        client,
+        "SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE') OR pg_catalog.pg_has_role(n.nspowner, 'USAGE') \
+             OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[]) \
+                              AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')) \
+           FROM pg_catalog.pg_database d, pg_catalog.pg_namespace n \
+          WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database() AND n.nspname OPERATOR(pg_catalog.=) 'secretgate'",
+        Some(1),
+        &[existing.to_vec().into()],
+    )?;
+    Ok(allowed.first().get_one::<bool>()?.unwrap_or(false))
 }
 
 /// An ordinary or partitioned table with the required columns (extra ones
@@ -348,13 +394,18 @@ fn validate(
     let rel = spi::select(
         client,
         &format!(
-            "SELECT {}, c.relkind::text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
+            "SELECT {}, c.relkind::pg_catalog.text, c.relpersistence::pg_catalog.text FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
             QUALIFIED.replace("{col}", "$1")
         ),
         Some(1),
         &[table.into()],
     )?;
-    let found = if rel.is_empty() { (None, None) } else { rel.first().get_two::<String, String>()? };
+    let (found, persistence) = if rel.is_empty() {
+        ((None, None), None)
+    } else {
+        let rel = rel.first();
+        (rel.get_two::<String, String>()?, rel.get::<String>(3)?)
+    };
     let (name, relkind) = match found {
         (Some(name), Some(kind)) => (name, kind),
         _ => {
@@ -371,6 +422,16 @@ fn validate(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
             format!("secretgate: {name} is not a table"),
         )]);
+    }
+    // A temporary table lives as long as its session: attached, it would leave
+    // the database's one attachment pointing at nothing once the session ends.
+    if persistence.as_deref() == Some("t") {
+        return Ok(vec![Problem::new(
+            &name,
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("secretgate: {name} is a temporary table; only permanent tables can be attached"),
+        )
+        .hint("attach ordinary tables of a permanent schema")]);
     }
     let mut problems = Vec::new();
     for (column, want, optional) in columns {

@@ -134,13 +134,13 @@ pub fn byok_credentials(client: &SpiClient<'_>, attached: &Attached) -> Result<V
          FROM {workspaces} w \
          CROSS JOIN LATERAL (SELECT r.provider FROM secretgate.model_routes r \
               WHERE pg_catalog.starts_with({model}, r.pattern) \
-                AND (r.runtime IS NULL OR r.runtime OPERATOR(pg_catalog.=) w.runtime::pg_catalog.text) \
+                AND (r.runtime IS NULL OR r.runtime OPERATOR(pg_catalog.=) {runtime}) \
               ORDER BY (r.runtime IS NOT NULL) DESC, pg_catalog.length(r.pattern) DESC, r.provider COLLATE \"C\" LIMIT 1) route \
          JOIN secretgate.providers p ON p.name OPERATOR(pg_catalog.=) route.provider AND NOT p.is_platform \
          CROSS JOIN LATERAL pg_catalog.unnest(p.auth_env) AS k(key) \
          LEFT JOIN {secrets} s ON s.workspace_id OPERATOR(pg_catalog.=) w.id AND s.key OPERATOR(pg_catalog.=) k.key \
          LEFT JOIN {global} g ON g.key OPERATOR(pg_catalog.=) k.key \
-         WHERE (w.kind IS NULL OR w.kind::pg_catalog.text OPERATOR(pg_catalog.<>) 'external') \
+         WHERE (w.kind IS NULL OR {kind} OPERATOR(pg_catalog.<>) 'external') \
            AND NOT {external} \
            AND (s.key IS NOT NULL OR g.key IS NOT NULL) \
          ORDER BY w.id, p.name COLLATE \"C\", k.key COLLATE \"C\"",
@@ -148,6 +148,8 @@ pub fn byok_credentials(client: &SpiClient<'_>, attached: &Attached) -> Result<V
         secrets = attached.secrets,
         global = attached.global_secrets,
         external = crate::store::workspaces::external_runtime_sql(client, "w")?,
+        runtime = crate::pg::types::label_sql("w.runtime"),
+        kind = crate::pg::types::label_sql("w.kind"),
     );
     let mut out = Vec::new();
     for row in client.select(&sql, None, &[])? {

@@ -101,16 +101,19 @@ pub fn create_statements([workspaces, secrets, global_secrets]: Tables<'_>, has_
         .collect()
 }
 
-pub fn drop_statements([workspaces, secrets, global_secrets]: Tables<'_>) -> Vec<String> {
+/// `DROP TRIGGER` statements for the attached tables that still exist
+/// (`None`: dropped, and its triggers with it), each with the index of its
+/// table in `tables`.
+pub fn drop_statements([workspaces, secrets, global_secrets]: [Option<&str>; 3]) -> Vec<(usize, String)> {
     TRIGGERS
         .iter()
-        .map(|(name, role, _)| {
-            let table = match role {
-                TableRole::Workspaces => workspaces,
-                TableRole::Secrets => secrets,
-                TableRole::GlobalSecrets => global_secrets,
+        .filter_map(|(name, role, _)| {
+            let (index, table) = match role {
+                TableRole::Workspaces => (0, workspaces),
+                TableRole::Secrets => (1, secrets),
+                TableRole::GlobalSecrets => (2, global_secrets),
             };
-            format!("DROP TRIGGER IF EXISTS {name} ON {table}")
+            table.map(|table| (index, format!("DROP TRIGGER IF EXISTS {name} ON {table}")))
         })
         .collect()
 }

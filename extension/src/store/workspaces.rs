@@ -2,6 +2,7 @@
 
 use crate::pg::args::sql_uuid;
 use crate::pg::error::Result;
+use crate::pg::types::{label_sql, spi_label};
 use crate::pg::{index_read, spi};
 use crate::store::attached::Attached;
 use pgrx::spi::SpiClient;
@@ -20,11 +21,11 @@ pub fn kind(attached: &Attached, id: Scope) -> Result<Option<String>> {
     spi::as_owner(|client| {
         let table = spi::select(
             client,
-            &format!("SELECT kind::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
+            &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1", attached.workspaces),
             Some(1),
             &[sql_uuid(Scope::Workspace(id)).into()],
         )?;
-        Ok(if table.is_empty() { None } else { table.first().get_one::<String>()?.or(Some(String::new())) })
+        Ok(if table.is_empty() { None } else { spi_label(&table.first(), 1)?.or(Some(String::new())) })
     })
 }
 
@@ -52,7 +53,8 @@ pub fn external_runtimes_listed(client: &SpiClient<'_>) -> Result<bool> {
 pub fn external_runtime_sql(client: &SpiClient<'_>, w: &str) -> Result<String> {
     Ok(if external_runtimes_listed(client)? {
         format!(
-            "EXISTS (SELECT 1 FROM secretgate.external_runtimes x WHERE x.runtime OPERATOR(pg_catalog.=) {w}.runtime::pg_catalog.text)"
+            "EXISTS (SELECT 1 FROM secretgate.external_runtimes x WHERE x.runtime OPERATOR(pg_catalog.=) {})",
+            label_sql(&format!("{w}.runtime"))
         )
     } else {
         "false".to_string()
@@ -64,7 +66,7 @@ pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) ->
     let row = spi::select(
         client,
         &format!(
-            "SELECT w.kind::pg_catalog.text, w.runtime::pg_catalog.text, {}, {} \
+            "SELECT w.kind, w.runtime, {}, {} \
              FROM {} w WHERE w.id OPERATOR(pg_catalog.=) $1",
             attached.model_column("w"),
             external_runtime_sql(client, "w")?,
@@ -78,8 +80,8 @@ pub fn routing(client: &SpiClient<'_>, attached: &Attached, workspace: Scope) ->
     }
     let row = row.first();
     Ok(Some(Routing {
-        kind: row.get::<String>(1)?,
-        runtime: row.get::<String>(2)?,
+        kind: spi_label(&row, 1)?,
+        runtime: spi_label(&row, 2)?,
         model: row.get::<String>(3)?,
         external_runtime: row.get::<bool>(4)?.unwrap_or(false),
     }))
@@ -94,17 +96,15 @@ pub fn kind_and_status_for_share(
 ) -> Result<Option<(Option<String>, Option<String>)>> {
     let row = spi::update(
         client,
-        &format!(
-            "SELECT kind::pg_catalog.text, status::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE",
-            attached.workspaces
-        ),
+        &format!("SELECT kind, status FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR SHARE", attached.workspaces),
         Some(1),
         &[sql_uuid(workspace).into()],
     )?;
     if row.is_empty() {
         return Ok(None);
     }
-    Ok(Some(row.first().get_two::<String, String>()?))
+    let row = row.first();
+    Ok(Some((spi_label(&row, 1)?, spi_label(&row, 2)?)))
 }
 
 /// The kind, the row locked FOR UPDATE (registration); `None`: no such row.
@@ -115,17 +115,14 @@ pub fn kind_for_update(
 ) -> Result<Option<Option<String>>> {
     let row = spi::update(
         client,
-        &format!(
-            "SELECT kind::pg_catalog.text FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-            attached.workspaces
-        ),
+        &format!("SELECT kind FROM {} WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", attached.workspaces),
         Some(1),
         &[sql_uuid(workspace).into()],
     )?;
     if row.is_empty() {
         return Ok(None);
     }
-    Ok(Some(row.first().get_one::<String>()?))
+    Ok(Some(spi_label(&row.first(), 1)?))
 }
 
 /// The statuses secretgate itself sets.
@@ -157,9 +154,11 @@ pub fn platform_online(client: &SpiClient<'_>, attached: &Attached) -> Result<bo
     let online = spi::select(
         client,
         &format!(
-            "SELECT 1 FROM {} WHERE kind::pg_catalog.text OPERATOR(pg_catalog.=) 'platform' \
-               AND status::pg_catalog.text OPERATOR(pg_catalog.=) 'online' LIMIT 1",
-            attached.workspaces
+            "SELECT 1 FROM {} WHERE {} OPERATOR(pg_catalog.=) 'platform' \
+               AND {} OPERATOR(pg_catalog.=) 'online' LIMIT 1",
+            attached.workspaces,
+            label_sql("kind"),
+            label_sql("status"),
         ),
         Some(1),
         &[],
