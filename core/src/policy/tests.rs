@@ -1,6 +1,8 @@
 use super::*;
 use crate::uuid::Uuid;
+use crate::{Code, Error, Scope, Verdict};
 use proptest::prelude::*;
+use serde_json::Value;
 
 fn ws() -> Scope {
     Scope::Workspace(Uuid::from_u128(0x7b0e_9d8a_0000_4000_8000_0000_0000_0001))
