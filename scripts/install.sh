@@ -23,11 +23,13 @@ rm -rf "$out"
 cargo pgrx package -p secretgate --pg-config "$PG_CONFIG" --no-default-features --features "pg$PG_MAJOR" \
     "${flag[@]}" --out-dir "$out"
 
+# The server's directories belong to root: sudo when not run as root.
+as_root=(); [ "$(id -u)" -eq 0 ] || as_root=(sudo)
 (cd "$out" && find . -type f) | while read -r f; do
-    install -D -m 0644 "$out/${f#./}" "/${f#./}"
+    "${as_root[@]}" install -D -m 0644 "$out/${f#./}" "/${f#./}"
 done
 extdir="$("$PG_CONFIG" --sharedir)/extension"
 for f in extension/sql/released/secretgate--*.sql; do
-    [ -e "$f" ] && install -m 0644 "$f" "$extdir/"
+    [ -e "$f" ] && "${as_root[@]}" install -m 0644 "$f" "$extdir/"
 done
 echo "installed secretgate ($profile) into $extdir ($("$PG_CONFIG" --version))"

@@ -2,9 +2,10 @@
 # Builds and installs secretgate, starts a throwaway cluster on loopback with a
 # fresh keyring (replacing the previous quickstart cluster), runs `secretgate
 # migrate run`, then a short tour. The cluster keeps running afterwards.
+# Installs only what that needs (scripts/setup.sh --try), none of the test suite's tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --try
 export PGRX_HOME="$PWD/pgrx-config"
 DIR=${SECRETGATE_QUICKSTART_DIR:-/tmp/secretgate-quickstart}
 PORT=${SECRETGATE_QUICKSTART_PORT:-54329}

