@@ -1,23 +1,26 @@
 //! secretgate: encrypted workspace secrets and fail-closed safety gates,
 //! enforced inside PostgreSQL.
 //!
-//! Four layers; a module imports only from the layers below its own
-//! (`scripts/check-layers.sh` checks it, and that no modules import each
-//! other in a circle):
+//! Five layers, top to bottom; a module imports only from its own layer and
+//! the layers below (`scripts/check-layers.sh` checks it, and that no
+//! modules import each other in a circle):
 //!
 //! * [`sql`]: the functions and trigger entry points Postgres calls. Each
 //!   checks its arguments, makes one call down, and raises any failure.
 //! * [`gates`]: the checks. Each gathers facts from `store`, asks the pure
 //!   core's `policy` (in `secretgate-core`) for the decision, and turns a
 //!   refusal into an error with its audit line.
+//! * [`audit`]: the audit trail's launcher and per-database writers, which
+//!   move records from the shared-memory queue into `secretgate.audit_events`
+//!   as `secretgate_audit_writer`. It uses only `pg`; only `_PG_init` uses it.
 //! * [`store`]: what secretgate reads and writes (the attached tables,
 //!   workspace and secret rows, the registry, liveness verdicts) and the
 //!   per-backend caches of it.
-//! * [`audit`]: the audit trail's launcher and per-database writers, which
-//!   move records from the shared-memory queue into `secretgate.audit_events`.
-//! * [`pg`]: Postgres itself: errors, kept SPI plans and the owner's
-//!   context, the direct primary-key read, keyring loading, arguments, the
-//!   audit queue in shared memory.
+//! * [`pg`]: Postgres itself: errors, kept SPI plans, the elevated context
+//!   every statement run with other rights than the caller's runs in (the
+//!   extension's owner for the gates' reads, the tables' owner for
+//!   maintenance), the direct primary-key read, keyring loading, arguments,
+//!   the audit queue in shared memory.
 //!
 //! The rules themselves (who may write what, BYOK, routing, the refusal
 //! JSON) live in `secretgate-core`, tested without a server.

@@ -1,5 +1,7 @@
-//! SPI: statements planned once per backend and kept, and the owner's
-//! context the gates read in.
+//! SPI: statements planned once per backend and kept, and the elevated
+//! context ([`elevated`]) every statement run with other rights than the
+//! caller's runs in: as the extension's owner ([`as_owner`]), a table's owner
+//! ([`table_owner`], for maintenance) or the audit writer role.
 //!
 //! Statements planned once per backend and kept. Every gate and every read
 //! runs the same few statements, and planning them on each call cost more

@@ -1,4 +1,4 @@
-//! The middle layer: what secretgate reads and writes, and the per-backend
+//! The layer above `pg`: what secretgate reads and writes, and the per-backend
 //! caches of it. Every workspace row, secret row and registry read is here,
 //! once. Nothing here decides anything.
 
