@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: every tier, from scratch, on a fresh or warm machine.
-#   0. house rules       cargo fmt --check, clippy -D warnings, scripts/check-layers.sh
+#   0. house rules       cargo fmt --check, clippy -D warnings, scripts/check-layers.sh,
+#                        scripts/check-shipped.sh
 #   1. pure core         cargo test -p secretgate-core -p secretgate-cli (no Postgres)
 #   2. in-server         cargo pgrx test pgN (a throwaway cluster run as `postgres`)
 #   3. black-box (sqlx)  cargo test -p secretgate-tests (each binary starts its own cluster)
