@@ -25,6 +25,11 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("hostile"));
+    // Prepared transactions, for the administrative events that follow them.
+    cluster
+        .append_conf("max_prepared_transactions = 4")
+        .and_then(|()| cluster.restart("fast"))
+        .unwrap_or_else(|e| panic!("max_prepared_transactions: {e:#}"));
     migrate_once(&cluster);
     let trials = trials![&cluster;
         enum_cast_never_runs_as_the_extension_owner,
@@ -35,6 +40,7 @@ fn main() {
         temporary_tables_cannot_be_attached,
         dropping_an_attached_table_detaches_and_detach_always_works,
         key_check_bookkeeping_never_fails_or_waits,
+        administrative_events_follow_commit_prepared,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -592,5 +598,41 @@ async fn key_check_bookkeeping_never_fails_or_waits(cluster: Arc<Cluster>) -> Re
         ensure!(Instant::now() < deadline, "no key check was recorded within 30 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    still_not_superuser(&mut h).await
+}
+
+/// An administrative event of a prepared transaction is recorded by COMMIT
+/// PREPARED, in any session, and never by ROLLBACK PREPARED, nor by the next
+/// transaction of the session that prepared it.
+async fn administrative_events_follow_commit_prepared(cluster: Arc<Cluster>) -> Result<()> {
+    let mut h = hostile(&cluster, "h_2pc").await?;
+    attach_tables(&mut h, "text").await?;
+    let count = "SELECT count(*) FROM secretgate.audit_events WHERE id > $1 AND event = $2";
+    let mark = audit_mark(&mut h.dba).await?;
+    let gid = db_name("detach");
+    sqlx::raw_sql(&format!("BEGIN; SELECT secretgate.detach_gates(); PREPARE TRANSACTION '{gid}'"))
+        .execute(&mut h.dba)
+        .await
+        .described("a prepared detach")?;
+    sqlx::query("SELECT 1").execute(&mut h.dba).await.described("the next transaction")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let early: i64 = sqlx::query_scalar(count).bind(mark).bind("gates.detached").fetch_one(&mut h.dba).await?;
+    ensure!(early == 0, "the prepared detach was recorded before COMMIT PREPARED");
+    let mut other = PgConnection::connect(&cluster.url(&h.db)).await?;
+    sqlx::raw_sql(&format!("COMMIT PREPARED '{gid}'")).execute(&mut other).await.described("COMMIT PREPARED")?;
+    let recorded: i64 = sqlx::query_scalar(count).bind(mark).bind("gates.detached").fetch_one(&mut h.dba).await?;
+    ensure!(recorded == 1, "COMMIT PREPARED recorded {recorded} gates.detached events, expected 1");
+
+    let mark = audit_mark(&mut h.dba).await?;
+    let gid = db_name("attach");
+    sqlx::raw_sql(&format!("BEGIN; SELECT secretgate.attach_gates('w', 's', 'g'); PREPARE TRANSACTION '{gid}'"))
+        .execute(&mut h.app)
+        .await
+        .described("a prepared attach")?;
+    sqlx::query("SELECT 1").execute(&mut h.app).await.described("the next transaction")?;
+    sqlx::raw_sql(&format!("ROLLBACK PREPARED '{gid}'")).execute(&mut other).await.described("ROLLBACK PREPARED")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attached: i64 = sqlx::query_scalar(count).bind(mark).bind("gates.attached").fetch_one(&mut h.dba).await?;
+    ensure!(attached == 0, "a rolled-back prepared attach was recorded {attached} times");
     still_not_superuser(&mut h).await
 }

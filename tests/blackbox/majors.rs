@@ -1,7 +1,7 @@
 //! Black-box test of moving a secretgate database between PostgreSQL majors
 //! (issue 14): a cluster holding secrets under two key versions, a liveness
 //! verdict, the DBA's registry edits and the gates attached is
-//! * upgraded in place with `pg_upgrade` from 15 to 18 and from 16 to 18
+//! * upgraded in place with `pg_upgrade` from 15 and 16 to 17 and to 18
 //!   (the extension installed for the new major first, `pg_upgrade --check`
 //!   first), and
 //! * dumped with 18's `pg_dump` from 15 and restored into 18.
@@ -28,6 +28,8 @@ use uuid::Uuid;
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
+        cross_major("pg_upgrade_15_to_17_keeps_every_secret_verdict_edit_and_gate", 15, 17, Route::PgUpgrade),
+        cross_major("pg_upgrade_16_to_17_keeps_every_secret_verdict_edit_and_gate", 16, 17, Route::PgUpgrade),
         cross_major("pg_upgrade_15_to_18_keeps_every_secret_verdict_edit_and_gate", 15, 18, Route::PgUpgrade),
         cross_major("pg_upgrade_16_to_18_keeps_every_secret_verdict_edit_and_gate", 16, 18, Route::PgUpgrade),
         cross_major("pg_dump_from_15_restored_into_18_keeps_every_secret_verdict_edit_and_gate", 15, 18, Route::Dump),

