@@ -45,9 +45,8 @@ pub extern "C-unwind" fn _PG_init() {
     // (RUST_BACKTRACE). Clients get Postgres' own DETAIL, nothing more.
     // SAFETY: _PG_init runs once, before this process starts any thread.
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
-    pg::keyring::register_guc();
-    pg::index_read::register_guc();
-    gates::caller::register_guc();
+    pg::gucs::register();
+    pg::keyring::init();
     store::invalidation::register();
     audit::init();
     // SAFETY: reserves the setting prefix; called once at load.

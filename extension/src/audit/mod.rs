@@ -6,8 +6,8 @@
 
 pub mod worker;
 
-/// The one call `_PG_init` makes: the queue's settings and shared memory,
-/// and (when preloading) the launcher.
+/// The one call `_PG_init` makes: the queue's shared memory and (when
+/// preloading) the launcher.
 pub fn init() {
     crate::pg::audit_queue::init();
     if crate::pg::audit_queue::preloaded() {

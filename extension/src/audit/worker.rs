@@ -10,7 +10,8 @@
 //! idle time (so it never holds a database that someone wants to drop).
 //! A database without the extension: its records are counted as skipped.
 
-use crate::pg::audit_queue::{self, Outcome, RETENTION};
+use crate::pg::audit_queue::{self, Outcome};
+use crate::pg::gucs::AUDIT_RETENTION;
 use crate::pg::{keyring_checks, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -375,7 +376,7 @@ fn write(batch: Vec<(u64, Vec<u8>)>) {
 
 /// Deletes rows older than the retention, a small batch per transaction.
 fn prune() {
-    let secs = RETENTION.get();
+    let secs = AUDIT_RETENTION.get();
     if secs <= 0 {
         return;
     }

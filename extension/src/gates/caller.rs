@@ -1,34 +1,8 @@
 //! Who is writing, as the gates and the audit see it.
 
+use crate::pg::gucs::{CallerSetting, CALLER};
 use pgrx::prelude::*;
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use serde_json::json;
-
-/// `secretgate.caller`: what the service says the current request is.
-#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum CallerSetting {
-    #[name = c"unset"]
-    Unset,
-    #[name = c"agent"]
-    Agent,
-    #[name = c"operator"]
-    Operator,
-    #[name = c"workspace"]
-    Workspace,
-}
-
-pub static CALLER: GucSetting<CallerSetting> = GucSetting::<CallerSetting>::new(CallerSetting::Unset);
-
-pub fn register_guc() {
-    GucRegistry::define_enum_guc(
-        c"secretgate.caller",
-        c"Who the current request acts for: agent, operator, workspace or unset.",
-        c"Services SET LOCAL it per request. It can only add restrictions: members of secretgate_agent are agents whatever it says.",
-        &CALLER,
-        GucContext::Userset,
-        GucFlags::default(),
-    );
-}
 
 /// Who is writing.
 pub struct Caller {

@@ -15,16 +15,12 @@
 //! moves past freed slots. Shared memory needs the library preloaded: this
 //! module also remembers whether it was, for every entry point's check.
 
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use crate::pg::gucs::AUDIT_QUEUE_SIZE;
+use pgrx::pg_sys;
 use secretgate_core::audit::{self, Context, PG_EPOCH_UNIX_US, RECORD_BYTES};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::OnceLock;
-
-/// `secretgate.audit_queue_size`: slots in the queue (postmaster setting).
-pub static QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
-/// `secretgate.audit_retention`: rows older than this are pruned (seconds; 0 keeps all).
-pub static RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400);
 
 /// Whether the library was loaded by shared_preload_libraries in this server.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
@@ -91,36 +87,16 @@ fn shmem_size(capacity: usize) -> usize {
     header_size() + capacity * std::mem::size_of::<Slot>()
 }
 
-/// Called once from `_PG_init`: notes whether the library is being preloaded,
-/// defines the settings, and (when preloading) asks for the shared memory.
+/// Called once from `_PG_init`, after the settings are defined: notes
+/// whether the library is being preloaded, and (when it is) asks for the
+/// shared memory.
 pub fn init() {
     // SAFETY: reads a Postgres global flag.
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     PRELOADED.store(preloading, Ordering::Relaxed);
-    GucRegistry::define_int_guc(
-        c"secretgate.audit_retention",
-        c"How long rows of secretgate.audit_events are kept; 0 keeps them all.",
-        c"The audit writers delete older rows in small batches.",
-        &RETENTION,
-        0,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
     if !preloading {
-        // A postmaster setting can only be defined at server start.
         return;
     }
-    GucRegistry::define_int_guc(
-        c"secretgate.audit_queue_size",
-        c"Records the shared-memory audit queue holds before it drops (and counts) new ones.",
-        c"Set in postgresql.conf; takes effect at server start.",
-        &QUEUE_SIZE,
-        16,
-        1 << 20,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
     // SAFETY: _PG_init runs in the postmaster while libraries are preloaded,
     // before any hook is called; the previous hooks are kept and chained.
     unsafe {
@@ -142,7 +118,7 @@ unsafe extern "C-unwind" fn request_shmem() {
         // SAFETY: the hook that was installed before ours, called as Postgres would.
         unsafe { prev() };
     }
-    let capacity = QUEUE_SIZE.get().max(16) as usize;
+    let capacity = AUDIT_QUEUE_SIZE.get().max(16) as usize;
     // SAFETY: called from shmem_request_hook, where these requests are allowed.
     unsafe {
         pg_sys::RequestAddinShmemSpace(shmem_size(capacity));
@@ -156,7 +132,7 @@ unsafe extern "C-unwind" fn startup_shmem() {
         // SAFETY: the hook that was installed before ours, called as Postgres would.
         unsafe { prev() };
     }
-    let capacity = QUEUE_SIZE.get().max(16) as usize;
+    let capacity = AUDIT_QUEUE_SIZE.get().max(16) as usize;
     // SAFETY: shmem_startup_hook: AddinShmemInitLock (MainLWLockArray[21], as
     // pgrx's own PgLwLock uses it) serialises ShmemInitStruct; the struct is
     // zeroed and initialised only when it was not found (a fresh or

@@ -14,10 +14,11 @@
 //! descent was most of what the gate still cost per row.
 
 use super::compat;
+use crate::pg::gucs::DIRECT_INDEX_READ;
 use crate::pg::types;
 use pgrx::itemptr::item_pointer_get_block_number_no_check;
 use pgrx::pg_sys::{self, Oid};
-use pgrx::{FromDatum, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::FromDatum;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -30,22 +31,6 @@ pub const UUID_BTREE_FAM_OID: Oid = Oid::from_u32(2968);
 /// Rows remembered per table and backend (about 40 bytes each, so at most
 /// about 320 kB); past this, start over.
 const MAX_REMEMBERED: usize = 8_192;
-
-/// `secretgate.direct_index_read`: a superuser's off switch for this read
-/// (the SQL path answers instead), for a table access method or a server
-/// build where the direct read is in doubt.
-pub static DIRECT_INDEX_READ: GucSetting<bool> = GucSetting::<bool>::new(true);
-
-pub fn register_guc() {
-    GucRegistry::define_bool_guc(
-        c"secretgate.direct_index_read",
-        c"Whether the gates read a workspace's kind straight through its primary key (on) or through SQL (off).",
-        c"Off is slower and answers the same; it exists to rule the direct read out.",
-        &DIRECT_INDEX_READ,
-        GucContext::Suset,
-        GucFlags::default(),
-    );
-}
 
 thread_local! {
     /// By table, then by key: where the row was last found.

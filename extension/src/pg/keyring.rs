@@ -3,28 +3,20 @@
 //! `secretgate.keyring_command` ([`keyring_source`]). Every use of a key is
 //! checked against the database's key check values ([`keyring_checks`]).
 
+use crate::pg::gucs::KEYRING_FILE;
 use crate::pg::keyring_checks::{self, Check};
 use crate::pg::keyring_source;
-use pgrx::{pg_sys, GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
 use secretgate_core::{Error as CoreError, Keyring, Scope};
 use std::cell::RefCell;
-use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-pub static KEYRING_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-
-pub fn register_guc() {
-    GucRegistry::define_string_guc(
-        c"secretgate.keyring_file",
-        c"Absolute path of secretgate's JSON keyring (mode 0600, owned by the server's user).",
-        c"Set only in the server's configuration; re-read when the file changes or on reload.",
-        &KEYRING_FILE,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
-    );
+/// Called once from `_PG_init`, after the settings are defined: the keyring
+/// command's shared memory and worker, and the check of both sources.
+pub fn init() {
     keyring_source::init();
     // At start, both sources at once stop the server (on a reload, every key
     // operation says so instead: see `current`).

@@ -15,12 +15,12 @@
 //! Requires `shared_preload_libraries`: the shared memory and the worker
 //! exist only when the library is preloaded.
 
+use crate::pg::gucs::{KEYRING_COMMAND, KEYRING_COMMAND_TIMEOUT};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, GucContext, GucFlags, GucRegistry, GucSetting, PGRXSharedMemory, PgAtomic, PgLwLock};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
 use secretgate_core::{Error as CoreError, Keyring};
 use std::cell::RefCell;
-use std::ffi::CString;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -28,9 +28,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
-
-pub static KEYRING_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-pub static KEYRING_COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 /// The largest keyring a command may print.
 const SLOT_BYTES: usize = 64 * 1024;
@@ -61,28 +58,9 @@ static GENERATION: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"secretgate key
 /// and the worker exist); forked processes inherit it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
 
-/// Defines the settings; when preloading, requests the shared memory and
-/// registers the worker.
+/// When preloading, requests the shared memory and registers the worker.
 #[allow(unexpected_cfgs)] // pg_shmem_init! tests features of other Postgres versions
 pub fn init() {
-    GucRegistry::define_string_guc(
-        c"secretgate.keyring_command",
-        c"A command whose standard output is secretgate's JSON keyring (e.g. a KMS decrypt).",
-        c"Run once at server start and once per reload, never per connection; its output stays in memory. Needs shared_preload_libraries.",
-        &KEYRING_COMMAND,
-        GucContext::Sighup,
-        GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
-    );
-    GucRegistry::define_int_guc(
-        c"secretgate.keyring_command_timeout",
-        c"How long secretgate.keyring_command may run before it is killed.",
-        c"A command that takes longer leaves the server without a keyring (SG003) until the next reload.",
-        &KEYRING_COMMAND_TIMEOUT,
-        1,
-        3600,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
     // SAFETY: reads a Postgres global flag.
     if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
         return;

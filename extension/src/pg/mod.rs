@@ -5,6 +5,7 @@ pub mod args;
 pub mod audit_queue;
 pub mod compat;
 pub mod error;
+pub mod gucs;
 pub mod index_read;
 pub mod keyring;
 pub mod keyring_checks;
