@@ -10,8 +10,9 @@
 //! idle time (so it never holds a database that someone wants to drop).
 //! A database without the extension: its records are counted as skipped.
 
-use crate::pg::audit_queue::{self, Outcome};
+use crate::pg::audit_writers::{self, Outcome};
 use crate::pg::gucs::AUDIT_RETENTION;
+use crate::pg::{audit_queue, audit_shmem};
 use crate::pg::{keyring_checks, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::pg_sys;
@@ -107,16 +108,16 @@ pub extern "C-unwind" fn secretgate_audit_launcher_main(_arg: pg_sys::Datum) {
     // No database: connected only to show in pg_stat_activity (as Postgres'
     // own logical replication launcher does).
     BackgroundWorker::connect_worker_to_spi(None, None);
-    let before = audit_queue::launcher_started();
+    let before = audit_writers::launcher_started();
     if before > 0 {
-        audit_queue::set_error(&format!(
+        audit_shmem::set_error(&format!(
             "the audit launcher restarted ({} starts since the server started)",
             before + 1
         ));
     }
     loop {
         reload_config_if_asked();
-        for db in audit_queue::databases_needing_writers(START_RETRY_US) {
+        for db in audit_writers::databases_needing_writers(START_RETRY_US) {
             start_writer(db);
         }
         if shutdown_requested() || !BackgroundWorker::wait_latch(Some(Duration::from_secs(1))) {
@@ -138,7 +139,7 @@ fn start_writer(db: pg_sys::Oid) {
         .set_restart_time(None)
         .load_dynamic();
     if started.is_err() {
-        audit_queue::start_failed(
+        audit_writers::start_failed(
             db,
             "no background worker slot for an audit writer: raise max_worker_processes (records wait in the queue)",
         );
@@ -148,7 +149,7 @@ fn start_writer(db: pg_sys::Oid) {
 /// Runs on every exit of a writer, a failed connection included.
 unsafe extern "C-unwind" fn writer_exit(_code: c_int, arg: pg_sys::Datum) {
     let db = pg_sys::Oid::from(arg.value() as u32);
-    audit_queue::writer_exits(db, CONNECTED.load(Ordering::Relaxed));
+    audit_writers::writer_exits(db, CONNECTED.load(Ordering::Relaxed));
 }
 
 /// A writer's main loop, for the database whose oid is `arg`.
@@ -168,7 +169,7 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
     };
     pin_settings();
     CONNECTED.store(true, Ordering::Relaxed);
-    if !audit_queue::register_writer(db) {
+    if !audit_writers::register_writer(db) {
         return;
     }
     let mut last_prune: Option<Instant> = None;
@@ -176,7 +177,7 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
     let mut wrote_since_prune = false;
     loop {
         reload_config_if_asked();
-        let batch = audit_queue::claim(db, BATCH);
+        let batch = audit_writers::claim(db, BATCH);
         let full = batch.len() == BATCH;
         if !batch.is_empty() {
             write(batch);
@@ -191,20 +192,20 @@ pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
             wrote_since_prune = false;
         }
         if shutdown_requested() {
-            audit_queue::set_error(&format!(
+            audit_shmem::set_error(&format!(
                 "the audit writer for database {} was ended; another starts when records wait",
                 db.to_u32()
             ));
             break;
         }
-        if leaving && audit_queue::leave_if_idle(db) {
+        if leaving && audit_writers::leave_if_idle(db) {
             break;
         }
         if full {
             continue;
         }
         if !BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
-            audit_queue::set_error(&format!(
+            audit_shmem::set_error(&format!(
                 "the audit writer for database {} was ended; another starts when records wait",
                 db.to_u32()
             ));
@@ -334,9 +335,9 @@ fn record_key_checks(batch: Vec<(u64, Vec<u8>)>) {
         })
     });
     if let Err(e) = done {
-        audit_queue::set_error(&format!("a key check could not be recorded: {e}"));
+        audit_shmem::set_error(&format!("a key check could not be recorded: {e}"));
     }
-    audit_queue::finish(&seqs, Outcome::Applied);
+    audit_writers::finish(&seqs, Outcome::Applied);
 }
 
 const HAS_KEY_CHECKS: &str = "SELECT pg_catalog.to_regclass('secretgate.key_checks') IS NOT NULL";
@@ -355,21 +356,21 @@ fn write(batch: Vec<(u64, Vec<u8>)>) {
     let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
     let records: Vec<&[u8]> = batch.iter().map(|(_, r)| r.as_slice()).collect();
     match insert(&records) {
-        Ok(outcome) => audit_queue::finish(&seqs, outcome),
+        Ok(outcome) => audit_writers::finish(&seqs, outcome),
         Err(_) if batch.len() > 1 => {
             for (seq, record) in &batch {
                 match insert(&[record.as_slice()]) {
-                    Ok(outcome) => audit_queue::finish(&[*seq], outcome),
+                    Ok(outcome) => audit_writers::finish(&[*seq], outcome),
                     Err(e) => {
-                        audit_queue::set_error(&format!("an audit record could not be written: {e}"));
-                        audit_queue::finish(&[*seq], Outcome::Failed);
+                        audit_shmem::set_error(&format!("an audit record could not be written: {e}"));
+                        audit_writers::finish(&[*seq], Outcome::Failed);
                     }
                 }
             }
         }
         Err(e) => {
-            audit_queue::set_error(&format!("an audit record could not be written: {e}"));
-            audit_queue::finish(&seqs, Outcome::Failed);
+            audit_shmem::set_error(&format!("an audit record could not be written: {e}"));
+            audit_writers::finish(&seqs, Outcome::Failed);
         }
     }
 }
@@ -399,7 +400,7 @@ fn prune() {
             Ok(n) if n >= PRUNE_BATCH && !shutdown_requested() => continue,
             Ok(_) => break,
             Err(e) => {
-                audit_queue::set_error(&format!("pruning secretgate.audit_events failed: {e}"));
+                audit_shmem::set_error(&format!("pruning secretgate.audit_events failed: {e}"));
                 break;
             }
         }

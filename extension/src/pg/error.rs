@@ -14,7 +14,7 @@
 //! does not return (it longjmps), so only the message strings are live then,
 //! and they are dropped before the jump.
 
-use crate::pg::audit_queue;
+use crate::pg::{audit_queue, audit_shmem};
 use pgrx::pg_sys;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::{PgLogLevel, PgSqlErrorCode, PgTryBuilder};
@@ -240,7 +240,7 @@ pub fn raise_on<T>(work: impl FnOnce() -> Result<T>) -> T {
 /// What every entry point checks first: the audit queue lives in shared
 /// memory, which only a preloaded library has. Without it nothing runs (55000).
 pub fn require_preload() {
-    if !audit_queue::preloaded() {
+    if !audit_shmem::preloaded() {
         Failure::sql(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, NOT_PRELOADED)
             .hint("add the line shared_preload_libraries = 'secretgate' to postgresql.conf (keep any other libraries already listed there, comma-separated), then restart PostgreSQL")
             .raise()

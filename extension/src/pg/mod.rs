@@ -2,7 +2,10 @@
 //! directly. Nothing here knows what a gate is.
 
 pub mod args;
+pub mod audit_at_commit;
 pub mod audit_queue;
+pub mod audit_shmem;
+pub mod audit_writers;
 pub mod compat;
 pub mod error;
 pub mod gucs;

@@ -1,6 +1,6 @@
 //! `secretgate.audit_status()`: the audit queue's health.
 
-use crate::pg::audit_queue;
+use crate::pg::audit_shmem;
 use crate::pg::error::{self, Failure};
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
@@ -18,7 +18,7 @@ fn audit_status() -> TableIterator<
     ),
 > {
     let status = error::raise_on(|| {
-        audit_queue::status()
+        audit_shmem::status()
             .ok_or_else(|| Failure::sql(PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, error::NOT_PRELOADED))
     });
     TableIterator::once((
