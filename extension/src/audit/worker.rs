@@ -88,6 +88,16 @@ pub fn register_launcher() {
         .load();
 }
 
+/// Installs the signal handlers, then reads the configuration once: a
+/// reload signalled between this process's start and its handlers was
+/// ignored (a background worker starts with SIGHUP ignored), and a writer
+/// that kept the old `secretgate.audit_retention` would never prune by the new one.
+fn handle_signals() {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    // SAFETY: re-reads the configuration files, as on SIGHUP.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+}
+
 fn reload_config_if_asked() {
     if BackgroundWorker::sighup_received() {
         // SAFETY: the documented way for a background worker to re-read its configuration.
@@ -104,7 +114,7 @@ fn shutdown_requested() -> bool {
 #[pg_guard]
 #[no_mangle]
 pub extern "C-unwind" fn secretgate_audit_launcher_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    handle_signals();
     // No database: connected only to show in pg_stat_activity (as Postgres'
     // own logical replication launcher does).
     BackgroundWorker::connect_worker_to_spi(None, None);
@@ -157,7 +167,7 @@ unsafe extern "C-unwind" fn writer_exit(_code: c_int, arg: pg_sys::Datum) {
 #[no_mangle]
 pub extern "C-unwind" fn secretgate_audit_writer_main(arg: pg_sys::Datum) {
     let db = pg_sys::Oid::from(arg.value() as u32);
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    handle_signals();
     // SAFETY: registers a plain function to run at this process's exit.
     unsafe { pg_sys::on_shmem_exit(Some(writer_exit), arg) };
     // As the bootstrap superuser (the only role sure to exist and to log
