@@ -18,28 +18,55 @@ use secretgate_core::{uuid::Uuid as CoreUuid, Scope};
 
 type Row<'a> = PgHeapTuple<'a, AllocatedByPostgres>;
 
-/// Declares a trigger function's C entry point (`<name>_wrapper`, the
-/// symbol the SQL function names) around `body`, which gets the trigger's
-/// data and returns the row to pass on (or `None`).
-macro_rules! trigger_entry {
-    ($finfo:ident, $entry:ident, $body:path) => {
-        #[no_mangle]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
-            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
+/// Declares every trigger function, once each: its SQL name, the C symbol
+/// its SQL function names, its body, and whether Postgres runs it
+/// `SECURITY DEFINER` (set in `finalize.sql`) or as its invoker. Makes each
+/// one's C entry points (the symbol and `pg_finfo_<symbol>`); the body gets
+/// the trigger's data and returns the row to pass on (or `None`). Its
+/// `CREATE FUNCTION` line is in `TRIGGER_FUNCTIONS_SQL` (pgrx needs that
+/// SQL as one literal); a test holds the list against it, the trigger DDL
+/// and `finalize.sql`.
+macro_rules! gates {
+    ($($name:ident: $symbol:ident => $body:path, $rights:ident;)*) => {
+        $(
+            const _: () = {
+                #[export_name = concat!("pg_finfo_", stringify!($symbol))]
+                #[doc(hidden)]
+                pub extern "C" fn finfo() -> &'static pg_sys::Pg_finfo_record {
+                    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+                    &V1
+                }
+            };
 
-        /// # Safety
-        /// Called by Postgres' function manager with a valid `fcinfo`.
-        #[no_mangle]
-        #[doc(hidden)]
-        pub unsafe extern "C-unwind" fn $entry(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-            // SAFETY: the guard turns a panic or a Postgres error inside into
-            // a Postgres ERROR, so nothing unwinds into C.
-            unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || dispatch(fcinfo, $body)) }
-        }
+            /// # Safety
+            /// Called by Postgres' function manager with a valid `fcinfo`.
+            #[no_mangle]
+            #[doc(hidden)]
+            pub unsafe extern "C-unwind" fn $symbol(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+                // SAFETY: the guard turns a panic or a Postgres error inside into
+                // a Postgres ERROR, so nothing unwinds into C.
+                unsafe { pg_sys::submodules::panic::pgrx_extern_c_guard(move || dispatch(fcinfo, $body)) }
+            }
+        )*
+
+        /// The list `gates!` was given, for the test that holds it against the SQL.
+        #[cfg(test)]
+        const GATES: &[Gate] = &[$(Gate {
+            name: stringify!($name),
+            symbol: stringify!($symbol),
+            definer: gates!(@definer $rights),
+        }),*];
     };
+    (@definer definer) => { true };
+    (@definer invoker) => { false };
+}
+
+/// One entry of the list of trigger functions.
+#[cfg(test)]
+struct Gate {
+    name: &'static str,
+    symbol: &'static str,
+    definer: bool,
 }
 
 /// Runs a trigger's body on the trigger data `fcinfo` carries.
@@ -290,20 +317,36 @@ fn forbidden_keys_changed<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'
     Ok(None)
 }
 
-trigger_entry!(pg_finfo_gate_secret_write_wrapper, gate_secret_write_wrapper, secret_write);
-trigger_entry!(pg_finfo_gate_global_secret_write_wrapper, gate_global_secret_write_wrapper, global_secret_write);
-trigger_entry!(pg_finfo_gate_workspace_write_wrapper, gate_workspace_write_wrapper, workspace_write);
-trigger_entry!(pg_finfo_gate_platform_identity_wrapper, gate_platform_identity_wrapper, platform_identity);
-trigger_entry!(pg_finfo_gate_model_removed_wrapper, gate_model_removed_wrapper, model_removed);
-trigger_entry!(pg_finfo_gate_byok_wrapper, gate_byok_wrapper, byok_at_commit);
-trigger_entry!(pg_finfo_gate_byok_model_wrapper, gate_byok_model_wrapper, byok_model_at_commit);
-trigger_entry!(pg_finfo_gate_secrets_truncate_wrapper, gate_secrets_truncate_wrapper, secrets_truncate);
-trigger_entry!(pg_finfo_registry_changed_wrapper, registry_changed_wrapper, forbidden_keys_changed);
+// The per-row secret gates run as the invoker and switch to the owner in
+// code around the few reads they make: a declared SECURITY DEFINER context
+// would be set up and torn down on every row written.
+gates! {
+    gate_secret_write: gate_secret_write_wrapper => secret_write, invoker;
+    gate_global_secret_write: gate_global_secret_write_wrapper => global_secret_write, invoker;
+    gate_workspace_write: gate_workspace_write_wrapper => workspace_write, definer;
+    gate_platform_identity: gate_platform_identity_wrapper => platform_identity, definer;
+    gate_model_removed: gate_model_removed_wrapper => model_removed, definer;
+    gate_byok: gate_byok_wrapper => byok_at_commit, definer;
+    gate_byok_model: gate_byok_model_wrapper => byok_model_at_commit, definer;
+    gate_secrets_truncate: gate_secrets_truncate_wrapper => secrets_truncate, definer;
+    registry_changed: registry_changed_wrapper => forbidden_keys_changed, invoker;
+}
+
+/// Declares `sql` as the SQL of the trigger functions, and keeps it as
+/// `TRIGGER_FUNCTIONS_SQL` for the test that holds it against `gates!`.
+macro_rules! trigger_functions_sql {
+    ($sql:literal) => {
+        #[cfg(test)]
+        const TRIGGER_FUNCTIONS_SQL: &str = $sql;
+
+        pgrx::extension_sql!($sql, name = "trigger_functions", requires = ["bootstrap"],);
+    };
+}
 
 // The SQL functions the entry points above implement (pgrx's #[pg_trigger]
 // would make them too, but its entry point cannot refuse a plain call with
 // a clear error: it panics, which reaches the client as XX000).
-pgrx::extension_sql!(
+trigger_functions_sql!(
     r#"
 CREATE FUNCTION secretgate."gate_secret_write"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_secret_write_wrapper';
 CREATE FUNCTION secretgate."gate_global_secret_write"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_global_secret_write_wrapper';
@@ -314,7 +357,71 @@ CREATE FUNCTION secretgate."gate_byok"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_P
 CREATE FUNCTION secretgate."gate_byok_model"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_byok_model_wrapper';
 CREATE FUNCTION secretgate."gate_secrets_truncate"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_secrets_truncate_wrapper';
 CREATE FUNCTION secretgate."registry_changed"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'registry_changed_wrapper';
-"#,
-    name = "trigger_functions",
-    requires = ["bootstrap"],
+"#
 );
+
+#[cfg(test)]
+mod tests {
+    use super::{GATES, TRIGGER_FUNCTIONS_SQL};
+    use crate::store::trigger_ddl::TRIGGERS;
+    use std::collections::BTreeSet;
+
+    const FINALIZE: &str = include_str!("../../sql/finalize.sql");
+
+    /// The functions `text` runs as `EXECUTE FUNCTION secretgate.X(`.
+    fn executed(text: &str) -> BTreeSet<&str> {
+        text.split("EXECUTE FUNCTION secretgate.")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('('))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    #[test]
+    fn create_function_lines_are_the_gate_list() {
+        let lines: Vec<&str> = TRIGGER_FUNCTIONS_SQL.lines().filter(|line| !line.trim().is_empty()).collect();
+        let expected: Vec<String> = GATES
+            .iter()
+            .map(|g| {
+                format!(
+                    "CREATE FUNCTION secretgate.\"{}\"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', '{}';",
+                    g.name, g.symbol
+                )
+            })
+            .collect();
+        assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn every_trigger_runs_a_listed_gate_and_every_gate_has_a_trigger() {
+        let names: BTreeSet<&str> = GATES.iter().map(|g| g.name).collect();
+        let attached: BTreeSet<&str> = TRIGGERS.iter().flat_map(|(_, _, body)| executed(body)).collect();
+        assert!(
+            attached.is_subset(&names),
+            "attach_gates runs functions not in the list: {:?}",
+            attached.difference(&names)
+        );
+        // finalize.sql puts registry_changed on the registry tables.
+        let finalize: BTreeSet<&str> = executed(FINALIZE);
+        let unused: Vec<&&str> = names.iter().filter(|n| !attached.contains(*n) && !finalize.contains(*n)).collect();
+        assert!(unused.is_empty(), "listed gates no trigger runs: {unused:?}");
+    }
+
+    #[test]
+    fn finalize_makes_exactly_the_definer_gates_security_definer() {
+        for g in GATES {
+            let definer = format!(
+                "ALTER FUNCTION secretgate.{}() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;",
+                g.name
+            );
+            let declared =
+                FINALIZE.lines().filter(|line| line.starts_with(&format!("ALTER FUNCTION secretgate.{}(", g.name)));
+            let lines: Vec<&str> = declared.collect();
+            if g.definer {
+                assert_eq!(lines, [definer.as_str()], "{} is SECURITY DEFINER with a pinned search_path", g.name);
+            } else {
+                assert!(lines.is_empty(), "{} runs as its invoker: finalize.sql alters it: {lines:?}", g.name);
+            }
+        }
+    }
+}

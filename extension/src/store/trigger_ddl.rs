@@ -1,5 +1,6 @@
 //! The triggers `attach_gates` creates on the platform's tables, as DDL.
-//! The functions they call are in `sql::triggers`.
+//! The functions they call are in `sql::triggers`, whose test checks that
+//! each one this DDL names is in its list of trigger functions.
 
 /// Every trigger `attach_gates` creates: (name, table role, SQL after `ON <table>`).
 /// The identity triggers are deferred constraint triggers: they check at
