@@ -5,8 +5,9 @@
 //! the layers below (`scripts/check-layers.sh` checks it, and that no
 //! modules import each other in a circle):
 //!
-//! * [`sql`]: the functions and trigger entry points Postgres calls. Each
-//!   checks its arguments, makes one call down, and raises any failure.
+//! * [`sql`]: the functions and trigger entry points Postgres calls (the
+//!   trigger functions declared once each, in one list). Each checks its
+//!   arguments, makes one call down, and raises any failure.
 //! * [`gates`]: the checks. Each gathers facts from `store`, asks the pure
 //!   core's `policy` (in `secretgate-core`) for the decision, and turns a
 //!   refusal into an error with its audit line.
@@ -16,11 +17,12 @@
 //! * [`store`]: what secretgate reads and writes (the attached tables,
 //!   workspace and secret rows, the registry, liveness verdicts) and the
 //!   per-backend caches of it.
-//! * [`pg`]: Postgres itself: errors, kept SPI plans, the elevated context
-//!   every statement run with other rights than the caller's runs in (the
-//!   extension's owner for the gates' reads, the tables' owner for
-//!   maintenance), the direct primary-key read, keyring loading, arguments,
-//!   the audit queue in shared memory.
+//! * [`pg`]: Postgres itself: every `secretgate.*` setting, errors, kept SPI
+//!   plans, the elevated context every statement run with other rights than
+//!   the caller's runs in (the extension's owner for the gates' reads, the
+//!   tables' owner for maintenance), the direct primary-key read, keyring
+//!   loading, arguments, the audit queue in shared memory (its memory, its
+//!   producers, the writers' registry, the records held until commit).
 //!
 //! The rules themselves (who may write what, BYOK, routing, the refusal
 //! JSON) live in `secretgate-core`, tested without a server.
