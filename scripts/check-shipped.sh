@@ -11,8 +11,8 @@
 #     belongs in bench/, the user docs state the method and current figures).
 # Say what the rule is instead of where it came from. Shipped files are the
 # docs, the top-level pages, the benchmark reports, the scripts, contrib/, the
-# tool, the core, the extension (its Rust, SQL and control file) and the
-# manifests; the tests and the fuzz targets are not shipped. A few shipped
+# container image's files (docker/), the tool, the core, the extension (its
+# Rust, SQL and control file) and the manifests; the tests and the fuzz targets are not shipped. A few shipped
 # files are frozen on purpose and exempt (the list below says why). Exits 1 on
 # a finding.
 set -euo pipefail
@@ -22,7 +22,7 @@ import os, re, sys
 
 # What is scanned: these files, and every text file under these folders.
 FILES = ["README.md", "ARCHITECTURE.md", "CONTRIBUTING.md", "CHANGELOG.md", "Cargo.toml", "core/Cargo.toml"]
-FOLDERS = ["docs", "bench", "scripts", "contrib", "cli", "core/src", "core/benches", "extension", "migrations"]
+FOLDERS = ["docs", "bench", "scripts", "contrib", "docker", "cli", "core/src", "core/benches", "extension", "migrations"]
 
 # Frozen files: shipped, but never edited, so they keep what they say.
 EXEMPT = [

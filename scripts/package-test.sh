@@ -8,12 +8,12 @@
 #   3. runs tests/blackbox/packages.rs against that root: dpkg -i, a cluster,
 #      migrations, the tour, a refusal per gate, a rotation, a package upgrade
 #      with ALTER EXTENSION UPDATE, dpkg -r leaving nothing behind;
-#   4. checks the contents of the 16 and 18 packages: their file list, every
+#   4. checks the contents of the 16, 17 and 18 packages: their file list, every
 #      symbol the library needs found in that major's server or its C
 #      libraries, and CREATE EXTENSION (and an update from 0.2.0) on the
 #      project's own server of that major, from the package's files.
 # Needs root (debootstrap, chroot, mounts). The copy is removed at the end.
-#   scripts/package-test.sh            15 on the clean root, then 16 and 18's contents
+#   scripts/package-test.sh            15 on the clean root, then 16, 17 and 18's contents
 #   scripts/package-test.sh --pg 15    only the clean-root walk
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ ROOT=$PWD
 . scripts/pg-majors.sh
 CACHE=$SECRETGATE_CACHE
 export PGRX_HOME="$ROOT/pgrx-config"
-content_majors=(16 18)
+content_majors=(16 17 18)
 [ "${1:-}" != --pg ] || { [ "${2:-}" = 15 ] || { echo "package-test: the clean root has 15 only" >&2; exit 2; }; content_majors=(); }
 # The last commit of the previous released version (0.3.0): its package is
 # what the upgrade starts from. Bump both when a version is released.

@@ -5,7 +5,7 @@
 #                                                 full script and every upgrade script included
 #   secretgate-cli_<version>_amd64.deb            /usr/bin/secretgate, its man pages and completions
 #
-#   scripts/package.sh              every supported major (15, 16, 18) and the tool
+#   scripts/package.sh              every supported major (15, 16, 17, 18) and the tool
 #   scripts/package.sh --pg 15      one major (repeatable) and the tool
 #   scripts/package.sh --no-cli     the extension packages only
 #   scripts/package.sh --rev REV --pg 15 --no-cli
@@ -132,7 +132,7 @@ EOF
 }
 
 for n in "${majors[@]}"; do
-    # The server it is built against: Debian's 15, or the project's own 16 and 18 (set up if missing).
+    # The server it is built against: Debian's 15, or the project's own 16, 17 and 18 (set up if missing).
     pg_config=$(pg_config_of "$n")
     [ -x "$pg_config" ] || scripts/setup.sh --pg "$n" >/dev/null
     write_pgrx_config

@@ -8,11 +8,14 @@
 #   4. fuzz              scripts/fuzz.sh: each secretgate-core fuzz target for a
 #                        bounded time (SECRETGATE_FUZZ_SECONDS, default 15)
 #   5. packages          scripts/package-test.sh: the .debs built and installed on a clean
-#                        Debian 12 root (15), the 16 and 18 packages' contents checked
+#                        Debian 12 root (15), the 16, 17 and 18 packages' contents checked
+#   6. container image   scripts/image-test.sh: the image on a local stand-in for the
+#                        official one (15 and 17), run with podman
 #
-#   scripts/test.sh           (CI) every tier on PostgreSQL 15, then tiers 2 and 3 on 16 and 18
-#   scripts/test.sh --pg N    every tier against major N only (15, 16 or 18)
-# 16 and 18 are installed by scripts/setup.sh --pg N (cached in $SECRETGATE_CACHE).
+#   scripts/test.sh           (CI) every tier on PostgreSQL 15, tiers 2 and 3 on 16, 17 and 18,
+#                             tier 6 on 15 and 17
+#   scripts/test.sh --pg N    every tier against major N only (15, 16, 17 or 18; tier 6 when N is 15 or 17)
+# 16, 17 and 18 are installed by scripts/setup.sh --pg N (cached in $SECRETGATE_CACHE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg-majors.sh
@@ -23,7 +26,7 @@ if [ $# -gt 0 ]; then
     server_tiers=()
 else
     all_tiers=(15)
-    server_tiers=(16 18)
+    server_tiers=(16 17 18)
 fi
 majors=("${all_tiers[@]}" "${server_tiers[@]}")
 export PGRX_HOME="$PWD/pgrx-config"
@@ -69,8 +72,8 @@ done
 # tier, into every major the cross-major test (tests/blackbox/majors.rs) uses.
 tier_start=$SECONDS
 install=("${majors[@]}")
-if [[ " ${majors[*]} " == *" 18 "* ]]; then
-    # majors.rs moves 15 and 16 clusters to 18 in 18's pass: every installed major gets the same build.
+if [[ " ${majors[*]} " == *" 17 "* || " ${majors[*]} " == *" 18 "* ]]; then
+    # majors.rs moves 15 and 16 clusters to 17 and to 18 in those majors' passes: every installed major gets the same build.
     install=()
     for major in "${SUPPORTED_MAJORS[@]}"; do [ ! -x "$(pg_config_of "$major")" ] || install+=("$major"); done
 fi
@@ -101,6 +104,18 @@ if [[ " ${majors[*]} " == *" 15 "* ]]; then
     # the other majors tested here: contents, symbols and CREATE EXTENSION from their files.
     if [ ${#majors[@]} -gt 1 ]; then scripts/package-test.sh; else scripts/package-test.sh --pg 15; fi
     mark "tier 5"
+fi
+
+# The image's stand-in bases exist for the majors Debian's archive has (15 and 17).
+image_majors=()
+for major in "${majors[@]}"; do
+    [ "$major" != 15 ] && [ "$major" != 17 ] || image_majors+=(--pg "$major")
+done
+if [ ${#image_majors[@]} -gt 0 ]; then
+    echo "== tier 6: the container image (podman, on a stand-in for the official image)"
+    tier_start=$SECONDS
+    scripts/image-test.sh "${image_majors[@]}"
+    mark "tier 6"
 fi
 
 printf '  %s\n' "${timing[@]}"
