@@ -25,9 +25,10 @@ fn main() {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     let cluster = Arc::new(Cluster::start("hostile"));
-    // Prepared transactions, for the administrative events that follow them.
+    // Prepared transactions, for the administrative events that follow them;
+    // a small audit queue, which one database's storm of refusals fills.
     cluster
-        .append_conf("max_prepared_transactions = 4")
+        .append_conf("max_prepared_transactions = 4\nsecretgate.audit_queue_size = 64")
         .and_then(|()| cluster.restart("fast"))
         .unwrap_or_else(|e| panic!("max_prepared_transactions: {e:#}"));
     migrate_once(&cluster);
@@ -41,6 +42,7 @@ fn main() {
         dropping_an_attached_table_detaches_and_detach_always_works,
         key_check_bookkeeping_never_fails_or_waits,
         administrative_events_follow_commit_prepared,
+        one_databases_storm_leaves_room_for_anothers_records,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -642,4 +644,68 @@ async fn administrative_events_follow_commit_prepared(cluster: Arc<Cluster>) -> 
     let attached: i64 = sqlx::query_scalar(count).bind(mark).bind("gates.attached").fetch_one(&mut h.dba).await?;
     ensure!(attached == 0, "a rolled-back prepared attach was recorded {attached} times");
     still_not_superuser(&mut h).await
+}
+
+/// A login in one database refuses as fast as it can, filling the audit
+/// queue (records are dropped and counted): the refusals made meanwhile in
+/// another database still become rows, since no database may take the
+/// whole queue.
+async fn one_databases_storm_leaves_room_for_anothers_records(cluster: Arc<Cluster>) -> Result<()> {
+    let mut storm = hostile(&cluster, "h_storm").await?;
+    attach_tables(&mut storm, "text").await?;
+    let mut quiet = hostile(&cluster, "h_quiet").await?;
+    attach_tables(&mut quiet, "text").await?;
+    let ws = workspace(&mut quiet).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dropped = "SELECT dropped FROM secretgate.audit_status()";
+    let dropped_before: i64 = sqlx::query_scalar(dropped).fetch_one(&mut quiet.dba).await.described("status")?;
+    let mark = audit_mark(&mut quiet.dba).await?;
+    // On a thread of its own (sqlx's futures are not Send across this runtime).
+    let url = cluster.url_as(&storm.role, &storm.db);
+    let storming = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let mut conn = PgConnection::connect(&url).await?;
+            sqlx::raw_sql(
+                "DO $$ BEGIN FOR i IN 1..40000 LOOP BEGIN \
+                   PERFORM secretgate.set_global_secret('MODEL_PROVIDER', 'storm-not-a-secret'); \
+                 EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; END $$",
+            )
+            .execute(&mut conn)
+            .await
+            .described("the storm")?;
+            Ok(())
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut made = 0;
+    while !storming.is_finished() && made < 20 {
+        refusal(&mut quiet, ws).await?;
+        made += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    storming.join().map_err(|_| anyhow::anyhow!("the storm thread panicked"))??;
+    let dropped_after: i64 = sqlx::query_scalar(dropped).fetch_one(&mut quiet.dba).await.described("status")?;
+    ensure!(made >= 5, "the storm ended before the other database refused 5 times ({made})");
+    ensure!(dropped_after > dropped_before, "the storm never filled the queue: this trial proves nothing");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM secretgate.audit_events WHERE id > $1 AND sqlstate = 'SG105'")
+                .bind(mark)
+                .fetch_one(&mut quiet.dba)
+                .await
+                .described("the quiet database's rows")?;
+        if rows == made {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{rows} of the quiet database's {made} refusals became rows during another's storm ({} records dropped)",
+            dropped_after - dropped_before
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    still_not_superuser(&mut storm).await?;
+    still_not_superuser(&mut quiet).await
 }
