@@ -80,7 +80,7 @@ CREATE TRIGGER registry_upsert BEFORE INSERT ON secretgate.credential_auth
 SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');
 
 -- ---------------------------------------------------------------------------
--- Adoption by a live platform (issue 13): label-typed kind/status, a model
+-- Adoption by a live platform: label-typed kind/status, a model
 -- that is the MODEL secret, external runtimes, owners attach, attach_check.
 
 CREATE TABLE secretgate.external_runtimes (
@@ -159,11 +159,11 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'key_formats_wrapper';
 
 -- ---------------------------------------------------------------------------
--- Keys from a KMS, and a wrong key told apart from a corrupt row (issue 16).
+-- Keys from a KMS, and a wrong key told apart from a corrupt row.
 -- Existing databases get their key check values on first use: the first
 -- time a version encrypts, or one of its rows decrypts, after this update
 -- (ALTER EXTENSION runs without the server's keyring in hand).
--- Key check values (CONTRACT §3): a keyed hash of a fixed label under each key
+-- Key check values: a keyed hash of a fixed label under each key
 -- version, recorded when the version is first used in this database, so a
 -- server given another key under a known version answers SG004 instead of
 -- SG001 on every row. Written only by the extension (as its owner); it
@@ -199,9 +199,9 @@ VOLATILE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'reencrypt_skipping_wrapper';
 REVOKE EXECUTE ON FUNCTION secretgate.reencrypt_skipping(integer) FROM PUBLIC;
--- Issue 17: the audit trail (secretgate.audit_events, secretgate_auditor, audit_status).
+-- The audit trail (secretgate.audit_events, secretgate_auditor, audit_status).
 
--- The audit trail (CONTRACT §6): one row per refusal and per administrative
+-- The audit trail: one row per refusal and per administrative
 -- event, written by secretgate's background writers outside the refusing
 -- transaction (so a rollback keeps it). Never a value, ciphertext or key.
 CREATE TABLE secretgate.audit_events (

@@ -16,7 +16,7 @@ The ordering of items is not stable, it is driven by a dependency graph.
 -- what each role may actually read or write.
 GRANT USAGE ON SCHEMA secretgate TO PUBLIC;
 
--- The platform tables secretgate guards (CONTRACT §2): one set per database.
+-- The platform tables secretgate guards: one set per database.
 CREATE TABLE secretgate.attached_tables (
     singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     workspaces     regclass NOT NULL,
@@ -41,7 +41,7 @@ BEGIN
         END;
     END IF;
 END $$;
-COMMENT ON ROLE secretgate_agent IS 'Members are agent callers for secretgate''s gates (CONTRACT §6)';
+COMMENT ON ROLE secretgate_agent IS 'Members are agent callers for secretgate''s gates, whatever secretgate.caller says';
 
 -- Key names no one may write (deleting them stays allowed).
 CREATE TABLE secretgate.forbidden_keys (

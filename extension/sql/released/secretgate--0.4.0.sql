@@ -16,7 +16,7 @@ The ordering of items is not stable, it is driven by a dependency graph.
 -- what each role may actually read or write.
 GRANT USAGE ON SCHEMA secretgate TO PUBLIC;
 
--- The platform tables secretgate guards (CONTRACT §2): one set per database.
+-- The platform tables secretgate guards: one set per database.
 CREATE TABLE secretgate.attached_tables (
     singleton      boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     workspaces     regclass NOT NULL,
@@ -41,7 +41,7 @@ BEGIN
         END;
     END IF;
 END $$;
-COMMENT ON ROLE secretgate_agent IS 'Members are agent callers for secretgate''s gates (CONTRACT §6)';
+COMMENT ON ROLE secretgate_agent IS 'Members are agent callers for secretgate''s gates, whatever secretgate.caller says';
 
 -- Key names no one may write (deleting them stays allowed).
 CREATE TABLE secretgate.forbidden_keys (
@@ -181,7 +181,7 @@ SELECT pg_catalog.pg_extension_config_dump('secretgate.liveness', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.credential_auth', '');
 SELECT pg_catalog.pg_extension_config_dump('secretgate.external_runtimes', '');
 
--- Key check values (CONTRACT §3): a keyed hash of a fixed label under each key
+-- Key check values: a keyed hash of a fixed label under each key
 -- version, recorded when the version is first used in this database, so a
 -- server given another key under a known version answers SG004 instead of
 -- SG001 on every row. Written only by the extension (as its owner); it
@@ -195,7 +195,7 @@ COMMENT ON TABLE secretgate.key_checks IS 'Key check values: HMAC-SHA256 of a fi
 REVOKE ALL ON secretgate.key_checks FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('secretgate.key_checks', '');
 
--- The audit trail (CONTRACT §6): one row per refusal and per administrative
+-- The audit trail: one row per refusal and per administrative
 -- event, written by secretgate's background writers outside the refusing
 -- transaction (so a rollback keeps it). Never a value, ciphertext or key.
 CREATE TABLE secretgate.audit_events (
