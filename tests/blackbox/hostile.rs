@@ -649,7 +649,8 @@ async fn administrative_events_follow_commit_prepared(cluster: Arc<Cluster>) -> 
 /// A login in one database refuses as fast as it can, filling the audit
 /// queue (records are dropped and counted): the refusals made meanwhile in
 /// another database still become rows, since no database may take the
-/// whole queue.
+/// whole queue; the storming database's writers, ended under that load,
+/// stop at once.
 async fn one_databases_storm_leaves_room_for_anothers_records(cluster: Arc<Cluster>) -> Result<()> {
     let mut storm = hostile(&cluster, "h_storm").await?;
     attach_tables(&mut storm, "text").await?;
@@ -678,6 +679,32 @@ async fn one_databases_storm_leaves_room_for_anothers_records(cluster: Arc<Clust
         })
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Writers ended under load stop at once (another starts for what is queued).
+    let writers = "SELECT pid FROM pg_stat_activity WHERE backend_type = 'secretgate audit writer' AND datname = $1";
+    let busy: Vec<i32> =
+        sqlx::query_scalar(writers).bind(&storm.db).fetch_all(&mut quiet.dba).await.described("writers")?;
+    ensure!(!busy.is_empty(), "no audit writer is running for the storming database");
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid")
+        .bind(&busy)
+        .execute(&mut quiet.dba)
+        .await
+        .described("pg_terminate_backend")?;
+    let ended = Instant::now();
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+            .bind(&busy)
+            .fetch_one(&mut quiet.dba)
+            .await
+            .described("writers left")?;
+        if left == 0 {
+            break;
+        }
+        ensure!(
+            ended.elapsed() < Duration::from_secs(2),
+            "{left} audit writers under load outlived pg_terminate_backend by 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut made = 0;
     while !storming.is_finished() && made < 20 {
         refusal(&mut quiet, ws).await?;
