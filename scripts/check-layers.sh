@@ -7,10 +7,36 @@
 # Exits 1 on a violation in either.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-status=0
-python3 - <<'PY' || status=1
+python3 - <<'PY'
 import os, re, sys
 
+def circles(edges):
+    """Every circle of `edges` (module -> modules it uses), as text."""
+    found, state = [], {}
+    def visit(m, trail):
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                found.append("circle: " + " -> ".join(trail[trail.index(n):] + [n]))
+            elif n not in state:
+                visit(n, trail + [n])
+        state[m] = 2
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+    return found
+
+failed = False
+def report(what, bad, ok):
+    global failed
+    if bad:
+        print(f"check-layers: {what}the layer rule is broken:")
+        print("\n".join("  " + b for b in bad))
+        failed = True
+    else:
+        print(ok)
+
+# The extension.
 LAYERS = ["pg", "store", "audit", "gates", "sql"]  # bottom to top
 modules = {}                                        # "gates::byok" -> path
 for layer in LAYERS:
@@ -42,32 +68,12 @@ for module, path in modules.items():
         if target in modules and target != module:
             edges[module].add(target)
 
-# circles among modules
-state = {}
-def visit(m, trail):
-    state[m] = 1
-    for n in sorted(edges[m]):
-        if state.get(n) == 1:
-            bad.append("circle: " + " -> ".join(trail[trail.index(n):] + [n]))
-        elif n not in state:
-            visit(n, trail + [n])
-    state[m] = 2
-for m in sorted(modules):
-    if m not in state:
-        visit(m, [m])
-
-if bad:
-    print("check-layers: the layer rule is broken:")
-    print("\n".join("  " + b for b in bad))
-    sys.exit(1)
-print(f"check-layers: {len(modules)} modules in {len(LAYERS)} layers, imports point down, no circle")
-PY
+bad += circles(edges)
+report("", bad, f"check-layers: {len(modules)} modules in {len(LAYERS)} layers, imports point down, no circle")
 
 # The tool: every file (or folder) under cli/src is one module, named by its
 # stem; `crate::x` names module x, and any other `crate::` name is an item of
 # the crate root. Comment lines are skipped, so a doc comment may name a path.
-python3 - <<'PY' || status=1
-import os, re, sys
 
 ROOT = os.path.join("cli", "src")
 TOP = "main"                                        # the crate root
@@ -122,23 +128,7 @@ for module, paths in sorted(files.items()):
                 elif target != module:
                     edges[module].add(target)
 
-state = {}
-def visit(m, trail):
-    state[m] = 1
-    for n in sorted(edges[m]):
-        if state.get(n) == 1:
-            bad.append("circle: " + " -> ".join(trail[trail.index(n):] + [n]))
-        elif n not in state:
-            visit(n, trail + [n])
-    state[m] = 2
-for m in sorted(files):
-    if m not in state:
-        visit(m, [m])
-
-if bad:
-    print("check-layers: cli/src: the layer rule is broken:")
-    print("\n".join("  " + b for b in bad))
-    sys.exit(1)
-print(f"check-layers: cli/src: {len(files)} modules under main.rs, none uses the crate root, no circle")
+bad += circles(edges)
+report("cli/src: ", bad, f"check-layers: cli/src: {len(files)} modules under main.rs, none uses the crate root, no circle")
+sys.exit(1 if failed else 0)
 PY
-exit $status
