@@ -6,10 +6,12 @@
 //!
 //! The walk, every container on the host's network on a private port, the
 //! client on the host (values are bind parameters):
-//! 1. a first start on an empty volume with the keyring as a podman secret
-//!    and the password as another: the init script made the extension in
-//!    POSTGRES_DB, the library is preloaded; `secretgate migrate run`;
-//!    secrets stored; the tour; a refusal per gate by SQLSTATE;
+//! 1. a first start on an empty volume with the keyring as a podman secret,
+//!    the password as another and `wal_level=logical` as docker/compose.yaml
+//!    has it: the init script made the extension in POSTGRES_DB, the library
+//!    is preloaded, the setting kept, compose's healthcheck passes;
+//!    `secretgate migrate run`; secrets stored; the tour; a refusal per gate
+//!    by SQLSTATE;
 //! 2. a new container on the same volume and secret: the secrets read back;
 //! 3. the keyring from `SECRETGATE_KEYRING_COMMAND`, reading a root-owned
 //!    file its group may read (a Kubernetes Secret with an fsGroup): the
@@ -82,8 +84,8 @@ impl Walk {
     }
 
     /// Starts a container of the image (detached) with `extra` options before the
-    /// image and the server listening on loopback only.
-    fn start(&mut self, name: &str, extra: &[&str]) -> Result<String> {
+    /// image, and the server listening on loopback only with `settings` (`-c`).
+    fn start(&mut self, name: &str, extra: &[&str], settings: &[&str]) -> Result<String> {
         let name = format!("secretgate-test-{name}-{}", self.suffix);
         let port = self.port.to_string();
         let pgport = format!("PGPORT={port}");
@@ -105,6 +107,9 @@ impl Walk {
         ]);
         args.extend_from_slice(extra);
         args.extend_from_slice(&[&self.image, "-c", "listen_addresses=127.0.0.1"]);
+        for setting in settings {
+            args.extend_from_slice(&["-c", setting]);
+        }
         self.containers.push(name.clone());
         podman(&args)?;
         Ok(name)
@@ -221,7 +226,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
         format!("{},target=secretgate_keyring,uid={SERVER_UID},gid={SERVER_UID},mode=0400", w.secret("keyring"));
 
     // 1. The first start: initialisation, migrations, the tour, the gates.
-    let first = w.start("first", &["--secret", &keyring_secret])?;
+    let first = w.start("first", &["--secret", &keyring_secret], &["wal_level=logical"])?;
     let mut conn = w.connect(&first, "platform").await?;
     let extension: Option<String> =
         sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'")
@@ -234,6 +239,10 @@ async fn walk(image: String, major: u32) -> Result<()> {
     );
     let preload: String = sqlx::query_scalar("SHOW shared_preload_libraries").fetch_one(&mut conn).await?;
     ensure!(preload.split(',').any(|l| l.trim() == "secretgate"), "secretgate is not preloaded ({preload:?})");
+    let wal_level: String = sqlx::query_scalar("SHOW wal_level").fetch_one(&mut conn).await?;
+    ensure!(wal_level == "logical", "wal_level=logical on the command line gave wal_level {wal_level}");
+    let healthcheck = compose_healthcheck()?;
+    podman(&["exec", &first, "sh", "-c", &healthcheck]).context("docker/compose.yaml's healthcheck")?;
     let version: i32 =
         sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&mut conn).await?;
     ensure!(version as u32 / 10_000 == w.major, "the container runs PostgreSQL {version}, not {}", w.major);
@@ -271,7 +280,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
     w.stop(&first)?;
 
     // 2. Stopped and started again, a new container on the same volume.
-    let again = w.start("again", &["--secret", &keyring_secret])?;
+    let again = w.start("again", &["--secret", &keyring_secret], &[])?;
     let mut conn = w.connect(&again, "platform").await?;
     read_back(&mut conn, ws, &value, &global, "after a restart on the same volume").await?;
     conn.close().await?;
@@ -286,7 +295,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
     let shared = w.keyring_file("group-readable.json", &keys, 0, SERVER_UID, 0o440)?;
     let mount = format!("{}:/etc/secretgate/keyring.json:ro", shared.display());
     let command =
-        w.start("command", &["-v", &mount, "-e", "SECRETGATE_KEYRING_COMMAND=cat /etc/secretgate/keyring.json"])?;
+        w.start("command", &["-v", &mount, "-e", "SECRETGATE_KEYRING_COMMAND=cat /etc/secretgate/keyring.json"], &[])?;
     let mut conn = w.connect(&command, "platform").await?;
     read_back(&mut conn, ws, &value, &global, "with SECRETGATE_KEYRING_COMMAND").await?;
     conn.close().await?;
@@ -295,7 +304,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
     // 4. Another keyring, as a bind-mounted file: no value, SG004.
     let wrong = w.keyring_file("other.json", &other_keys, SERVER_UID, SERVER_UID, 0o400)?;
     let mount = format!("{}:/run/secrets/secretgate_keyring:ro", wrong.display());
-    let wrong_keyring = w.start("wrong-keyring", &["-v", &mount])?;
+    let wrong_keyring = w.start("wrong-keyring", &["-v", &mount], &[])?;
     let mut conn = w.connect(&wrong_keyring, "platform").await?;
     let r = sqlx::query("SELECT secretgate.read_secret($1, 'ANTHROPIC_API_KEY')").bind(ws).execute(&mut conn).await;
     expect_sg(r, Code::KeyMismatch).context("reading with another keyring")?;
@@ -303,7 +312,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
     w.stop(&wrong_keyring)?;
 
     // 5. No keyring: refused at start, with the documented line, before the server.
-    let missing = w.start("no-keyring", &[])?;
+    let missing = w.start("no-keyring", &[], &[])?;
     let code = podman(&["wait", &missing])?;
     ensure!(code.trim() != "0", "the container without a keyring exited with 0");
     let logs = w.logs(&missing);
@@ -328,6 +337,23 @@ async fn walk(image: String, major: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The shell command of docker/compose.yaml's healthcheck (`test: ["CMD-SHELL", "…"]`,
+/// a flow sequence of double-quoted strings, which is JSON).
+fn compose_healthcheck() -> Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/compose.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("test: "))
+        .context("docker/compose.yaml has no healthcheck test")?;
+    let test: Vec<String> = serde_json::from_str(line).context("the healthcheck test is not a list of strings")?;
+    match test.as_slice() {
+        [kind, command] if kind == "CMD-SHELL" => Ok(command.clone()),
+        _ => bail!("the healthcheck test is not [\"CMD-SHELL\", COMMAND]: {test:?}"),
+    }
 }
 
 async fn read_back(conn: &mut PgConnection, ws: Uuid, value: &str, global: &str, when: &str) -> Result<()> {
