@@ -53,10 +53,10 @@ else
     uid=$(as_server id -u)
     [ -e "$keyring" ] || fail "no keyring at $keyring: mount the keyring file there as a secret (or set SECRETGATE_KEYRING_FILE or SECRETGATE_KEYRING_COMMAND)"
     [ -f "$keyring" ] || fail "the keyring at $keyring is not a regular file"
-    as_server test -r "$keyring" || fail "the keyring at $keyring is not readable by the server's user (uid $uid): give it to that user, mode 0400"
+    as_server test -r "$keyring" || fail "the keyring at $keyring is not readable by the server's user (uid $uid): give it to that user, mode 0400 or 0600"
     # The server refuses a keyring others can read (SG003 on every use): refuse it now instead.
     mode=$(stat -L -c %a "$keyring")
-    (((8#$mode & 8#077) == 0)) || fail "the keyring at $keyring is readable by group or others (mode $mode): give it to uid $uid, mode 0400"
+    (((8#$mode & 8#077) == 0)) || fail "the keyring at $keyring is readable by group or others (mode $mode): give it to uid $uid, mode 0400 or 0600"
     set -- "$@" -c "secretgate.keyring_file=$keyring"
 fi
 
