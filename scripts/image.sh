@@ -116,6 +116,6 @@ version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
 image="localhost/secretgate:$version-pg$PG_MAJOR"
 "${PODMAN[@]}" build --quiet --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
     -f docker/Dockerfile --build-arg "PG_MAJOR=$PG_MAJOR" --build-arg "BASE_IMAGE=$base" \
-    --build-arg "SECRETGATE_VERSION=$version" -t "$image" . >/dev/null
+    --build-arg "SECRETGATE_VERSION=$version" --label "secretgate.base=$base" -t "$image" . >/dev/null
 echo "image: $image on $base"
 echo "$image"

@@ -17,9 +17,13 @@
 //!    file its group may read (a Kubernetes Secret with an fsGroup): the
 //!    secrets read back;
 //! 4. another keyring, bind-mounted as the secret's file: SG004 on read;
-//! 5. no keyring: the container exits at once with the documented line, and
+//! 5. a data folder made by the base image (the official one, or its
+//!    stand-in) with the server's own preload list: the image started on it
+//!    adds secretgate to that list, and `secretgate migrate run` creates the
+//!    extension there;
+//! 6. no keyring: the container exits at once with the documented line, and
 //!    the server never starts;
-//! 6. no key and no stored value in `podman logs` or `podman inspect` of any
+//! 7. no key and no stored value in `podman logs` or `podman inspect` of any
 //!    of them, nor of the image.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -67,6 +71,8 @@ struct Walk {
     /// The image's volume (its data folder's parent, or the folder itself).
     volume_path: String,
     containers: Vec<String>,
+    /// The volumes made, the first one the walk's own.
+    volumes: Vec<String>,
     password: String,
     /// Every value stored, and every key: none may appear in logs or inspect output.
     needles: Vec<String>,
@@ -74,7 +80,13 @@ struct Walk {
 
 impl Walk {
     fn volume(&self) -> String {
-        format!("secretgate-test-data-{}", self.suffix)
+        self.volumes[0].clone()
+    }
+    fn new_volume(&mut self, what: &str) -> Result<String> {
+        let name = format!("secretgate-test-{what}-{}", self.suffix);
+        podman(&["volume", "create", &name])?;
+        self.volumes.push(name.clone());
+        Ok(name)
     }
     fn secret(&self, what: &str) -> String {
         format!("secretgate-test-{what}-{}", self.suffix)
@@ -83,13 +95,20 @@ impl Walk {
         format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
     }
 
-    /// Starts a container of the image (detached) with `extra` options before the
-    /// image, and the server listening on loopback only with `settings` (`-c`).
+    /// Starts a container of the image on the walk's volume: see [`Walk::start_on`].
     fn start(&mut self, name: &str, extra: &[&str], settings: &[&str]) -> Result<String> {
+        let (image, volume) = (self.image.clone(), self.volume());
+        self.start_on(name, &image, &volume, extra, settings)
+    }
+
+    /// Starts a container of `image` (detached) on `volume`, with `extra`
+    /// options before the image, and the server listening on loopback only
+    /// with `settings` (`-c`).
+    fn start_on(&mut self, name: &str, image: &str, volume: &str, extra: &[&str], settings: &[&str]) -> Result<String> {
         let name = format!("secretgate-test-{name}-{}", self.suffix);
         let port = self.port.to_string();
         let pgport = format!("PGPORT={port}");
-        let volume = format!("{}:{}", self.volume(), self.volume_path);
+        let volume = format!("{volume}:{}", self.volume_path);
         let mut args = vec!["run", "-d", "--name", &name];
         args.extend_from_slice(RUN_FLAGS);
         let password = format!("{},target=postgres_password", self.secret("password"));
@@ -106,7 +125,7 @@ impl Walk {
             &volume,
         ]);
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[&self.image, "-c", "listen_addresses=127.0.0.1"]);
+        args.extend_from_slice(&[image, "-c", "listen_addresses=127.0.0.1"]);
         for setting in settings {
             args.extend_from_slice(&["-c", setting]);
         }
@@ -155,7 +174,9 @@ impl Drop for Walk {
         for name in &self.containers {
             let _ = Command::new(PODMAN[0]).args(&PODMAN[1..]).args(["rm", "-f", "-t", "5", name]).output();
         }
-        let _ = Command::new(PODMAN[0]).args(&PODMAN[1..]).args(["volume", "rm", "-f", &self.volume()]).output();
+        for volume in &self.volumes {
+            let _ = Command::new(PODMAN[0]).args(&PODMAN[1..]).args(["volume", "rm", "-f", volume]).output();
+        }
         for what in ["keyring", "password"] {
             let _ = Command::new(PODMAN[0]).args(&PODMAN[1..]).args(["secret", "rm", &self.secret(what)]).output();
         }
@@ -202,6 +223,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
         dir,
         volume_path,
         containers: Vec::new(),
+        volumes: Vec::new(),
         password: random_hex(16),
         needles: Vec::new(),
     };
@@ -221,7 +243,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
     podman(&["secret", "create", &w.secret("password"), path_str(&password_src)])?;
     std::fs::remove_file(&keyring_src)?;
     std::fs::remove_file(&password_src)?;
-    podman(&["volume", "create", &w.volume()])?;
+    w.new_volume("data")?;
     let keyring_secret =
         format!("{},target=secretgate_keyring,uid={SERVER_UID},gid={SERVER_UID},mode=0400", w.secret("keyring"));
 
@@ -311,7 +333,51 @@ async fn walk(image: String, major: u32) -> Result<()> {
     conn.close().await?;
     w.stop(&wrong_keyring)?;
 
-    // 5. No keyring: refused at start, with the documented line, before the server.
+    // 5. A data folder the base image made, with a preload list of its own:
+    // changing the image is the whole move.
+    let base = podman(&["image", "inspect", "--format", "{{index .Labels \"secretgate.base\"}}", &w.image])?;
+    let base = base.trim().to_string();
+    ensure!(!base.is_empty(), "the image has no secretgate.base label (scripts/image.sh sets it)");
+    let volume = w.new_volume("official")?;
+    let official = w.start_on("official", &base, &volume, &[], &[])?;
+    let conn = w.connect(&official, "platform").await?;
+    conn.close().await?;
+    w.stop(&official)?;
+    let image = w.image.clone();
+    let moved = w.start_on(
+        "moved",
+        &image,
+        &volume,
+        &["--secret", &keyring_secret],
+        &["shared_preload_libraries=pg_stat_statements"],
+    )?;
+    let mut conn = w.connect(&moved, "platform").await?;
+    let preload: String = sqlx::query_scalar("SHOW shared_preload_libraries").fetch_one(&mut conn).await?;
+    ensure!(
+        preload == "pg_stat_statements,secretgate",
+        "on the base image's data folder, shared_preload_libraries is {preload:?}, not the server's own list with secretgate added"
+    );
+    let migrated = run_cli(Some(&w.url("platform")), &["migrate", "run"]).await?;
+    ensure!(migrated.code == Some(0), "secretgate migrate run on the base image's data folder:\n{migrated}");
+    let moved_ws = Uuid::new_v4();
+    sqlx::query("INSERT INTO workspaces (id, kind, status) VALUES ($1, 'workspace', 'provisioning')")
+        .bind(moved_ws)
+        .execute(&mut conn)
+        .await?;
+    sqlx::query("SELECT secretgate.set_secret($1, 'ANTHROPIC_API_KEY', $2)")
+        .bind(moved_ws)
+        .bind(&value)
+        .execute(&mut conn)
+        .await?;
+    let read: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'ANTHROPIC_API_KEY')")
+        .bind(moved_ws)
+        .fetch_one(&mut conn)
+        .await?;
+    ensure!(read.as_deref() == Some(value.as_str()), "on the base image's data folder, a secret does not read back");
+    conn.close().await?;
+    w.stop(&moved)?;
+
+    // 6. No keyring: refused at start, with the documented line, before the server.
     let missing = w.start("no-keyring", &[], &[])?;
     let code = podman(&["wait", &missing])?;
     ensure!(code.trim() != "0", "the container without a keyring exited with 0");
@@ -322,7 +388,7 @@ async fn walk(image: String, major: u32) -> Result<()> {
     );
     ensure!(!logs.contains("database system is ready"), "the server started without a keyring:\n{logs}");
 
-    // 6. Nothing secret in what podman shows.
+    // 7. Nothing secret in what podman shows.
     let mut shown = vec![("the image's inspect output".to_string(), podman(&["image", "inspect", &w.image])?)];
     for name in w.containers.clone() {
         shown.push((format!("podman logs {name}"), w.logs(&name)));
