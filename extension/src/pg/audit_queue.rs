@@ -99,19 +99,20 @@ fn enqueue_with(bytes: Vec<u8>, counted: bool) {
     wake.into_iter().for_each(set_latch);
 }
 
-/// Whether `db` already holds its share of the queue: once seven eighths
-/// of it are taken, no database may hold more than three quarters, so
-/// one database's storm of refusals leaves room for the others' records.
+/// Whether `db` already holds its share of the queue: once fifteen
+/// sixteenths of it are taken, no database may hold more than seven eighths,
+/// so one database's storm of refusals leaves room for the others' records
+/// while costing the storming database little of the queue.
 fn over_share(q: &mut Locked, db: pg_sys::Oid) -> bool {
     let (head, tail, capacity) = (q.header().head, q.header().tail, q.header().capacity);
-    if (tail - head) * 8 < capacity * 7 {
+    if (tail - head) * 16 < capacity * 15 {
         return false;
     }
     let held = (head..tail).filter(|&seq| {
         let slot = q.slot(seq);
         slot.state != FREE && slot.db == db
     });
-    held.count() as u64 * 4 >= capacity * 3
+    held.count() as u64 * 8 >= capacity * 7
 }
 
 /// One multi-row insert of a batch, a parameter per column
