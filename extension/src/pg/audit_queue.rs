@@ -99,20 +99,23 @@ fn enqueue_with(bytes: Vec<u8>, counted: bool) {
     wake.into_iter().for_each(set_latch);
 }
 
-/// Whether `db` already holds its share of the queue: once fifteen
-/// sixteenths of it are taken, no database may hold more than seven eighths,
-/// so one database's storm of refusals leaves room for the others' records
-/// while costing the storming database little of the queue.
+/// Whether `db` must leave the rest of the queue to other databases: the
+/// last sixteenth of the ring is kept for databases holding fewer records
+/// than that sixteenth, so one database's storm of refusals leaves room for
+/// the others'. Measured on the ring's span, not on its occupied slots: the
+/// storm's writers free slots out of order, and a ring whose span is full
+/// takes nothing, whatever its holes.
 fn over_share(q: &mut Locked, db: pg_sys::Oid) -> bool {
     let (head, tail, capacity) = (q.header().head, q.header().tail, q.header().capacity);
-    if (tail - head) * 16 < capacity * 15 {
+    let reserve = capacity / 16;
+    if tail - head < capacity - reserve {
         return false;
     }
     let held = (head..tail).filter(|&seq| {
         let slot = q.slot(seq);
         slot.state != FREE && slot.db == db
     });
-    held.count() as u64 * 8 >= capacity * 7
+    held.count() as u64 >= reserve
 }
 
 /// One multi-row insert of a batch, a parameter per column
