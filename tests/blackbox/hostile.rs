@@ -616,6 +616,8 @@ async fn key_check_bookkeeping_never_fails_or_waits(cluster: Arc<Cluster>) -> Re
 async fn administrative_events_follow_commit_prepared(cluster: Arc<Cluster>) -> Result<()> {
     let mut h = hostile(&cluster, "h_2pc").await?;
     attach_tables(&mut h, "text").await?;
+    // The attachment's own event is written first, so it cannot be counted below.
+    wait_audit(&mut h.dba, 0, "event", "gates.attached").await?;
     let count = "SELECT count(*) FROM secretgate.audit_events WHERE id > $1 AND event = $2";
     let mark = audit_mark(&mut h.dba).await?;
     let gid = db_name("detach");
