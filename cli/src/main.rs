@@ -7,10 +7,12 @@ mod audit;
 mod db;
 mod db_error;
 mod failure;
+mod history;
 mod keyring;
 mod manual;
 mod migrate;
 mod probe;
+mod restore;
 mod rotate;
 mod verify;
 
@@ -36,8 +38,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the audit trail (refusals and administrative events; never a value), or follow it
+    /// Show the audit trail (refusals, administrative events, audited reads; never a value), or follow it
     Audit(audit::AuditArgs),
+    /// List the kept versions of a workspace's (or the global) secrets, newest first: when each
+    /// was replaced, by whom, why, and whether it decrypts; never a value
+    History(history::HistoryArgs),
+    /// Bring a kept version of a secret back (through every gate), after showing it and asking
+    Restore(restore::RestoreArgs),
     /// Apply, list or revert the embedded schema migrations
     Migrate(migrate::MigrateArgs),
     /// Probe every BYOK credential (or one workspace's) against its provider and record the verdict
@@ -90,6 +97,8 @@ fn main() -> ExitCode {
         })?;
         match cli.command {
             Command::Audit(args) => audit::main(&url, args).await,
+            Command::History(args) => history::main(&url, args).await,
+            Command::Restore(args) => restore::main(&url, args).await,
             Command::Migrate(args) => migrate::main(&url, args).await,
             Command::Probe(args) => probe::main(&url, args).await,
             Command::Verify => verify::main(&url).await,
@@ -105,5 +114,43 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&format!("{:#}", failure.error)));
             ExitCode::from(failure.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn restore_version_is_the_version_to_restore_not_the_tools() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from(["secretgate", "restore", "--global", "--key", "MODEL", "--version", "3"])?;
+        assert!(matches!(cli.command, Command::Restore(_)));
+        let e = Cli::try_parse_from(["secretgate", "--version"]).err().map(|e| e.kind());
+        assert_eq!(e, Some(clap::error::ErrorKind::DisplayVersion));
+        Ok(())
+    }
+
+    #[test]
+    fn history_and_restore_have_a_man_page_and_completions() -> Result<(), Box<dyn std::error::Error>> {
+        let out = std::env::temp_dir().join(format!("secretgate-manual-{}", std::process::id()));
+        let written = manual::write(Cli::command(), &out);
+        let pages: Vec<String> = std::fs::read_dir(out.join("man"))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        let bash = std::fs::read_to_string(out.join("completions").join("secretgate.bash"))?;
+        std::fs::remove_dir_all(&out)?;
+        written?;
+        for page in ["secretgate-history.1", "secretgate-restore.1", "secretgate-audit.1"] {
+            assert!(pages.iter().any(|p| p == page), "{page} not in {pages:?}");
+        }
+        for word in ["--reads", "--global", "--yes"] {
+            assert!(bash.contains(word), "{word} not completed");
+        }
+        Ok(())
     }
 }
