@@ -56,3 +56,16 @@ pub unsafe fn index_beginscan(
         scan
     }
 }
+
+/// This backend's local transaction id: different for every transaction a
+/// backend runs (17 moved it into `vxid`).
+pub fn local_transaction_id() -> u32 {
+    // SAFETY: MyProc is set for every backend and worker that runs SQL; reading a field of it has no side effect.
+    unsafe {
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        let lxid = (*pg_sys::MyProc).lxid;
+        #[cfg(any(feature = "pg17", feature = "pg18"))]
+        let lxid = (*pg_sys::MyProc).vxid.lxid;
+        lxid
+    }
+}

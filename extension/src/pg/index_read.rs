@@ -131,7 +131,7 @@ pub(crate) fn remember(table: Oid, key: &[u8; 16], tid: Option<pg_sys::ItemPoint
 /// The attribute number of a live column whose type passes `type_ok`.
 /// # Safety
 /// `rel` must be an open relation.
-unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_ok: impl Fn(Oid) -> bool) -> Option<i16> {
+pub(crate) unsafe fn attribute(rel: pg_sys::Relation, name: &CStr, type_ok: impl Fn(Oid) -> bool) -> Option<i16> {
     // SAFETY: `rel` is an open relation; its tuple descriptor holds `natts` attributes.
     unsafe {
         let att = compat::attributes((*rel).rd_att)
@@ -239,7 +239,7 @@ unsafe fn fetch_at(
 /// (the command counter advanced), fresh under READ COMMITTED.
 /// # Safety
 /// Inside a transaction; the caller must pop the snapshot.
-unsafe fn push_snapshot_as_spi() -> pg_sys::Snapshot {
+pub(crate) unsafe fn push_snapshot_as_spi() -> pg_sys::Snapshot {
     // SAFETY: called inside a transaction; the caller pops the snapshot it pushes.
     unsafe {
         if pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId && pg_sys::ActiveSnapshotSet() {

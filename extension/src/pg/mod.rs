@@ -13,5 +13,6 @@ pub mod index_read;
 pub mod keyring;
 pub mod keyring_checks;
 pub mod keyring_source;
+pub mod secret_read;
 pub mod spi;
 pub mod types;

@@ -2,7 +2,7 @@
 //! Postgres has ten relcache-callback slots for every extension loaded into
 //! a server, so one callback serves every cache.
 
-use crate::pg::{index_read, spi};
+use crate::pg::{index_read, secret_read, spi};
 use crate::store::{attached, registry};
 use pgrx::pg_sys;
 
@@ -11,6 +11,7 @@ use pgrx::pg_sys;
 unsafe extern "C-unwind" fn relation_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     registry::forget_forbidden_keys(relid);
     index_read::forget(relid);
+    secret_read::forget(relid);
     attached::forget(relid);
 }
 

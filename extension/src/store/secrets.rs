@@ -4,10 +4,10 @@
 use crate::pg::args::{scope_of, sql_uuid};
 use crate::pg::error::Result;
 use crate::pg::keyring::StoredValue;
-use crate::pg::spi;
+use crate::pg::{secret_read, spi};
 use crate::store::attached::Attached;
 use pgrx::datum::DatumWithOid;
-use pgrx::spi::{SpiClient, SpiTupleTable};
+use pgrx::spi::{Spi, SpiClient, SpiTupleTable};
 use secretgate_core::Scope;
 
 /// A stored row's value columns, or `None` when there is no row.
@@ -15,8 +15,30 @@ pub type StoredRow = Option<StoredValue>;
 
 /// The row of `key` in `scope`.
 pub fn fetch(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key: &str) -> Result<StoredRow> {
+    if let Some(row) = fetch_direct(attached, scope, key) {
+        return Ok(row);
+    }
     let (sql, args) = row_query(attached, scope, key, "");
     stored_row(spi::select(client, &sql, Some(1), &args)?)
+}
+
+/// [`fetch`] without an open SPI connection: one is made only when the
+/// direct index read cannot answer.
+pub fn fetch_alone(attached: &Attached, scope: Scope, key: &str) -> Result<StoredRow> {
+    match fetch_direct(attached, scope, key) {
+        Some(row) => Ok(row),
+        None => Spi::connect(|client| fetch(client, attached, scope, key)),
+    }
+}
+
+/// The row read straight through the table's unique index, `None` when
+/// that read is not possible ([`secret_read`]).
+fn fetch_direct(attached: &Attached, scope: Scope, key: &str) -> Option<StoredRow> {
+    let [secrets, global_secrets] = attached.secret_table_oids();
+    match scope {
+        Scope::Workspace(id) => secret_read::secret_row(secrets, Some(id.as_bytes()), key),
+        Scope::Global => secret_read::secret_row(global_secrets, None, key),
+    }
 }
 
 /// [`fetch`], locking the row FOR SHARE when `lock` is set.
