@@ -508,6 +508,121 @@ mod tests {
         assert_eq!(read_counting(WS), (Some(None), 1), "no place is remembered for a row that is not there");
     }
 
+    /// The row as SQL sees it (ciphertext and version), for comparing with the direct read.
+    fn row_by_sql(table: &str, ws: Option<&str>, key: &str) -> Option<(Option<Vec<u8>>, Option<i32>)> {
+        let filter = match ws {
+            Some(ws) => format!("workspace_id = '{ws}' AND key = '{key}'"),
+            None => format!("key = '{key}'"),
+        };
+        Spi::connect(|c| {
+            let t = c.select(
+                &format!("SELECT encrypted_value, encryption_version FROM {table} WHERE {filter}"),
+                None,
+                &[],
+            )?;
+            if t.is_empty() {
+                return Ok::<_, pgrx::spi::Error>(None);
+            }
+            let row = t.first();
+            Ok(Some((row.get(1)?, row.get(2)?)))
+        })
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn the_direct_secret_read_answers_what_sql_would_through_every_change() {
+        use crate::pg::secret_read::{secret_row, TEXT_BTREE_FAM_OID};
+        let catalog = Spi::get_one::<pg_sys::Oid>(
+            "SELECT oid FROM pg_opfamily WHERE opfname = 'text_ops' AND opfmethod = (SELECT oid FROM pg_am WHERE amname = 'btree')",
+        )
+        .unwrap();
+        assert_eq!(catalog, Some(TEXT_BTREE_FAM_OID));
+        attached_tables();
+        let oid = |t: &str| Spi::get_one::<pg_sys::Oid>(&format!("SELECT '{t}'::regclass::oid")).unwrap().unwrap();
+        let (secrets, global) = (oid("public.workspace_secrets"), oid("public.global_secrets"));
+        let ws = id(WS);
+        let scans = || {
+            Spi::get_one::<i64>("SELECT pg_stat_get_xact_numscans('public.workspace_secrets_pkey'::regclass)")
+                .unwrap()
+                .unwrap()
+        };
+        let read = |key: &str| {
+            let before = scans();
+            let direct = secret_row(secrets, Some(&ws), key).expect("the plain table is read directly");
+            let searched = scans() - before;
+            assert_eq!(direct, row_by_sql("public.workspace_secrets", Some(WS), key), "{key}");
+            (direct.is_some(), searched)
+        };
+        assert_eq!(read("A"), (false, 1), "no row: unset");
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'A', 'one')"));
+        assert_eq!(read("A"), (true, 1), "a row written in this transaction is seen");
+        assert_eq!(read("A"), (true, 0), "its place is remembered");
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'A', 'two')"));
+        assert_eq!(read("A"), (true, 1), "overwritten: the old place holds an invisible version");
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'A')")).as_deref(), Some("two"));
+        // Same key, other workspace: never the remembered row of another.
+        assert_eq!(secret_row(secrets, Some(&id(OTHER_WS)), "A"), Some(None));
+        run(&format!("DELETE FROM public.workspace_secrets WHERE workspace_id = '{WS}' AND key = 'A'"));
+        assert_eq!(read("A"), (false, 1), "deleted: unset again");
+        run("SELECT secretgate.set_global_secret('G', 'g')");
+        assert_eq!(secret_row(global, None, "G"), Some(row_by_sql("public.global_secrets", None, "G")));
+        assert!(secret_row(global, None, "G").unwrap().is_some());
+        // A rewrite gives every row a new place.
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'B', 'b')"));
+        assert_eq!(read("B"), (true, 1));
+        run("TRUNCATE public.global_secrets");
+        run("ALTER TABLE public.workspace_secrets ALTER COLUMN encryption_version TYPE int");
+        run("CLUSTER public.workspace_secrets USING workspace_secrets_pkey");
+        assert_eq!(read("B").0, true);
+        assert_eq!(secret_row(global, None, "G"), Some(None));
+    }
+
+    #[pg_test]
+    fn the_direct_secret_read_steps_aside_where_sql_could_answer_otherwise() {
+        use crate::pg::secret_read::secret_row;
+        attached_tables();
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'A', 'one')"));
+        let secrets = Spi::get_one::<pg_sys::Oid>("SELECT 'public.workspace_secrets'::regclass::oid").unwrap().unwrap();
+        let direct = || secret_row(secrets, Some(&id(WS)), "A");
+        assert!(matches!(direct(), Some(Some(_))));
+        // Row-level security: Postgres decides, through SQL.
+        run("ALTER TABLE public.workspace_secrets ENABLE ROW LEVEL SECURITY");
+        run("ALTER TABLE public.workspace_secrets FORCE ROW LEVEL SECURITY");
+        assert_eq!(direct(), None);
+        run("ALTER TABLE public.workspace_secrets NO FORCE ROW LEVEL SECURITY");
+        run("ALTER TABLE public.workspace_secrets DISABLE ROW LEVEL SECURITY");
+        assert!(matches!(direct(), Some(Some(_))));
+        // A role without SELECT: SQL raises its 42501.
+        run("CREATE ROLE sg_pgtest_noread");
+        run("GRANT USAGE ON SCHEMA secretgate, tests TO sg_pgtest_noread");
+        run("SET LOCAL ROLE sg_pgtest_noread");
+        assert_eq!(direct(), None);
+        assert_eq!(sqlstate_of(&format!("SELECT secretgate.read_secret('{WS}', 'A')")).as_deref(), Some("42501"));
+        run("RESET ROLE");
+        // No unique index on exactly (workspace_id, key): a lookup could find two rows.
+        run("ALTER TABLE public.workspace_secrets DROP CONSTRAINT workspace_secrets_pkey");
+        run("CREATE INDEX ws_nonunique ON public.workspace_secrets (workspace_id, key)");
+        assert_eq!(direct(), None);
+        run("CREATE UNIQUE INDEX ws_partial ON public.workspace_secrets (workspace_id, key) WHERE key <> 'Z'");
+        assert_eq!(direct(), None, "a partial index does not cover every row");
+        run("CREATE UNIQUE INDEX ws_unique ON public.workspace_secrets (workspace_id, key)");
+        assert!(matches!(direct(), Some(Some(_))));
+        // A case-insensitive key column (where the server has ICU): `=` is not byte equality.
+        let icu = sqlstate_of(
+            "CREATE COLLATION tests.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+        );
+        if icu.is_none() {
+            run("CREATE TABLE tests.ci_secrets (workspace_id uuid, key text COLLATE tests.ci, \
+                 encrypted_value bytea, encryption_version int, PRIMARY KEY (workspace_id, key))");
+            run(&format!("INSERT INTO tests.ci_secrets VALUES ('{WS}', 'A', '\\x00', 1)"));
+            let ci = Spi::get_one::<pg_sys::Oid>("SELECT 'tests.ci_secrets'::regclass::oid").unwrap().unwrap();
+            assert_eq!(secret_row(ci, Some(&id(WS)), "a"), None);
+        }
+        // The switch turns the direct read off.
+        run("SET LOCAL secretgate.direct_index_read = off");
+        assert_eq!(direct(), None);
+    }
+
     #[pg_test]
     fn sql_routing_agrees_with_the_core_rule_on_generated_tables() {
         use secretgate_core::policy::{route, Route};
