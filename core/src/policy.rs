@@ -29,7 +29,7 @@ pub use byok::{byok_exempt, evaluate_byok, is_external, Byok, Credential, Provid
 pub use concierge::{concierge_model_plan, concierge_provider_plan, Plan, Seed};
 pub use identity::{platform_identity, truncate_secrets, ModelState};
 pub use key_names::{checks_model_value, forbidden_key, model_value};
-pub use reads::three_state;
+pub use reads::{audits_read, read_audit_line, three_state, ReadAudit};
 pub use refusal::{recognise_refusal, Refusal};
 pub use registration::{registration, registration_failed};
 pub use routing::{route, Route};

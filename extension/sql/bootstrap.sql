@@ -239,3 +239,28 @@ COMMENT ON ROLE secretgate_audit_writer IS 'The role secretgate''s audit writers
 GRANT USAGE ON SCHEMA secretgate TO secretgate_audit_writer;
 GRANT SELECT, INSERT, DELETE ON secretgate.audit_events TO secretgate_audit_writer;
 GRANT SELECT, INSERT ON secretgate.key_checks TO secretgate_audit_writer;
+
+-- Every secret's history: the ciphertext an overwrite or a delete of a row
+-- in an attached secrets table replaced, under the same workspace and key
+-- (the ciphertext is bound to them: it decrypts for nothing else). Never a
+-- plaintext. Written and read only by secretgate's own code, as the
+-- extension's owner; dumped with the database.
+CREATE TABLE secretgate.secret_history (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id       uuid,
+    key                text NOT NULL,
+    version            int NOT NULL,
+    encrypted_value    bytea,
+    encryption_version int,
+    replaced_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    replaced_by        jsonb NOT NULL,
+    reason             text NOT NULL CHECK (reason IN ('set', 'delete', 'rename', 'restore')),
+    UNIQUE NULLS NOT DISTINCT (workspace_id, key, version)
+);
+CREATE INDEX secret_history_replaced_at ON secretgate.secret_history (replaced_at);
+COMMENT ON TABLE secretgate.secret_history IS 'secretgate''s kept versions of secrets (ciphertexts an overwrite or delete replaced); never a plaintext';
+REVOKE ALL ON secretgate.secret_history FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('secretgate.secret_history', '');
+SELECT pg_catalog.pg_extension_config_dump('secretgate.secret_history_id_seq', '');
+-- The audit writers prune kept versions past secretgate.history_retention.
+GRANT SELECT, DELETE ON secretgate.secret_history TO secretgate_audit_writer;

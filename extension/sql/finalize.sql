@@ -46,6 +46,13 @@ REVOKE EXECUTE ON FUNCTION secretgate.reencrypt(integer) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION secretgate.reencrypt_skipping(integer) FROM PUBLIC;
 -- Key versions and their row counts: the DBA's view (secretgate keyring check).
 REVOKE EXECUTE ON FUNCTION secretgate.key_check_status() FROM PUBLIC;
+-- History: which versions are kept, restoring one, purging them: the DBA's
+-- (or an operator's) call, granted deliberately; never an agent's.
+REVOKE EXECUTE ON FUNCTION secretgate.secret_versions(uuid, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION secretgate.global_secret_versions(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION secretgate.restore_secret(uuid, text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION secretgate.restore_global_secret(text, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION secretgate.purge_history(uuid, text) FROM PUBLIC;
 
 -- A trigger on an attached table runs inside every write to it: a BEFORE
 -- trigger that sorts after secretgate's could rewrite a row the gate has

@@ -573,7 +573,7 @@ mod tests {
         run("TRUNCATE public.global_secrets");
         run("ALTER TABLE public.workspace_secrets ALTER COLUMN encryption_version TYPE int");
         run("CLUSTER public.workspace_secrets USING workspace_secrets_pkey");
-        assert_eq!(read("B").0, true);
+        assert!(read("B").0);
         assert_eq!(secret_row(global, None, "G"), Some(None));
     }
 
@@ -621,6 +621,113 @@ mod tests {
         // The switch turns the direct read off.
         run("SET LOCAL secretgate.direct_index_read = off");
         assert_eq!(direct(), None);
+    }
+
+    /// The kept versions of a secret: (version, reason, state), newest first.
+    fn kept(ws: &str, key: &str) -> Vec<(i32, String, String)> {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for row in c.select(
+                &format!("SELECT version, reason, state FROM secretgate.secret_versions('{ws}', '{key}')"),
+                None,
+                &[],
+            )? {
+                out.push((row.get::<i32>(1)?.unwrap(), row.get::<String>(2)?.unwrap(), row.get::<String>(3)?.unwrap()));
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .unwrap()
+    }
+
+    #[pg_test]
+    fn overwrites_and_deletes_are_kept_and_restored_through_the_gates() {
+        attached_tables();
+        let read = |key: &str| text(&format!("SELECT secretgate.read_secret('{WS}', '{key}')"));
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'OPENAI_API_KEY', 'first')"));
+        assert!(kept(WS, "OPENAI_API_KEY").is_empty(), "a first write replaces nothing");
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'OPENAI_API_KEY', 'second')"));
+        // A service's own SQL is kept too.
+        run(&format!(
+            "UPDATE public.workspace_secrets SET encrypted_value = secretgate.encrypt('third', workspace_id, key) \
+              WHERE workspace_id = '{WS}' AND key = 'OPENAI_API_KEY'"
+        ));
+        run(&format!("DELETE FROM public.workspace_secrets WHERE workspace_id = '{WS}' AND key = 'OPENAI_API_KEY'"));
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            kept(WS, "OPENAI_API_KEY"),
+            vec![(3, s("delete"), s("ok")), (2, s("set"), s("ok")), (1, s("set"), s("ok"))]
+        );
+        assert_eq!(read("OPENAI_API_KEY"), None);
+        run(&format!("SELECT secretgate.restore_secret('{WS}', 'OPENAI_API_KEY', 1)"));
+        assert_eq!(read("OPENAI_API_KEY").as_deref(), Some("first"), "a deleted secret comes back");
+        run(&format!("SELECT secretgate.restore_secret('{WS}', 'OPENAI_API_KEY', 2)"));
+        assert_eq!(read("OPENAI_API_KEY").as_deref(), Some("second"), "an overwritten one too");
+        assert_eq!(kept(WS, "OPENAI_API_KEY")[0], (4, s("restore"), s("ok")), "the restore is kept in turn");
+        assert_eq!(
+            sqlstate_of(&format!("SELECT secretgate.restore_secret('{WS}', 'OPENAI_API_KEY', 99)")).as_deref(),
+            Some("P0002")
+        );
+        // History never holds a plaintext.
+        let plain = Spi::get_one::<i64>(
+            "SELECT count(*) FROM secretgate.secret_history WHERE position('first'::bytea IN encrypted_value) > 0 \
+                OR position('second'::bytea IN encrypted_value) > 0",
+        );
+        assert_eq!(plain, Ok(Some(0)));
+        // A re-encryption keeps nothing; a rename keeps the old name's value as `rename`.
+        run("SELECT secretgate.reencrypt(100)");
+        assert_eq!(kept(WS, "OPENAI_API_KEY").len(), 4);
+        run("SELECT secretgate.rename_secret_key('OPENAI_API_KEY', 'OPENAI_KEY')");
+        assert_eq!(kept(WS, "OPENAI_API_KEY")[0].1, "rename");
+        assert_eq!(text(&format!("SELECT secretgate.read_secret('{WS}', 'OPENAI_KEY')")).as_deref(), Some("second"));
+        // Global secrets have their history too.
+        run("SELECT secretgate.set_global_secret('G', 'g1')");
+        run("SELECT secretgate.set_global_secret('G', 'g2')");
+        run("SELECT secretgate.restore_global_secret('G', 1)");
+        assert_eq!(text("SELECT secretgate.read_global_secret('G')").as_deref(), Some("g1"));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM secretgate.global_secret_versions('G')"), Ok(Some(2)));
+    }
+
+    #[pg_test]
+    fn history_keeps_its_count_purges_and_goes_with_its_workspace() {
+        attached_tables();
+        run("SET LOCAL secretgate.history_keep = 2");
+        for v in ["a", "b", "c", "d"] {
+            run(&format!("SELECT secretgate.set_secret('{WS}', 'K', '{v}')"));
+        }
+        let versions: Vec<i32> = kept(WS, "K").into_iter().map(|k| k.0).collect();
+        assert_eq!(versions, vec![3, 2], "only the newest two are kept");
+        run("SET LOCAL secretgate.history_keep = 0");
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'K', 'e')"));
+        assert_eq!(kept(WS, "K").len(), 2, "0 keeps nothing new");
+        run("RESET secretgate.history_keep");
+        run(&format!("SELECT secretgate.set_secret('{OTHER_WS}', 'K', 'x')"));
+        run(&format!("SELECT secretgate.set_secret('{OTHER_WS}', 'K', 'y')"));
+        assert_eq!(Spi::get_one::<i64>(&format!("SELECT secretgate.purge_history('{WS}', 'K')")), Ok(Some(2)));
+        assert!(kept(WS, "K").is_empty());
+        assert_eq!(kept(OTHER_WS, "K").len(), 1, "another workspace's history stays");
+        // A workspace deleted (its secrets cascade): no history of it is left.
+        run(&format!("DELETE FROM public.workspaces WHERE id = '{OTHER_WS}'"));
+        let left = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM secretgate.secret_history WHERE workspace_id = '{OTHER_WS}'"
+        ));
+        assert_eq!(left, Ok(Some(0)));
+    }
+
+    #[pg_test]
+    fn an_agent_restoring_its_concierges_secret_is_refused_and_nothing_changes() {
+        attached_tables();
+        run(&format!("UPDATE public.workspaces SET kind = 'platform' WHERE id = '{WS}'"));
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'ANTHROPIC_API_KEY', 'one')"));
+        run(&format!("SELECT secretgate.set_secret('{WS}', 'ANTHROPIC_API_KEY', 'two')"));
+        run("SET LOCAL secretgate.caller = 'agent'");
+        let refused = sqlstate_of(&format!("SELECT secretgate.restore_secret('{WS}', 'ANTHROPIC_API_KEY', 1)"));
+        assert_eq!(refused.as_deref(), Some("SG101"));
+        run("SET LOCAL secretgate.caller = 'operator'");
+        assert_eq!(kept(WS, "ANTHROPIC_API_KEY").len(), 1);
+        assert_eq!(
+            text(&format!("SELECT secretgate.read_secret('{WS}', 'ANTHROPIC_API_KEY')")).as_deref(),
+            Some("two")
+        );
     }
 
     #[pg_test]

@@ -11,7 +11,7 @@
 //! A database without the extension: its records are counted as skipped.
 
 use crate::pg::audit_writers::{self, Outcome};
-use crate::pg::gucs::AUDIT_RETENTION;
+use crate::pg::gucs::{AUDIT_RETENTION, HISTORY_RETENTION};
 use crate::pg::{audit_queue, audit_shmem};
 use crate::pg::{keyring_checks, spi};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
@@ -75,6 +75,15 @@ const PINNED_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
 ];
 
 const HAS_TABLE: &str = "SELECT pg_catalog.to_regclass('secretgate.audit_events') IS NOT NULL";
+
+/// Kept versions of secrets older than `secretgate.history_retention`, a batch at a time.
+const PRUNE_HISTORY: &str = "WITH gone AS (DELETE FROM secretgate.secret_history WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY \
+       (SELECT id FROM secretgate.secret_history \
+         WHERE replaced_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
+         ORDER BY replaced_at LIMIT $2)) RETURNING 1) \
+     SELECT pg_catalog.count(*) FROM gone";
+
+const HAS_HISTORY: &str = "SELECT pg_catalog.to_regclass('secretgate.secret_history') IS NOT NULL";
 
 /// Registers the launcher (from `_PG_init`, while preloading).
 pub fn register_launcher() {
@@ -385,21 +394,26 @@ fn write(batch: Vec<(u64, Vec<u8>)>) {
     }
 }
 
-/// Deletes rows older than the retention, a small batch per transaction.
+/// Deletes audit rows and kept versions older than their retentions, a
+/// small batch per transaction.
 fn prune() {
-    let secs = AUDIT_RETENTION.get();
+    prune_table("secretgate.audit_events", HAS_TABLE, PRUNE, AUDIT_RETENTION.get());
+    prune_table("secretgate.secret_history", HAS_HISTORY, PRUNE_HISTORY, HISTORY_RETENTION.get());
+}
+
+fn prune_table(table: &str, has_table: &str, prune: &str, secs: i32) {
     if secs <= 0 {
         return;
     }
     loop {
         let deleted = in_transaction(|| {
             Spi::connect_mut(|client| {
-                let has_table = client.select(HAS_TABLE, None, &[])?.first().get_one::<bool>()?.unwrap_or(false);
+                let has_table = client.select(has_table, None, &[])?.first().get_one::<bool>()?.unwrap_or(false);
                 if !has_table {
                     return Ok(0);
                 }
                 let n = client
-                    .update(PRUNE, None, &[(secs as f64).into(), PRUNE_BATCH.into()])?
+                    .update(prune, None, &[(secs as f64).into(), PRUNE_BATCH.into()])?
                     .first()
                     .get_one::<i64>()?
                     .unwrap_or(0);
@@ -410,7 +424,7 @@ fn prune() {
             Ok(n) if n >= PRUNE_BATCH && !shutdown_requested() => continue,
             Ok(_) => break,
             Err(e) => {
-                audit_shmem::set_error(&format!("pruning secretgate.audit_events failed: {e}"));
+                audit_shmem::set_error(&format!("pruning {table} failed: {e}"));
                 break;
             }
         }

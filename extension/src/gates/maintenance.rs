@@ -11,6 +11,7 @@
 
 use crate::gates::admin_audit;
 use crate::gates::caller::Caller;
+use crate::gates::history::{self, Reason};
 use crate::gates::secret_write;
 use crate::pg::error::{Failure, Result};
 use crate::pg::keyring;
@@ -124,15 +125,18 @@ pub fn rename(old_key: &str, new_key: &str) -> Result<i64> {
             }
 
             let mut renamed = 0;
-            for (scope, value) in plan {
-                if let Some(value) = value {
-                    let (version, blob) = keyring::seal_with(&keyring, &value, scope, new_key)
-                        .map_err(|e| Failure::core(&e, Some(scope), Some(new_key)))?;
-                    secrets::insert(client, &attached, scope, new_key, (version, &blob))?;
-                    renamed += 1;
+            history::with_reason(Reason::Rename, || -> Result<()> {
+                for (scope, value) in plan {
+                    if let Some(value) = value {
+                        let (version, blob) = keyring::seal_with(&keyring, &value, scope, new_key)
+                            .map_err(|e| Failure::core(&e, Some(scope), Some(new_key)))?;
+                        secrets::insert(client, &attached, scope, new_key, (version, &blob))?;
+                        renamed += 1;
+                    }
+                    secrets::delete(client, &attached, scope, old_key)?;
                 }
-                secrets::delete(client, &attached, scope, old_key)?;
-            }
+                Ok(())
+            })?;
             if !old_rows.is_empty() {
                 admin_audit::record(
                     "secret.renamed",
@@ -169,24 +173,29 @@ pub fn reencrypt(batch: i32) -> Result<i64> {
                 Some(batch as i64),
                 Lock::SkipLocked,
             )?;
-            for row in &stale {
-                let value = open(&keyring, row)?;
-                let (version, blob) = keyring::seal_with(&keyring, &value, row.scope, &row.key)
-                    .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))?;
-                secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
-                let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
-                carry_liveness(row, &old_digest, &blob)?;
-            }
-            if !stale.is_empty() {
+            history::with_reason(Reason::Reencrypt, || -> Result<()> {
+                for row in &stale {
+                    let value = open(&keyring, row)?;
+                    let (version, blob) = keyring::seal_with(&keyring, &value, row.scope, &row.key)
+                        .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))?;
+                    secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
+                    let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
+                    carry_liveness(row, &old_digest, &blob)?;
+                }
+                Ok(())
+            })?;
+            // Then the kept versions, with what the batch has left.
+            let kept = history::reencrypt(&keyring, batch as i64 - stale.len() as i64)?;
+            if !stale.is_empty() || kept > 0 {
                 admin_audit::record(
                     "secret.reencrypt.batch",
-                    &format!("{} rows re-encrypted under key version {current}", stale.len()),
+                    &format!("{} rows and {kept} kept versions re-encrypted under key version {current}", stale.len()),
                     None,
                     None,
                     None,
                 );
             }
-            Ok(stale.len() as i64)
+            Ok(stale.len() as i64 + kept)
         })
     })
 }
@@ -229,12 +238,15 @@ pub fn reencrypt_skipping(batch: i32) -> Result<(i64, i64)> {
                         };
                     let (version, blob) = keyring::seal_with(&keyring, &value, row.scope, &row.key)
                         .map_err(|e| Failure::core(&e, Some(row.scope), Some(&row.key)))?;
-                    secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))?;
+                    history::with_reason(Reason::Reencrypt, || {
+                        secrets::replace(client, &attached, row.scope, &row.key, (version, &blob))
+                    })?;
                     let old_digest = ciphertext_digest(row.blob.as_deref().unwrap_or_default());
                     carry_liveness(row, &old_digest, &blob)?;
                     moved += 1;
                 }
             }
+            moved += history::reencrypt(&keyring, batch as i64 - moved)?;
             Ok((moved, skipped))
         })
     })

@@ -4,11 +4,14 @@
 //! for direct writes.
 
 use crate::gates::caller::Caller;
+use crate::gates::read_audit;
 use crate::gates::secret_write;
 use crate::pg::error::{Failure, Result};
 use crate::pg::keyring;
 use crate::pg::keyring_checks;
+use crate::pg::spi;
 use crate::store::attached::{self, Attached};
+use crate::store::history;
 use crate::store::secrets::{self, OnConflict, Row};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -30,10 +33,12 @@ pub fn read_with(client: &SpiClient<'_>, attached: &Attached, scope: Scope, key:
 /// Reads a secret. Infrastructure failures (no attached tables, an SPI
 /// error) are the outer `Err`; crypto and keyring errors the inner.
 pub fn read(scope: Scope, key: &str) -> Result<Read> {
-    Ok(match secrets::fetch_alone(&*attached::attached()?, scope, key)? {
+    let read = match secrets::fetch_alone(&*attached::attached()?, scope, key)? {
         None => Ok(None),
         Some(row) => keyring::open(row, scope, key).map(Some),
-    })
+    };
+    read_audit::record(scope, key, &read);
+    Ok(read)
 }
 
 /// Reads a secret, raising a crypto or keyring error.
@@ -85,7 +90,7 @@ pub fn verify() -> Result<Vec<Verified>> {
         let keyring = keyring::current();
         let mut out = Vec::new();
         let mut mismatched = BTreeSet::new();
-        secrets::each_row(client, &attached, BATCH, |row| {
+        let mut check = |row: Row, shown_key: Option<String>| {
             let result = match &keyring {
                 Err(e) => Err(e.clone()),
                 Ok(k) => keyring::open_with(k, row.blob.as_deref(), row.version, row.scope, &row.key)
@@ -97,8 +102,16 @@ pub fn verify() -> Result<Vec<Verified>> {
                         out.push(Verified::KeyMismatch);
                     }
                 }
-                result => out.push(Verified::Row(row, result)),
+                result => out.push(Verified::Row(Row { key: shown_key.unwrap_or(row.key.clone()), ..row }, result)),
             }
+        };
+        secrets::each_row(client, &attached, BATCH, |row| check(row, None))?;
+        // Kept versions too, named `KEY (kept version N)`: rotation must reach them.
+        spi::as_owner(|owner| {
+            history::each(owner, BATCH, |kept, number| {
+                let shown = format!("{} (kept version {number})", kept.key);
+                check(Row { scope: kept.scope, key: kept.key, blob: kept.blob, version: kept.version }, Some(shown))
+            })
         })?;
         Ok(out)
     })
@@ -118,7 +131,8 @@ pub struct VersionStatus {
 /// decrypting any row.
 pub fn key_status() -> Result<Vec<VersionStatus>> {
     let keyring = keyring::current().map_err(|e| Failure::core(&e, None, None))?;
-    let counts = Spi::connect(|client| secrets::version_counts(client, &*attached::attached()?))?;
+    let mut counts = Spi::connect(|client| secrets::version_counts(client, &*attached::attached()?))?;
+    counts.extend(spi::as_owner(history::version_counts)?);
     let recorded = keyring_checks::all();
     let mut versions: BTreeSet<i32> = keyring.versions().collect();
     versions.extend(recorded.iter().map(|r| r.0));

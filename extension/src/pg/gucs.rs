@@ -40,6 +40,25 @@ pub static AUDIT_QUEUE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1024);
 /// `secretgate.audit_retention`: rows older than this are pruned (seconds; 0 keeps all).
 pub static AUDIT_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400);
 
+/// `secretgate.history_keep`: versions kept per secret (0: no history).
+pub static HISTORY_KEEP: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+/// `secretgate.history_retention`: kept versions older than this are pruned (seconds; 0 keeps all).
+pub static HISTORY_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(90 * 86_400);
+
+/// `secretgate.audit_reads`: which secret reads become audit rows.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AuditReads {
+    #[name = c"off"]
+    Off,
+    #[name = c"errors"]
+    Errors,
+    #[name = c"all"]
+    All,
+}
+
+pub static AUDIT_READS: GucSetting<AuditReads> = GucSetting::<AuditReads>::new(AuditReads::Errors);
+
 /// Defines every setting; called once from `_PG_init`, before anything
 /// reads one.
 pub fn register() {
@@ -75,6 +94,34 @@ pub fn register() {
         c"Services SET LOCAL it per request. It can only add restrictions: members of secretgate_agent are agents whatever it says.",
         &CALLER,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secretgate.history_keep",
+        c"Versions of each secret kept when it is overwritten or deleted; 0 keeps no history.",
+        c"Older versions of a secret are removed as new ones are kept.",
+        &HISTORY_KEEP,
+        0,
+        1000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"secretgate.history_retention",
+        c"How long kept versions of secrets are kept; 0 keeps them until history_keep removes them.",
+        c"The audit writers delete older versions in small batches.",
+        &HISTORY_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_enum_guc(
+        c"secretgate.audit_reads",
+        c"Which secret reads become audit rows: off, errors (reads that answer an error) or all.",
+        c"Each audited read is a record in the audit queue; never the value.",
+        &AUDIT_READS,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(

@@ -5,6 +5,7 @@
 mod audit;
 mod byok;
 mod concierge;
+mod history;
 mod maintenance;
 mod secrets;
 mod triggers;

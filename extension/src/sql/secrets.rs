@@ -3,6 +3,7 @@
 //! makes one call down.
 
 use crate::gates::admin_audit;
+use crate::gates::read_audit;
 use crate::gates::secrets as gate;
 use crate::pg::args::{required, scope_of, sql_uuid, workspace_scope};
 use crate::pg::error::{self, Failure, Result};
@@ -40,10 +41,9 @@ fn decrypt(
         };
         let version = required(encryption_version, "encryption_version")?;
         let scope = scope_of(workspace_id);
-        let plaintext = keyring::current()
-            .and_then(|k| keyring::decrypt_with(&k, blob, version, scope, key))
-            .map_err(|e| Failure::core(&e, Some(scope), Some(key)))?;
-        Ok(Some(plaintext))
+        let read = keyring::current().and_then(|k| keyring::decrypt_with(&k, blob, version, scope, key)).map(Some);
+        read_audit::record(scope, key, &read);
+        read.map_err(|e| Failure::core(&e, Some(scope), Some(key)))
     })
 }
 

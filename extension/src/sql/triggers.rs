@@ -3,12 +3,14 @@
 //! its failure. A trigger function called as a plain function raises 39P01.
 
 use crate::gates::caller::Caller;
+use crate::gates::history::{self, Replacement};
 use crate::gates::{admin_audit, byok, identity, secret_write};
 use crate::pg::error::{self, Failure, Result};
 use crate::pg::keyring;
 use crate::pg::spi;
 use crate::pg::types;
 use crate::store::attached::{self, Attached};
+use crate::store::workspaces;
 use pgrx::heap_tuple::PgHeapTuple;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -267,6 +269,35 @@ fn byok_model_at_commit<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>
     Ok(None)
 }
 
+/// History: a secret row overwritten or deleted (argument `workspace` or
+/// `global`) keeps its ciphertext; a workspace row deleted (`workspaces`)
+/// takes its secrets' history with it. A secret deleted because its
+/// workspace went (a cascade, whose row events fire after the workspace's)
+/// keeps nothing.
+fn keep_history<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<Row<'a>>> {
+    let table = trigger.extra_args().ok().and_then(|args| args.first().cloned()).unwrap_or_default();
+    let Some(old) = trigger.old() else { return Ok(None) };
+    if table == "workspaces" {
+        if let Some(id) = uuid_col(&old, "id")? {
+            history::forget_workspace(Scope::Workspace(id))?;
+        }
+        return Ok(None);
+    }
+    let scope = if table == "global" { Scope::Global } else { workspace_scope(&old)? };
+    let how = if trigger.new().is_some() { Replacement::Update } else { Replacement::Delete };
+    if how == Replacement::Delete
+        && scope != Scope::Global
+        && workspaces::kind(&*attached::attached()?, scope)?.is_none()
+    {
+        return Ok(None);
+    }
+    let key = text_col(&old, "key")?.unwrap_or_default();
+    let blob = old.get_by_name::<&[u8]>("encrypted_value").map_err(|e| column_error("encrypted_value", e))?;
+    let version = old.get_by_name::<i32>("encryption_version").map_err(|e| column_error("encryption_version", e))?;
+    history::keep(scope, &key, blob, version, how)?;
+    Ok(None)
+}
+
 /// Whether an UPDATE of a MODEL row left the same workspace's MODEL with the
 /// same value (a re-encryption). A side that cannot be decrypted counts as a
 /// change, so the gate runs (and fails closed on it).
@@ -330,6 +361,7 @@ gates! {
     gate_byok_model: gate_byok_model_wrapper => byok_model_at_commit, definer;
     gate_secrets_truncate: gate_secrets_truncate_wrapper => secrets_truncate, definer;
     registry_changed: registry_changed_wrapper => forbidden_keys_changed, invoker;
+    gate_history: gate_history_wrapper => keep_history, invoker;
 }
 
 /// Declares `sql` as the SQL of the trigger functions, and keeps it as
@@ -357,6 +389,7 @@ CREATE FUNCTION secretgate."gate_byok"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_P
 CREATE FUNCTION secretgate."gate_byok_model"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_byok_model_wrapper';
 CREATE FUNCTION secretgate."gate_secrets_truncate"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_secrets_truncate_wrapper';
 CREATE FUNCTION secretgate."registry_changed"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'registry_changed_wrapper';
+CREATE FUNCTION secretgate."gate_history"() RETURNS TRIGGER LANGUAGE c AS 'MODULE_PATHNAME', 'gate_history_wrapper';
 "#
 );
 

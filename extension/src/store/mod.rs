@@ -3,6 +3,7 @@
 //! once. Nothing here decides anything.
 
 pub mod attached;
+pub mod history;
 pub mod invalidation;
 pub mod liveness;
 pub mod registry;

@@ -67,6 +67,37 @@ pub const TRIGGERS: &[(&str, TableRole, &str)] = &[
         "AFTER UPDATE OF workspace_id, key OR DELETE ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
          WHEN (OLD.key = 'MODEL') EXECUTE FUNCTION secretgate.gate_byok_model('old')",
     ),
+    // History: the ciphertext an overwrite or a delete replaces is kept.
+    (
+        "secretgate_history_update",
+        TableRole::Secrets,
+        "AFTER UPDATE ON {table} FOR EACH ROW \
+         WHEN (OLD.encrypted_value IS DISTINCT FROM NEW.encrypted_value OR OLD.key IS DISTINCT FROM NEW.key \
+               OR OLD.workspace_id IS DISTINCT FROM NEW.workspace_id) \
+         EXECUTE FUNCTION secretgate.gate_history('workspace')",
+    ),
+    (
+        "secretgate_history_delete",
+        TableRole::Secrets,
+        "AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_history('workspace')",
+    ),
+    (
+        "secretgate_global_history_update",
+        TableRole::GlobalSecrets,
+        "AFTER UPDATE ON {table} FOR EACH ROW \
+         WHEN (OLD.encrypted_value IS DISTINCT FROM NEW.encrypted_value OR OLD.key IS DISTINCT FROM NEW.key) \
+         EXECUTE FUNCTION secretgate.gate_history('global')",
+    ),
+    (
+        "secretgate_global_history_delete",
+        TableRole::GlobalSecrets,
+        "AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_history('global')",
+    ),
+    (
+        "secretgate_history_workspace_gone",
+        TableRole::Workspaces,
+        "AFTER DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION secretgate.gate_history('workspaces')",
+    ),
     (
         "secretgate_secrets_truncate",
         TableRole::Secrets,
