@@ -323,7 +323,7 @@ async fn attached(conn: &mut PgConnection) -> Result<Tables, Failure> {
 }
 
 async fn census(conn: &mut PgConnection, t: &Tables) -> Result<Census, sqlx::Error> {
-    let (current, stale, total): (i32, i64, i64) = sqlx::query_as(&format!(
+    let (current, mut stale, mut total): (i32, i64, i64) = sqlx::query_as(&format!(
         "SELECT v.current,
                 (SELECT count(*) FROM {s} WHERE encryption_version IS DISTINCT FROM v.current)
                   + (SELECT count(*) FROM {g} WHERE encryption_version IS DISTINCT FROM v.current),
@@ -334,6 +334,23 @@ async fn census(conn: &mut PgConnection, t: &Tables) -> Result<Census, sqlx::Err
     ))
     .fetch_one(&mut *conn)
     .await?;
+    // Kept versions of secrets (0.5.0) are re-encrypted too; counted when this role may read them.
+    let history: bool = sqlx::query_scalar(
+        "SELECT CASE WHEN pg_catalog.to_regclass('secretgate.secret_history') IS NULL THEN false
+                     ELSE pg_catalog.has_table_privilege('secretgate.secret_history', 'SELECT') END",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if history {
+        let (kept_stale, kept): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE encryption_version IS DISTINCT FROM secretgate.current_key_version()), count(*)
+               FROM secretgate.secret_history",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        stale += kept_stale;
+        total += kept;
+    }
     Ok(Census { current, stale, total })
 }
 

@@ -246,7 +246,6 @@ GRANT SELECT, INSERT ON secretgate.key_checks TO secretgate_audit_writer;
 -- plaintext. Written and read only by secretgate's own code, as the
 -- extension's owner; dumped with the database.
 CREATE TABLE secretgate.secret_history (
-    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     workspace_id       uuid,
     key                text NOT NULL,
     version            int NOT NULL,
@@ -261,6 +260,5 @@ CREATE INDEX secret_history_replaced_at ON secretgate.secret_history (replaced_a
 COMMENT ON TABLE secretgate.secret_history IS 'secretgate''s kept versions of secrets (ciphertexts an overwrite or delete replaced); never a plaintext';
 REVOKE ALL ON secretgate.secret_history FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('secretgate.secret_history', '');
-SELECT pg_catalog.pg_extension_config_dump('secretgate.secret_history_id_seq', '');
 -- The audit writers prune kept versions past secretgate.history_retention.
 GRANT SELECT, DELETE ON secretgate.secret_history TO secretgate_audit_writer;

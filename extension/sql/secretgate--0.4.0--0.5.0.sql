@@ -53,7 +53,6 @@ CREATE EVENT TRIGGER secretgate_detach_dropped ON sql_drop
 -- plaintext. Written and read only by secretgate's own code, as the
 -- extension's owner; dumped with the database.
 CREATE TABLE secretgate.secret_history (
-    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     workspace_id       uuid,
     key                text NOT NULL,
     version            int NOT NULL,
@@ -68,7 +67,6 @@ CREATE INDEX secret_history_replaced_at ON secretgate.secret_history (replaced_a
 COMMENT ON TABLE secretgate.secret_history IS 'secretgate''s kept versions of secrets (ciphertexts an overwrite or delete replaced); never a plaintext';
 REVOKE ALL ON secretgate.secret_history FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('secretgate.secret_history', '');
-SELECT pg_catalog.pg_extension_config_dump('secretgate.secret_history_id_seq', '');
 -- The audit writers prune kept versions past secretgate.history_retention.
 GRANT SELECT, DELETE ON secretgate.secret_history TO secretgate_audit_writer;
 

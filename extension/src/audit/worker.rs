@@ -77,8 +77,8 @@ const PINNED_SETTINGS: &[(&std::ffi::CStr, &std::ffi::CStr)] = &[
 const HAS_TABLE: &str = "SELECT pg_catalog.to_regclass('secretgate.audit_events') IS NOT NULL";
 
 /// Kept versions of secrets older than `secretgate.history_retention`, a batch at a time.
-const PRUNE_HISTORY: &str = "WITH gone AS (DELETE FROM secretgate.secret_history WHERE id OPERATOR(pg_catalog.=) ANY (ARRAY \
-       (SELECT id FROM secretgate.secret_history \
+const PRUNE_HISTORY: &str = "WITH gone AS (DELETE FROM secretgate.secret_history WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY \
+       (SELECT ctid FROM secretgate.secret_history \
          WHERE replaced_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) \
          ORDER BY replaced_at LIMIT $2)) RETURNING 1) \
      SELECT pg_catalog.count(*) FROM gone";

@@ -192,10 +192,10 @@ pub fn reencrypt(keyring: &Keyring, limit: i64) -> Result<i64> {
                     .and_then(|value| keyring::seal_with(keyring, &value, row.scope, &row.key));
                 match sealed {
                     Ok((version, blob)) => {
-                        history::replace(client, row.id, (version, &blob))?;
+                        history::replace(client, row.at, (version, &blob))?;
                         moved += 1;
                     }
-                    Err(_) => skip.push(row.id),
+                    Err(_) => skip.push(history::skip_name(row.scope, &row.key, row.number)),
                 }
             }
         }

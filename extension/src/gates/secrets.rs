@@ -108,8 +108,8 @@ pub fn verify() -> Result<Vec<Verified>> {
         secrets::each_row(client, &attached, BATCH, |row| check(row, None))?;
         // Kept versions too, named `KEY (kept version N)`: rotation must reach them.
         spi::as_owner(|owner| {
-            history::each(owner, BATCH, |kept, number| {
-                let shown = format!("{} (kept version {number})", kept.key);
+            history::each(owner, BATCH, |kept| {
+                let shown = format!("{} (kept version {})", kept.key, kept.number);
                 check(Row { scope: kept.scope, key: kept.key, blob: kept.blob, version: kept.version }, Some(shown))
             })
         })?;

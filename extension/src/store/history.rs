@@ -101,52 +101,69 @@ pub fn purge(client: &mut SpiClient<'_>, scope: Scope, key: Option<&str>) -> Res
     Ok(table.first().get_one::<i64>()?.unwrap_or(0))
 }
 
-/// A kept version to re-encrypt.
+/// A kept version to re-encrypt: where it is (its row is locked, so the
+/// place holds until the transaction ends) and what it holds.
 pub struct Stale {
-    pub id: i64,
+    pub at: pgrx::pg_sys::ItemPointerData,
+    pub number: i32,
     pub scope: Scope,
     pub key: String,
     pub blob: Option<Vec<u8>>,
     pub version: Option<i32>,
 }
 
-/// Up to `limit` history rows not on key version `current` and not in
-/// `skip` (by id), locked FOR UPDATE SKIP LOCKED.
-pub fn stale(client: &mut SpiClient<'_>, current: i32, skip: &[i64], limit: i64) -> Result<Vec<Stale>> {
-    let sql = "SELECT h.id, h.workspace_id, h.key, h.encrypted_value, h.encryption_version \
+/// A kept version's name in a skip list: `workspace/key/number` (empty
+/// workspace for the global scope).
+pub fn skip_name(scope: Scope, key: &str, number: i32) -> String {
+    let workspace = scope.workspace_id().map(|id| id.hyphenated().to_string()).unwrap_or_default();
+    format!("{workspace}/{key}/{number}")
+}
+
+/// Up to `limit` history rows not on key version `current` and not named
+/// in `skip` ([`skip_name`]), locked FOR UPDATE SKIP LOCKED.
+pub fn stale(client: &mut SpiClient<'_>, current: i32, skip: &[String], limit: i64) -> Result<Vec<Stale>> {
+    let sql = "SELECT h.ctid, h.version, h.workspace_id, h.key, h.encrypted_value, h.encryption_version \
                  FROM secretgate.secret_history h \
                 WHERE (h.encryption_version IS NULL OR h.encryption_version OPERATOR(pg_catalog.<>) $1) \
-                  AND h.id OPERATOR(pg_catalog.<>) ALL ($2) \
+                  AND (COALESCE(h.workspace_id::pg_catalog.text, '') OPERATOR(pg_catalog.||) '/' \
+                       OPERATOR(pg_catalog.||) h.key OPERATOR(pg_catalog.||) '/' \
+                       OPERATOR(pg_catalog.||) h.version::pg_catalog.text) OPERATOR(pg_catalog.<>) ALL ($2) \
                 LIMIT $3 FOR UPDATE SKIP LOCKED";
     let mut out = Vec::new();
     for row in spi::update(client, sql, None, &[current.into(), skip.to_vec().into(), limit.into()])? {
+        let Some(at) = row.get::<pgrx::pg_sys::ItemPointerData>(1)? else { continue };
         out.push(Stale {
-            id: row.get::<i64>(1)?.unwrap_or_default(),
-            scope: scope_of(row.get::<pgrx::Uuid>(2)?),
-            key: row.get::<String>(3)?.unwrap_or_default(),
-            blob: row.get(4)?,
-            version: row.get(5)?,
+            at,
+            number: row.get::<i32>(2)?.unwrap_or_default(),
+            scope: scope_of(row.get::<pgrx::Uuid>(3)?),
+            key: row.get::<String>(4)?.unwrap_or_default(),
+            blob: row.get(5)?,
+            version: row.get(6)?,
         });
     }
     Ok(out)
 }
 
-/// Replaces one history row's ciphertext.
-pub fn replace(client: &mut SpiClient<'_>, id: i64, (version, blob): (i32, &[u8])) -> Result<()> {
+/// Replaces one (locked) history row's ciphertext.
+pub fn replace(
+    client: &mut SpiClient<'_>,
+    at: pgrx::pg_sys::ItemPointerData,
+    (version, blob): (i32, &[u8]),
+) -> Result<()> {
     spi::update(
         client,
         "UPDATE secretgate.secret_history SET encrypted_value = $1, encryption_version = $2 \
-          WHERE id OPERATOR(pg_catalog.=) $3",
+          WHERE ctid OPERATOR(pg_catalog.=) $3",
         None,
-        &[blob.into(), version.into(), id.into()],
+        &[blob.into(), version.into(), at.into()],
     )?;
     Ok(())
 }
 
 /// Every history row's identity and ciphertext, in batches through a
 /// cursor, for verification.
-pub fn each(client: &SpiClient<'_>, batch: i64, mut each: impl FnMut(Stale, i32)) -> Result<()> {
-    let query = "SELECT h.id, h.workspace_id, h.key, h.encrypted_value, h.encryption_version, h.version \
+pub fn each(client: &SpiClient<'_>, batch: i64, mut each: impl FnMut(Stale)) -> Result<()> {
+    let query = "SELECT h.ctid, h.version, h.workspace_id, h.key, h.encrypted_value, h.encryption_version \
                    FROM secretgate.secret_history h ORDER BY h.workspace_id, h.key, h.version";
     let mut cursor = client.try_open_cursor(query, &[])?;
     loop {
@@ -155,16 +172,15 @@ pub fn each(client: &SpiClient<'_>, batch: i64, mut each: impl FnMut(Stale, i32)
             return Ok(());
         }
         for row in rows {
-            each(
-                Stale {
-                    id: row.get::<i64>(1)?.unwrap_or_default(),
-                    scope: scope_of(row.get::<pgrx::Uuid>(2)?),
-                    key: row.get::<String>(3)?.unwrap_or_default(),
-                    blob: row.get(4)?,
-                    version: row.get(5)?,
-                },
-                row.get::<i32>(6)?.unwrap_or_default(),
-            );
+            let Some(at) = row.get::<pgrx::pg_sys::ItemPointerData>(1)? else { continue };
+            each(Stale {
+                at,
+                number: row.get::<i32>(2)?.unwrap_or_default(),
+                scope: scope_of(row.get::<pgrx::Uuid>(3)?),
+                key: row.get::<String>(4)?.unwrap_or_default(),
+                blob: row.get(5)?,
+                version: row.get(6)?,
+            });
         }
     }
 }
