@@ -688,7 +688,8 @@ async fn attach_under_hostile_search_path(cluster: Arc<Cluster>) -> Result<()> {
             .fetch_one(&mut p.admin)
             .await
             .described("triggers")?;
-    ensure!(n == 8, "expected the 8 gate triggers after re-attaching, found {n}");
+    // 8 gates and (0.5.0) 5 history triggers.
+    ensure!(n == 13, "expected the 13 gate and history triggers after re-attaching, found {n}");
     let attempts: Vec<Attempt<'_>> = vec![
         (
             "a platform workspace online without MODEL".into(),
@@ -785,7 +786,7 @@ async fn non_owner_cannot_switch_gates_off(cluster: Arc<Cluster>) -> Result<()> 
     .fetch_one(&mut p.admin)
     .await
     .described("triggers")?;
-    ensure!(enabled == 8, "{enabled} of the 8 gate triggers are enabled");
+    ensure!(enabled == 13, "{enabled} of the 13 gate and history triggers are enabled");
     nothing_changed(&mut p).await
 }
 
@@ -1078,14 +1079,18 @@ async fn keyring_unreadable(cluster: Arc<Cluster>) -> Result<()> {
                 .fetch_all(&mut conn)
                 .await
                 .described("SHOW ALL")?;
-        // The caller, (0.4.0) direct_index_read, keyring_command_timeout and the
-        // audit settings are no secret; the keyring file and command are not listed.
+        // The caller, (0.4.0) direct_index_read, keyring_command_timeout, the
+        // audit and (0.5.0) history settings are no secret; the keyring file
+        // and command are not listed.
         ensure!(
             all == vec![
                 "secretgate.audit_queue_size".to_string(),
+                "secretgate.audit_reads".to_string(),
                 "secretgate.audit_retention".to_string(),
                 "secretgate.caller".to_string(),
                 "secretgate.direct_index_read".to_string(),
+                "secretgate.history_keep".to_string(),
+                "secretgate.history_retention".to_string(),
                 "secretgate.keyring_command_timeout".to_string()
             ],
             "SHOW ALL lists {all:?} to a {role_kind}"

@@ -318,7 +318,21 @@ pub fn attach(
         .map(drop)
     })?;
     let attached = attached()?;
+    // The library may be newer than the extension's SQL (before ALTER
+    // EXTENSION … UPDATE): the history triggers need the 0.5.0 function.
+    let history = spi::select(
+        client,
+        "SELECT pg_catalog.to_regprocedure('secretgate.gate_history()') IS NOT NULL",
+        Some(1),
+        &[],
+    )?
+    .first()
+    .get_one::<bool>()?
+    .unwrap_or(false);
     for statement in trigger_ddl::create_statements(attached.names(), attached.has_model) {
+        if !history && statement.contains("secretgate.gate_history(") {
+            continue;
+        }
         client.update(&statement, None, &[])?;
     }
     Ok(())
