@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """secretgate's benchmark suite (docs/performance.md). Run it through scripts/bench.sh,
 which builds the release extension, prepares the private PostgreSQL tree and
-this venv, then calls:  bench.py [all | write_tax bulk decrypt plpgsql scale | profile NAME]
+this venv, then calls:  bench.py [all | write_tax bulk decrypt plpgsql scale refusal peers | profile NAME]
 
 Every comparison measures a subject and its peer in the same run (pgbench
 scripts mixed in one run, or the two statements alternated), repeated RUNS
@@ -42,8 +42,13 @@ BULK_ROWS = int(os.environ.get("BENCH_BULK_ROWS", 100_000 if QUICK else 1_000_00
 DECRYPT_ROWS = int(os.environ.get("BENCH_DECRYPT_ROWS", 100_000 if QUICK else 1_000_000))
 PGP_ROWS = 1_000 if QUICK else 10_000
 SCALE = {"small": (100, 10), "large": (10_000 if QUICK else 100_000, 10)}  # workspaces, secrets each
+# peers: secrets in each product (20 per workspace), and the secrets written per write run.
+PEER_SECRETS = int(os.environ.get("BENCH_PEER_SECRETS", 20_000))
+PEER_WRITES = int(os.environ.get("BENCH_PEER_WRITES", 10_000))
+# scripts/bench.sh sets this once it has built and installed Supabase Vault (for `peers`).
+VAULT_READY = os.environ.get("BENCH_VAULT_READY") == "1"
 
-COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale", "refusal"]
+COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale", "refusal", "peers"]
 DATABASES = {
     "write_tax": ["bench"],
     "plpgsql": ["bench"],
@@ -51,6 +56,7 @@ DATABASES = {
     "decrypt": ["decrypt"],
     "scale": ["scale_small", "scale_large"],
     "refusal": ["bench"],
+    "peers": ["peers"],
 }
 
 SERVER_CONF = """
@@ -85,12 +91,23 @@ def as_postgres(cmd, **kw):
 # ---------------------------------------------------------------- the cluster
 
 
-def start_cluster(extra_conf=""):
+def start_cluster(extra_conf="", vault=False):
     stop_cluster()
     shutil.rmtree(CLUSTER, ignore_errors=True)
     CLUSTER.mkdir(parents=True)
     shutil.chown(CLUSTER, "postgres", "postgres")
     WORK.mkdir(parents=True, exist_ok=True)
+    if vault:
+        # Supabase Vault, preloaded beside secretgate, reads its root key at startup from a script that
+        # prints 64 hex characters: a fresh random key, in the work dir (removed at teardown).
+        script = WORK / "vault-getkey.sh"
+        script.unlink(missing_ok=True)
+        fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"#!/bin/sh\necho {os.urandom(32).hex()}\n")
+        shutil.chown(script, "postgres", "postgres")
+        extra_conf = f"shared_preload_libraries = 'secretgate,supabase_vault'\nvault.getkey_script = '{script}'\n" \
+            + extra_conf
     as_postgres([BIN / "initdb", "-D", CLUSTER / "data", "-U", "postgres", "-A", "trust", "--no-sync"])
     # A fresh keyring: version 1, 32 random bytes, mode 0600, owned by the server's user.
     keyring = CLUSTER / "keyring.json"
@@ -150,6 +167,8 @@ def setup_databases(names):
             psql_file(db, BENCH / "sql" / "bulk_nofk.sql")
         elif db == "decrypt":
             psql_file(db, BENCH / "sql" / "decrypt.sql", rows=DECRYPT_ROWS, pgp_rows=PGP_ROWS)
+        elif db == "peers":
+            psql_file(db, BENCH / "sql" / "peers.sql", secrets=PEER_SECRETS, writes=PEER_WRITES)
         elif db.startswith("scale_"):
             workspaces, per_ws = SCALE[db.removeprefix("scale_")]
             psql_file(db, BENCH / "sql" / "scale.sql", workspaces=workspaces, per_ws=per_ws)
@@ -495,6 +514,209 @@ def bench_scale():
     ]
 
 
+# ---------------------------------------------------------------- side by side with Supabase Vault
+
+PEER_SQL = {
+    # Point read of one secret by name, per row over the picks (every secret once, random order).
+    "read": {
+        "secretgate": "SELECT count(x) FROM (SELECT secretgate.read_secret(ws, key) x FROM public.peer_picks) s",
+        "vault": "SELECT count((SELECT decrypted_secret FROM vault.decrypted_secrets d WHERE d.name = p.name)) "
+                 "FROM public.peer_picks p",
+    },
+    # Decrypt every secret in a scan.
+    "bulk": {
+        "secretgate": "SELECT count(secretgate.decrypt(encrypted_value, encryption_version, workspace_id, key)) "
+                      "FROM public.workspace_secrets",
+        "vault": "SELECT count(decrypted_secret) FROM vault.decrypted_secrets",
+    },
+    # Write a secret under a new name.
+    "new": {
+        "secretgate": "SELECT count(*) FROM (SELECT secretgate.set_secret(ws, key, value) FROM public.peer_new{limit}) s",
+        "vault": "SELECT count(*) FROM (SELECT vault.create_secret(value, name) FROM public.peer_new{limit}) s",
+    },
+    # Overwrite an existing secret with a new value.
+    "overwrite": {
+        "secretgate": "SELECT count(*) FROM (SELECT secretgate.set_secret(ws, key, {col}) FROM public.peer_picks "
+                      "WHERE n <= {rows}) s",
+        "vault": "SELECT count(*) FROM (SELECT vault.update_secret(vault_id, {col}) FROM public.peer_picks "
+                 "WHERE n <= {rows}) s",
+    },
+    # The write tax: the same rows, a raw INSERT into the attached table and into its unattached copy.
+    "raw": {
+        "secretgate": "INSERT INTO public.workspace_secrets (workspace_id, key, encrypted_value, encryption_version) "
+                      "SELECT * FROM public.peer_raw{limit}",
+        "plain": "INSERT INTO public.plain_secrets (workspace_id, key, encrypted_value, encryption_version) "
+                 "SELECT * FROM public.peer_raw{limit}",
+    },
+}
+PEER_CONTEXT_SQL = "SELECT count(name) FROM public.peer_picks"  # the picks' scan alone, for context
+# What the peers section of the report shows, in this order: (figure id, operation).
+PEER_ROWS = [
+    ("peers_read", "point read of one secret by name"),
+    ("peers_read_pgbench", "point read, one call per pgbench transaction (latency)"),
+    ("peers_write_new", "write one secret under a new name"),
+    ("peers_write_overwrite", "overwrite one existing secret"),
+    ("peers_bulk", "decrypt every secret in a scan (per row)"),
+    ("peers_write_tax", "raw INSERT into the attached table vs an unattached copy (the Vault column: the unattached copy)"),
+]
+PEERS = {}  # what the report shows beside the figures: the plans of the read and scan statements
+
+
+def bench_peers():
+    """secretgate and Supabase Vault in the same database of the same server:
+    each operation timed for both in every run, the order alternated."""
+    app = connect("peers", user="bench_app")
+    app.execute("SET secretgate.caller = 'agent'")  # the full self-write gate on secretgate's writes
+    admin = connect("peers")
+    n, w = PEER_SECRETS, PEER_WRITES
+    counts = admin.execute("SELECT (SELECT count(*) FROM public.workspace_secrets), "
+                           "(SELECT count(*) FROM vault.secrets)").fetchone()
+    if counts != (n, n):
+        raise RuntimeError(f"peers: expected {n} secrets in each product, found {counts}")
+    PEERS["plans"] = {
+        f"{op}, {prod}": "\n".join(r[0] for r in admin.execute("EXPLAIN (COSTS OFF) " + PEER_SQL[op][prod]))
+        for op in ("read", "bulk") for prod in ("secretgate", "vault")}
+    # Both products must return the same plaintexts.
+    mismatch = admin.execute(
+        "SELECT count(*) FROM public.peer_picks p WHERE secretgate.read_secret(p.ws, p.key) IS DISTINCT FROM "
+        "(SELECT decrypted_secret FROM vault.decrypted_secrets d WHERE d.name = p.name) "
+        "OR secretgate.read_secret(p.ws, p.key) IS DISTINCT FROM p.value").fetchone()[0]
+    if mismatch:
+        raise RuntimeError(f"peers: {mismatch} secrets read back differently")
+
+    def vacuum():
+        for table in ("public.workspace_secrets", "public.plain_secrets", "vault.secrets"):
+            admin.execute(f"VACUUM {table}")
+
+    def alternate(i, products):
+        return products if i % 2 == 0 else list(reversed(products))
+
+    def per_call(used, rows):
+        return used / rows * 1e6
+
+    figures, walls = [], {}
+
+    def record(op, prod, used, rows, runs):
+        runs[prod].append(per_call(used, rows))
+        walls.setdefault((op, prod), []).append(WALL[-1][1] / rows * 1e6)
+
+    def wall_note(op, products):
+        return "wall clock per call (median): " + ", ".join(
+            f"{p} {fmt(med(walls[(op, p)]))} µs" for p in products)
+
+    # 1. Point reads and the bulk decrypt: a warm-up pass, then RUNS runs, the products alternated.
+    for op in ("read", "bulk"):
+        for s in PEER_SQL[op].values():
+            app.execute(s)
+    app.execute(PEER_CONTEXT_SQL)
+    reads = {"secretgate": [], "vault": []}
+    bulk = {"secretgate": [], "vault": []}
+    context = []
+    for i in range(RUNS):
+        for prod in alternate(i, ["secretgate", "vault"]):
+            record("read", prod, timed(app, PEER_SQL["read"][prod]), n, reads)
+            record("bulk", prod, timed(app, PEER_SQL["bulk"][prod]), n, bulk)
+        context.append(per_call(timed(app, PEER_CONTEXT_SQL), n))
+        log(f"peers run {i + 1}: read secretgate {reads['secretgate'][-1]:.2f} µs, Vault {reads['vault'][-1]:.2f} µs; "
+            f"bulk secretgate {bulk['secretgate'][-1]:.2f} µs/row, Vault {bulk['vault'][-1]:.2f} µs/row")
+    figures.append(figure(
+        "peers_read", f"Point read of one secret by name, per call ({n:,} different secrets in one statement)",
+        "µs CPU/call", "secretgate.read_secret(workspace_id, key)",
+        "Vault: decrypted_secrets WHERE name = …", reads["secretgate"], reads["vault"], 0.5,
+        f"backend CPU of the statement / {n:,} rows, each a different secret in random order; the picks' scan "
+        f"alone is {fmt(med(context))} µs/row of both; " + wall_note("read", ["secretgate", "vault"])))
+    figures.append(figure(
+        "peers_bulk", f"Decrypt every secret in a scan ({n:,} secrets), per row", "µs CPU/row",
+        "secretgate.decrypt over workspace_secrets", "Vault: count(decrypted_secret) FROM decrypted_secrets",
+        bulk["secretgate"], bulk["vault"], 0.2,
+        f"backend CPU of the statement / {n:,} rows; " + wall_note("bulk", ["secretgate", "vault"])))
+
+    # 2. The same point read under pgbench, one call per transaction, the two scripts mixed in one run.
+    defines = {"nws": (n + 19) // 20}
+    scripts = ["peers_read_secretgate.sql", "peers_read_vault.sql"]
+    pgbench("peers", scripts, 1, 2, caller="agent", defines=defines)  # warm-up
+    pg_runs = {"secretgate": [], "vault": []}
+    for i in range(RUNS):
+        sg, v = pgbench("peers", scripts, 1, caller="agent", defines=defines)
+        pg_runs["secretgate"].append(med(sg))
+        pg_runs["vault"].append(med(v))
+        log(f"peers pgbench run {i + 1}: read secretgate {med(sg)} us, Vault {med(v)} us")
+    figures.append(figure(
+        "peers_read_pgbench", "Point read of one secret by name, one call per transaction (pgbench)", "µs/txn",
+        "secretgate.read_secret", "Vault: decrypted_secrets WHERE name = …", pg_runs["secretgate"], pg_runs["vault"],
+        None, "informational: median transaction latency (wall clock, client round trip included), the two "
+              "scripts mixed in one pgbench run, 1 client, -M prepared"))
+
+    # 3. Writes: new names, then overwrites, each statement writing PEER_WRITES secrets.
+    def drop_new():
+        admin.execute("DELETE FROM public.workspace_secrets WHERE key LIKE 'NEW\\_%'")
+        admin.execute("DELETE FROM vault.secrets WHERE name LIKE '%/NEW\\_%'")
+        vacuum()
+
+    for s in PEER_SQL["new"].values():  # warm-up
+        app.execute(s.format(limit=" LIMIT 500"))
+    drop_new()
+    new = {"secretgate": [], "vault": []}
+    for i in range(RUNS):
+        for prod in alternate(i, ["secretgate", "vault"]):
+            record("new", prod, timed(app, PEER_SQL["new"][prod].format(limit="")), w, new)
+        got = admin.execute("SELECT (SELECT count(*) FROM public.workspace_secrets WHERE key LIKE 'NEW\\_%'), "
+                            "(SELECT count(*) FROM vault.secrets WHERE name LIKE '%/NEW\\_%')").fetchone()
+        if got != (w, w):
+            raise RuntimeError(f"peers: a write run stored {got} new secrets, expected {w} in each")
+        drop_new()
+        log(f"peers write run {i + 1}: new secretgate {new['secretgate'][-1]:.2f} µs, Vault {new['vault'][-1]:.2f} µs")
+    figures.append(figure(
+        "peers_write_new", f"Write one secret under a new name, per call ({w:,} in one statement)", "µs CPU/call",
+        "secretgate.set_secret (agent caller: every gate)", "Vault: vault.create_secret(secret, name)",
+        new["secretgate"], new["vault"], 0.5,
+        f"backend CPU of the statement / {w:,} calls; the new rows are deleted and both tables vacuumed between "
+        f"runs; " + wall_note("new", ["secretgate", "vault"])))
+
+    for s in PEER_SQL["overwrite"].values():  # warm-up
+        app.execute(s.format(col="value2", rows=500))
+    vacuum()
+    over = {"secretgate": [], "vault": []}
+    for i in range(RUNS):
+        col = "value" if i % 2 == 0 else "value2"  # every call changes the value
+        for prod in alternate(i, ["secretgate", "vault"]):
+            record("overwrite", prod, timed(app, PEER_SQL["overwrite"][prod].format(col=col, rows=w)), w, over)
+        vacuum()
+        log(f"peers write run {i + 1}: overwrite secretgate {over['secretgate'][-1]:.2f} µs, "
+            f"Vault {over['vault'][-1]:.2f} µs")
+    figures.append(figure(
+        "peers_write_overwrite", f"Overwrite one existing secret, per call ({w:,} in one statement)", "µs CPU/call",
+        "secretgate.set_secret on an existing key", "Vault: vault.update_secret(id, secret)",
+        over["secretgate"], over["vault"], 0.5,
+        f"backend CPU of the statement / {w:,} calls, each a different secret; both tables vacuumed between runs; "
+        + wall_note("overwrite", ["secretgate", "vault"])))
+
+    # 4. The write tax: the same rows, a raw INSERT into the attached table and into its unattached copy.
+    def drop_raw():
+        admin.execute("DELETE FROM public.workspace_secrets WHERE key LIKE 'RAW\\_%'")
+        admin.execute("DELETE FROM public.plain_secrets WHERE key LIKE 'RAW\\_%'")
+        vacuum()
+
+    for s in PEER_SQL["raw"].values():  # warm-up
+        app.execute(s.format(limit=" LIMIT 500"))
+    drop_raw()
+    raw = {"secretgate": [], "plain": []}
+    for i in range(RUNS):
+        for prod in alternate(i, ["secretgate", "plain"]):
+            record("raw", prod, timed(app, PEER_SQL["raw"][prod].format(limit="")), n, raw)
+        drop_raw()
+        log(f"peers write tax run {i + 1}: gated {raw['secretgate'][-1]:.2f} µs/row, plain {raw['plain'][-1]:.2f} µs/row")
+    figures.append(figure(
+        "peers_write_tax", f"Raw INSERT of {n:,} secrets' rows: the attached table vs an unattached copy, per row",
+        "µs CPU/row", "gated (public.workspace_secrets, agent caller)", "no gates (public.plain_secrets, same FK)",
+        raw["secretgate"], raw["plain"], 1.10,
+        f"backend CPU of one INSERT … SELECT of the same {n:,} rows (ciphertext as stored) / rows; both tables "
+        f"hold the same {n:,} rows beforehand; " + wall_note("raw", ["secretgate", "plain"])))
+    app.close()
+    admin.close()
+    return figures
+
+
 def gate_plans():
     """The plans of the statements the gates and read_secret run, as auto_explain logs them."""
     logfile = CLUSTER / "server.log"
@@ -650,6 +872,9 @@ def versions():
         "python": platform.python_version(),
         "psycopg": psycopg.__version__,
         "matplotlib": matplotlib.__version__,
+        "vault": os.environ.get("BENCH_VAULT_VERSION") if VAULT_READY else None,
+        "vault_source": os.environ.get("BENCH_VAULT_SOURCE", "?"),
+        "sodium": os.environ.get("BENCH_VAULT_SODIUM", "?"),
     }
 
 
@@ -708,7 +933,7 @@ def plots(figures, outdir):
 METHOD = """\
 - A private copy of {server} with the
   **release** build of secretgate installed into it; one throwaway cluster run by the `postgres` OS user on
-  127.0.0.1:{port}, `shared_preload_libraries = 'secretgate'`, a freshly generated 0600 keyring; torn down at
+  127.0.0.1:{port}, `shared_preload_libraries = {preload}`, a freshly generated 0600 keyring; torn down at
   the end. Server settings: `shared_buffers = 1GB`, `synchronous_commit = off` (measures CPU cost, not the
   VM's fsync), `autovacuum = off` (explicit `VACUUM ANALYZE` after loading), `jit = off`,
   `max_parallel_workers_per_gather = 0` (every query on one core).
@@ -753,7 +978,76 @@ DETAILS = {
     "scale": "Databases `scale_small` ({small}) and `scale_large` ({large}), loaded with triggers off then "
              "gated; `scale_gate.sql` (an agent UPDATE of one secret through the gate) and `scale_read.sql` "
              "(`read_secret` of one secret) mixed in one run per database, the two databases alternated.",
+    "peers": "`bench/sql/peers.sql`: secretgate and Supabase Vault in the same database `peers` of the same "
+             "server (both preloaded), {peer_secrets} secrets in each with the same values (64 random hex "
+             "characters; 20 per workspace); measured as `bench_app` with the grants each product documents for a "
+             "service, secretgate's writes as an agent caller (every gate). Each operation is one statement per "
+             "product calling it once per row, timed as the backend's CPU for the statement / rows, after a "
+             "warm-up pass, the two products alternated in each run; details in the section on Vault below.",
 }
+
+
+def peers_table(figures):
+    """operation | secretgate µs | Vault µs | ratio | target | met: the peers figures as one table."""
+    by_id = {f["id"]: f for f in figures}
+    lines = ["| operation | secretgate µs | Vault µs | ratio (secretgate / Vault) | target | |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for fid, operation in PEER_ROWS:
+        f = by_id.get(fid)
+        if f is None:
+            continue
+        s, p, r = f["subject_stats"], f["peer_stats"], f["ratio"]
+        verdict = "–" if f["target"] is None else ("met" if f["pass"] else "**missed**")
+        lines.append(f"| {operation} | {fmt(s['median'])} ({fmt(s['min'])}–{fmt(s['max'])}) "
+                     f"| {fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}) "
+                     f"| {fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])}) "
+                     f"| {'≤ ' + format(f['target'], '.2f') if f['target'] is not None else 'informational'} "
+                     f"| {verdict} |")
+    return lines
+
+
+def peers_section(figures, info):
+    v = info["versions"]
+    n, w = PEER_SECRETS, PEER_WRITES
+    lines = ["", "## Side by side with Supabase Vault", "",
+             f"Server: {SERVER}. Supabase Vault {v.get('vault') or '?'} (its control file's "
+             f"`default_version`), built from {v['vault_source']} with {v['sodium']}; secretgate `{v['secretgate']}`. "
+             f"Both preloaded in the same server (`shared_preload_libraries = 'secretgate,supabase_vault'`, "
+             f"`vault.getkey_script` a script printing a fresh random 64-hex-character root key), both in the same "
+             f"database, {n:,} secrets in each holding the same values (64 random hex characters).", "",
+             "Each figure: median over runs, min–max over runs in brackets, µs per call (per row for the scan and "
+             "the write tax); the ratio is computed per run. The last row's Vault column is the unattached copy "
+             "of secretgate's table (Vault has no gated table); its target is ≤ 1.10.", ""]
+    lines += peers_table(figures)
+    lines += ["", "How each figure is measured (backend CPU of the statement, `/proc/<pid>/schedstat`, divided by "
+              f"the rows; wall-clock figures in each figure's note; {RUNS} runs, the products' order alternated "
+              "run by run, after a warm-up pass of every statement):", "",
+              f"- **point read**: `public.peer_picks` holds every secret once in random order ({n:,} rows); "
+              f"secretgate `{PEER_SQL['read']['secretgate']}` vs Vault `{PEER_SQL['read']['vault']}` (the subquery "
+              "runs once per row, an index scan of Vault's unique index on `name`). Each returns the secret's "
+              "plaintext; before timing, every secret is checked to read back the same in both.",
+              "- **point read, pgbench**: `bench/pgbench/peers_read_secretgate.sql` and `peers_read_vault.sql` "
+              "(a random workspace and key, the name computed in SQL) mixed in one run, 1 client, `-M prepared`, "
+              f"{DURATION} s per run: wall-clock latency with the client's round trip.",
+              f"- **write, new name**: {w:,} calls in one statement, `{PEER_SQL['new']['secretgate'].format(limit='')}` "
+              f"vs `{PEER_SQL['new']['vault'].format(limit='')}` (`public.peer_new`: {w:,} names neither product "
+              "has); the new rows are deleted and both tables vacuumed between runs.",
+              f"- **overwrite**: {w:,} different existing secrets, `set_secret` on an existing key vs "
+              "`vault.update_secret(vault_id, new value)` (Vault overwrites by id; the ids were captured at load "
+              "time), the value changed by every call; both tables vacuumed between runs.",
+              f"- **bulk decrypt**: `{PEER_SQL['bulk']['secretgate']}` vs `{PEER_SQL['bulk']['vault']}`, {n:,} rows "
+              "each.",
+              f"- **write tax**: `{PEER_SQL['raw']['secretgate'].format(limit='')}` vs the same into "
+              "`public.plain_secrets` (same columns, keys and foreign key, no triggers), both holding the same "
+              f"{n:,} rows beforehand; the {n:,} rows inserted (secretgate's stored rows under new keys) are "
+              "deleted and the tables vacuumed after each run.",
+              "- secretgate's calls run as `bench_app` with `secretgate.caller = 'agent'` (the full self-write "
+              "gate: the workspace's kind read, forbidden keys); Vault's as the same role, granted what a "
+              "service is granted (usage on `vault`, its view, its functions).",
+              "", "Plans of the read and scan statements (`EXPLAIN (COSTS OFF)`):", ""]
+    for name, plan in PEERS.get("plans", {}).items():
+        lines += [f"{name}:", "", "```", plan, "```", ""]
+    return lines
 
 
 def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
@@ -770,13 +1064,18 @@ def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
               "", "## Versions", "",
               f"- secretgate: `{v['secretgate']}` ({v['source']}), release build, pgrx {v['pgrx']}",
               f"- {v['postgres']}; {v['pgbench']}", f"- {v['rustc']}",
-              f"- Python {v['python']}, psycopg {v['psycopg']}, matplotlib {v['matplotlib']}",
-              "", "## Method", "", METHOD.format(port=PORT, runs=RUNS, duration=DURATION, server=SERVER), ""]
+              f"- Python {v['python']}, psycopg {v['psycopg']}, matplotlib {v['matplotlib']}"]
+    if v.get("vault"):
+        lines.append(f"- Supabase Vault {v['vault']} (from its control file), built from {v['vault_source']}, "
+                     f"with {v['sodium']}")
+    lines += [
+              "", "## Method", "", METHOD.format(port=PORT, runs=RUNS, duration=DURATION, server=SERVER,
+                                          preload="'secretgate,supabase_vault'" if "peers" in selected else "'secretgate'"), ""]
     for name in selected:
         lines.append(f"- **{name}**: " + DETAILS[name].format(
             rows=f"{BULK_ROWS:,}" if name == "bulk" else f"{DECRYPT_ROWS:,}", pgp=f"{PGP_ROWS:,}",
             small=f"{SCALE['small'][0]:,} workspaces × {SCALE['small'][1]}",
-            large=f"{SCALE['large'][0]:,} workspaces × {SCALE['large'][1]}"))
+            large=f"{SCALE['large'][0]:,} workspaces × {SCALE['large'][1]}", peer_secrets=f"{PEER_SECRETS:,}"))
     lines += ["", "## Results", "",
               "| figure | subject | peer | ratio (median, min–max) | target | |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -792,6 +1091,8 @@ def write_report(figures, selected, info, plans, path, plotdir, elapsed, loads):
     for f in figures:
         if f["note"]:
             lines.append(f"- `{f['id']}`: {f['note']}.")
+    if any(f["id"].startswith("peers_") for f in figures):
+        lines += peers_section(figures, info)
     rel = os.path.relpath(plotdir, path.parent)
     lines += ["", "## Plots", "", f"![ratios]({rel}/ratios.png)", ""]
     for f in figures:
@@ -835,6 +1136,11 @@ def main(argv):
         if a not in COMPARISONS:
             sys.exit(f"unknown comparison {a!r}; choose from: all {' '.join(COMPARISONS)} | profile NAME")
     selected = [c for c in COMPARISONS if c in selected]
+    if "peers" in selected and not VAULT_READY:
+        if "peers" in argv:
+            sys.exit("the peers comparison needs Supabase Vault built and installed: run it through scripts/bench.sh")
+        log("Supabase Vault is not installed here: the peers comparison is left out")
+        selected.remove("peers")
     sharedir = run([BIN / "pg_config", "--sharedir"]).stdout.strip()
     if "decrypt" in selected and not Path(sharedir, "extension", "pgcrypto.control").exists():
         sys.exit(f"the decrypt comparison needs pgcrypto, which PostgreSQL {MAJOR} here was built without; "
@@ -848,7 +1154,7 @@ def main(argv):
         log(f"floor: median {floor['median']:.1f} ns")
     info = {"machine": machine(), "versions": versions()}
     figures, plans = [], []
-    start_cluster()
+    start_cluster(vault="peers" in selected)
     try:
         setup_databases(selected)
         for name in selected:
@@ -866,6 +1172,8 @@ def main(argv):
                 plans = gate_plans()
             elif name == "refusal":
                 figures += bench_refusal()
+            elif name == "peers":
+                figures += bench_peers()
     finally:
         teardown()
     loads.append(" ".join(open("/proc/loadavg").read().split()[:3]))
@@ -886,6 +1194,9 @@ def main(argv):
     for f in figures:
         verdict = "–" if f["target"] is None else ("PASS" if f["pass"] else "MISS")
         print(f"{f['id']:22} ratio {fmt(f['ratio']['median']):>8} target {str(f['target']):>5} {verdict}")
+    if "peers" in selected:
+        print("\nSide by side with Supabase Vault (µs; median, min–max over runs):")
+        print("\n".join(peers_table(figures)))
 
 
 if __name__ == "__main__":
