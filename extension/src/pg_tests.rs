@@ -618,6 +618,10 @@ mod tests {
             let ci = Spi::get_one::<pg_sys::Oid>("SELECT 'tests.ci_secrets'::regclass::oid").unwrap().unwrap();
             assert_eq!(secret_row(ci, Some(&id(WS)), "a"), None);
         }
+        // Inheritance children: SQL reads their rows too.
+        assert!(matches!(direct(), Some(Some(_))));
+        run("CREATE TABLE tests.child_secrets () INHERITS (public.workspace_secrets)");
+        assert_eq!(direct(), None);
         // The switch turns the direct read off.
         run("SET LOCAL secretgate.direct_index_read = off");
         assert_eq!(direct(), None);

@@ -631,12 +631,21 @@ async fn undecryptable_row_stops_rotation_cleanly(cluster: Arc<Cluster>) -> Resu
     let skip = vec![(bad_ws, "K_500".to_string())];
     ensure!(mismatches(&mut conn, &salt, &skip).await? == 0, "every other row still holds its plaintext");
 
-    // Once the DBA deletes the row, the rotation resumes and finishes.
+    // Once the DBA deletes the row (and the version its delete kept, which
+    // cannot be re-encrypted either), the rotation resumes and finishes.
     sqlx::query("DELETE FROM public.workspace_secrets WHERE workspace_id = $1 AND key = 'K_500'")
         .bind(bad_ws)
         .execute(&mut conn)
         .await
         .described("delete the bad row")?;
+    let run = run_cli(Some(&url), &["rotate", "--batch-size", "50"]).await?;
+    ensure!(run.code == Some(1), "the deleted row's kept version still cannot be re-encrypted:\n{run}");
+    let purged: i64 = sqlx::query_scalar("SELECT secretgate.purge_history($1, 'K_500')")
+        .bind(bad_ws)
+        .fetch_one(&mut conn)
+        .await
+        .described("purge the bad row's history")?;
+    ensure!(purged == 1, "the delete kept one version, purged {purged}");
     let run = run_cli(Some(&url), &["rotate", "--batch-size", "50"]).await?;
     ensure!(run.code == Some(0), "rotate should finish once the bad row is gone:\n{run}");
     let hist = histogram(&mut conn).await?;

@@ -478,11 +478,15 @@ async fn verify_secrets_reports_every_row(cluster: Arc<Cluster>) -> Result<()> {
             .described("verify_secrets")?;
     let got: BTreeMap<(Option<Uuid>, String), (String, Option<String>)> =
         rows.iter().map(|(w, k, s, c)| ((*w, k.clone()), (s.clone(), c.clone()))).collect();
+    // The tampering UPDATEs kept the good ciphertexts they replaced (0.5.0
+    // history): verify lists them too, as `KEY (kept version N)`.
     ensure!(
-        rows.len() == 5 && got.len() == 5,
-        "verify_secrets should return one row per stored secret (5), got {rows:?}"
+        rows.len() == 7 && got.len() == 7,
+        "verify_secrets should return one row per stored secret and kept version (5 + 2), got {rows:?}"
     );
     let want = [
+        ((Some(a), "BB_BAD (kept version 1)"), ("ok", None)),
+        ((None, "BB_G_BAD (kept version 1)"), ("ok", None)),
         ((Some(a), "BB_OK"), ("ok", None)),
         ((Some(a), "BB_BAD"), ("error", Some("SG001"))),
         ((Some(b), "BB_OLD"), ("error", Some("SG002"))),

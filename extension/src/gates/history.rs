@@ -176,8 +176,8 @@ pub fn purge(scope: Scope, key: Option<&str>) -> Result<i64> {
 
 /// Moves up to `limit` kept versions to the current key version, as the
 /// extension's owner. A version that does not decrypt is left where it is
-/// (`verify_secrets` names it); the number moved.
-pub fn reencrypt(keyring: &Keyring, limit: i64) -> Result<i64> {
+/// (`verify_secrets` names it). The numbers moved and left.
+pub fn reencrypt(keyring: &Keyring, limit: i64) -> Result<(i64, i64)> {
     let current = keyring.current_version();
     let mut skip = Vec::new();
     let mut moved = 0;
@@ -199,6 +199,6 @@ pub fn reencrypt(keyring: &Keyring, limit: i64) -> Result<i64> {
                 }
             }
         }
-        Ok(moved)
+        Ok((moved, skip.len() as i64))
     })
 }

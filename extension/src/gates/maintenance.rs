@@ -185,7 +185,7 @@ pub fn reencrypt(batch: i32) -> Result<i64> {
                 Ok(())
             })?;
             // Then the kept versions, with what the batch has left.
-            let kept = history::reencrypt(&keyring, batch as i64 - stale.len() as i64)?;
+            let (kept, _) = history::reencrypt(&keyring, batch as i64 - stale.len() as i64)?;
             if !stale.is_empty() || kept > 0 {
                 admin_audit::record(
                     "secret.reencrypt.batch",
@@ -246,8 +246,8 @@ pub fn reencrypt_skipping(batch: i32) -> Result<(i64, i64)> {
                     moved += 1;
                 }
             }
-            moved += history::reencrypt(&keyring, batch as i64 - moved)?;
-            Ok((moved, skipped))
+            let (kept, kept_skipped) = history::reencrypt(&keyring, batch as i64 - moved)?;
+            Ok((moved + kept, skipped + kept_skipped))
         })
     })
 }

@@ -9,7 +9,7 @@
 //! snapshot SPI would have used, and gives up (the caller goes through SPI,
 //! which then answers or raises as Postgres does) whenever that could differ:
 //! the caller lacks SELECT on the table, row-level security applies, the
-//! table is not a plain table, the columns are not the plain types, or no
+//! table is not a plain heap table or has inheritance children, the columns are not the plain types, or no
 //! valid, unique, non-partial btree index with the types' own operator
 //! families and a deterministic collation covers exactly those columns.
 //!
@@ -134,7 +134,10 @@ pub fn secret_row(table: Oid, workspace_id: Option<&[u8; 16]>, key: &str) -> Opt
         }
         // Without row security on the table there is nothing to apply;
         // with it, Postgres decides (and the direct read steps aside).
-        let found = if !(*(*rel).rd_rel).relrowsecurity
+        // A table with inheritance children: SQL reads them too.
+        let found = if (*(*rel).rd_rel).relhassubclass {
+            None
+        } else if !(*(*rel).rd_rel).relrowsecurity
             || pg_sys::check_enable_rls(table, pg_sys::InvalidOid, true)
                 == pg_sys::CheckEnableRlsResult::RLS_NONE as i32
         {
