@@ -48,7 +48,7 @@ PEER_WRITES = int(os.environ.get("BENCH_PEER_WRITES", 10_000))
 # scripts/bench.sh sets this once it has built and installed Supabase Vault (for `peers`).
 VAULT_READY = os.environ.get("BENCH_VAULT_READY") == "1"
 
-COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale", "refusal", "peers"]
+COMPARISONS = ["write_tax", "bulk", "decrypt", "plpgsql", "scale", "refusal", "history", "peers"]
 DATABASES = {
     "write_tax": ["bench"],
     "plpgsql": ["bench"],
@@ -56,6 +56,7 @@ DATABASES = {
     "decrypt": ["decrypt"],
     "scale": ["scale_small", "scale_large"],
     "refusal": ["bench"],
+    "history": ["bench"],
     "peers": ["peers"],
 }
 
@@ -717,6 +718,49 @@ def bench_peers():
     return figures
 
 
+HISTORY_ROWS = 10_000  # 1,000 workspaces x 10 keys
+HISTORY_OVERWRITE = ("SELECT count(*) FROM (SELECT secretgate.set_secret(w.id, 'H_' || k, md5(w.id::text || k || {run})) "
+                     "FROM public.workspaces w, generate_series(1, 10) k WHERE w.kind = 'workspace') s")
+HISTORY_READ = ("SELECT count(secretgate.read_secret(w.id, 'H_' || k)) "
+                "FROM public.workspaces w, generate_series(1, 10) k WHERE w.kind = 'workspace'")
+
+
+def bench_history():
+    """What history and read audit cost: overwrites with history kept
+    (secretgate.history_keep = 10) against none kept (0), and point reads with
+    secretgate.audit_reads = all against off. As the superuser (both settings
+    are superuser-only), each figure the backend CPU of one statement per run."""
+    conn = connect("bench")
+    conn.execute(HISTORY_OVERWRITE.format(run=0))  # the 10,000 secrets, then a warm-up
+    kept, unkept, audited, unaudited = [], [], [], []
+    for i in range(RUNS):
+        for keep in (["10", "0"] if i % 2 == 0 else ["0", "10"]):
+            conn.execute(f"SET secretgate.history_keep = {keep}")
+            used = timed(conn, HISTORY_OVERWRITE.format(run=2 * i + (keep == "0") + 1))
+            (kept if keep == "10" else unkept).append(used / HISTORY_ROWS * 1e6)
+        conn.execute("VACUUM public.workspace_secrets")
+        conn.execute("SELECT secretgate.purge_history(id) FROM public.workspaces WHERE kind = 'workspace'")
+        for mode in (["all", "off"] if i % 2 == 0 else ["off", "all"]):
+            conn.execute(f"SET secretgate.audit_reads = {mode}")
+            used = timed(conn, HISTORY_READ)
+            (audited if mode == "all" else unaudited).append(used / HISTORY_ROWS * 1e6)
+        log(f"history run {i + 1}: overwrite kept {kept[-1]:.2f} µs, not kept {unkept[-1]:.2f} µs; "
+            f"read audited {audited[-1]:.2f} µs, not {unaudited[-1]:.2f} µs")
+    conn.execute("RESET secretgate.history_keep")
+    conn.execute("RESET secretgate.audit_reads")
+    conn.close()
+    return [
+        figure("history_overwrite", "Overwrite with history kept vs none kept, per call", "µs CPU/call",
+               "set_secret, history_keep = 10", "set_secret, history_keep = 0", kept, unkept, 1.3,
+               f"backend CPU of one statement of {HISTORY_ROWS:,} overwrites / calls, each a different secret; "
+               "the kept versions purged between runs"),
+        figure("history_read_audit", "Point read with every read audited vs none", "µs CPU/call",
+               "read_secret, audit_reads = all", "read_secret, audit_reads = off", audited, unaudited, 1.15,
+               f"backend CPU of one statement of {HISTORY_ROWS:,} reads / calls (the audit writers' own work "
+               "is in other processes)"),
+    ]
+
+
 def gate_plans():
     """The plans of the statements the gates and read_secret run, as auto_explain logs them."""
     logfile = CLUSTER / "server.log"
@@ -971,6 +1015,9 @@ DETAILS = {
                "shape: 64-byte plaintext, workspace scope, associated data, UTF-8 check).",
     "plpgsql": "`bench/plpgsql_gates.sql`: the same gates written in PL/pgSQL on `sgref.*` (same tables, same "
                "triggers, same registry), vs secretgate on `public.*`, scripts mixed in one run.",
+    "history": "As the superuser: one statement overwriting 10,000 secrets (1,000 workspaces x 10 keys) "
+               "with `set_secret`, `secretgate.history_keep` 10 against 0, alternated; one statement reading "
+               "them with `read_secret`, `secretgate.audit_reads` all against off.",
     "refusal": "`refusal.sql` (an SG105 refusal of `set_global_secret`, caught in a `DO` block) and "
                "`refusal_peer.sql` (the same block raising an unaudited 22004), one client, in alternated runs; "
                "mean latency. Run it on two builds (`BENCH_REV`) to compare the audit queue with the log line "
@@ -1172,6 +1219,8 @@ def main(argv):
                 plans = gate_plans()
             elif name == "refusal":
                 figures += bench_refusal()
+            elif name == "history":
+                figures += bench_history()
             elif name == "peers":
                 figures += bench_peers()
     finally:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # secretgate's benchmark suite (docs/performance.md): not part of scripts/test.sh.
 #   scripts/bench.sh                  every comparison; writes bench/report.md and bench/plots/
-#   scripts/bench.sh write_tax        one or more of: write_tax bulk decrypt plpgsql scale refusal peers
+#   scripts/bench.sh write_tax        one or more of: write_tax bulk decrypt plpgsql scale refusal history peers
 #                                     (partial or quick runs write target/bench-results/report-*.md)
 #   scripts/bench.sh peers            secretgate side by side with Supabase Vault, built from VAULT_SRC
 #                                     (default /work/shared/peers/supabase-vault/src; a checkout of

@@ -67,7 +67,7 @@ pub fn keep(scope: Scope, key: &str, blob: Option<&[u8]>, version: Option<i32>, 
         (Reason::Write, Replacement::Delete) => "delete",
     };
     let replaced = Replaced { scope, key, blob, version, replaced_by: replaced_by(), reason };
-    spi::as_owner_mut(|client| history::add(client, &replaced, keep))
+    spi::as_owner_mut_indexed(|client| history::add(client, &replaced, keep))
 }
 
 /// Who replaced a value: role, `secretgate.caller`, whether an agent, and
@@ -103,7 +103,7 @@ pub struct Listed {
 
 /// Removes a deleted workspace's history (from its row's trigger).
 pub fn forget_workspace(scope: Scope) -> Result<()> {
-    spi::as_owner_mut(|client| history::purge(client, scope, None)).map(drop)
+    spi::as_owner_mut_indexed(|client| history::purge(client, scope, None)).map(drop)
 }
 
 /// Whether a kept ciphertext reads under the current keyring, as
@@ -127,7 +127,7 @@ fn state_of(
 /// The kept versions of a secret, newest first; never a value.
 pub fn versions(scope: Scope, key: &str) -> Result<Vec<Listed>> {
     let keyring = keyring::current();
-    let kept = spi::as_owner(|client| history::versions(client, scope, key))?;
+    let kept = spi::as_owner_mut_indexed(|client| history::versions(client, scope, key))?;
     Ok(kept
         .iter()
         .map(|v| Listed {
@@ -144,7 +144,7 @@ pub fn versions(scope: Scope, key: &str) -> Result<Vec<Listed>> {
 /// (`set_secret`'s path): the value it replaces is kept in turn, as a
 /// `restore`. P0002 when no such version is kept.
 pub fn restore(scope: Scope, key: &str, version: i32) -> Result<()> {
-    let kept = spi::as_owner(|client| history::versions(client, scope, key))?;
+    let kept = spi::as_owner_mut_indexed(|client| history::versions(client, scope, key))?;
     let Some(v) = kept.into_iter().find(|v| v.number == version) else {
         return Err(Failure::sql(
             PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
@@ -169,7 +169,7 @@ pub fn restore(scope: Scope, key: &str, version: i32) -> Result<()> {
 /// one; the number of versions removed.
 pub fn purge(scope: Scope, key: Option<&str>) -> Result<i64> {
     spi::prevent_if_read_only("DELETE");
-    let removed = spi::as_owner_mut(|client| history::purge(client, scope, key))?;
+    let removed = spi::as_owner_mut_indexed(|client| history::purge(client, scope, key))?;
     admin_audit::record("history.purged", &format!("{removed} kept version(s) removed"), Some(scope), key, None);
     Ok(removed)
 }

@@ -15,6 +15,7 @@ use pgrx::pg_sys::{self, PgOid};
 use pgrx::spi::{OwnedPreparedStatement, Spi, SpiClient, SpiResult, SpiTupleTable};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
 use std::rc::Rc;
 
 /// A bound on the cache: the extension has a few dozen statements per set of
@@ -185,6 +186,14 @@ pub fn as_owner_mut<T, E>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<T, E>) ->
     elevated(extension_owner(), || Spi::connect_mut(f))
 }
 
+/// [`as_owner_mut`] for point statements on the extension's own tables that
+/// must find their rows through an index whatever the table's statistics say
+/// (a plan made while a table was empty would scan it on every call as it
+/// grows): sequential scans off while they are planned and run.
+pub fn as_owner_mut_indexed<T, E>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<T, E>) -> Result<T, E> {
+    elevated_with(extension_owner(), &[(c"enable_seqscan", c"off")], || Spi::connect_mut(f))
+}
+
 /// The owner of relation `table`: the role maintenance acts as on it.
 pub fn table_owner(table: pg_sys::Oid) -> Option<pg_sys::Oid> {
     // SAFETY: a syscache lookup of the relation by oid; the tuple is released
@@ -229,6 +238,11 @@ pub fn restricted<T>(f: impl FnOnce() -> T) -> T {
 /// fails with 42501 instead). All restored afterwards, or by the
 /// (sub)transaction's abort on an error, as for a function's own `SET`.
 pub fn elevated<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    elevated_with(role, &[], f)
+}
+
+/// [`elevated`], with more settings pinned for the statements `f` runs.
+pub fn elevated_with<T>(role: pg_sys::Oid, settings: &[(&CStr, &CStr)], f: impl FnOnce() -> T) -> T {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: saves the current user and security context, switches to
@@ -239,7 +253,8 @@ pub fn elevated<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
         let flags = pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION;
         pg_sys::SetUserIdAndSecContext(role, saved_context | flags as i32);
         let level = pg_sys::NewGUCNestLevel();
-        for (name, value) in [(c"search_path", PINNED_SEARCH_PATH), (c"row_security", c"off")] {
+        let pinned = [(c"search_path", PINNED_SEARCH_PATH), (c"row_security", c"off")];
+        for &(name, value) in pinned.iter().chain(settings) {
             pg_sys::set_config_option(
                 name.as_ptr(),
                 value.as_ptr(),
