@@ -78,6 +78,8 @@ struct Snapshot {
     /// md5 over every plaintext (never the plaintexts themselves in a message).
     plaintexts: String,
     registry: Vec<String>,
+    /// Every kept version of a secret: (scope, key, number, key version, ciphertext, reason).
+    history: Vec<(Option<Uuid>, String, i32, Option<i32>, Option<Vec<u8>>, String)>,
     verify: Vec<(String, Option<String>, i64)>,
     extension_version: String,
 }
@@ -100,6 +102,13 @@ async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot> {
     .fetch_all(&mut *conn)
     .await
     .described("registry")?;
+    let history = sqlx::query_as(
+        "SELECT workspace_id, key, version, encryption_version, encrypted_value, reason FROM secretgate.secret_history \
+         ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .described("kept versions")?;
     let extension_version = sqlx::query_scalar("SELECT extversion FROM pg_extension WHERE extname = 'secretgate'")
         .fetch_one(&mut *conn)
         .await
@@ -108,6 +117,7 @@ async fn snapshot(conn: &mut PgConnection) -> Result<Snapshot> {
         ciphertexts,
         plaintexts: checksum(conn).await?,
         registry,
+        history,
         verify: verify_states(conn).await?,
         extension_version,
     })
@@ -178,6 +188,13 @@ async fn populate(cluster: &Cluster, conn: &mut PgConnection) -> Result<Fixture>
         .execute(&mut *conn)
         .await
         .described("workspace secret under version 2")?;
+    // Overwritten: its first value is kept (history), and must survive the move.
+    sqlx::query("SELECT secretgate.set_secret($1, 'GITHUB_TOKEN', $2)")
+        .bind(byok)
+        .bind(cluster.fresh_secret())
+        .execute(&mut *conn)
+        .await
+        .described("overwrite, keeping a version")?;
     sqlx::query("SELECT secretgate.set_global_secret('SLACK_TOKEN', $1)")
         .bind(cluster.fresh_secret())
         .execute(&mut *conn)
@@ -348,6 +365,8 @@ async fn move_between_majors(old_bin: PathBuf, new_bin: PathBuf, from: u32, to: 
     );
     ensure!(after.plaintexts == before.plaintexts, "plaintexts differ after {route:?} from {from} to {to}");
     ensure!(after.registry == before.registry, "registry, forbidden keys or verdicts differ after {route:?}");
+    ensure!(!before.history.is_empty(), "the fixture kept no version of a secret");
+    ensure!(after.history == before.history, "kept versions of secrets differ after {route:?} from {from} to {to}");
     ensure!(after.extension_version == before.extension_version, "extension version changed");
     clean_verify(&after, "after")?;
     gates_refuse(&mut conn, &fixture, &format!("on {to} after {route:?}")).await?;
