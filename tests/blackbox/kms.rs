@@ -475,9 +475,10 @@ async fn wrong_key_is_sg004_once_per_version_and_corrupt_row_sg001(cluster: Arc<
 
     let out = run_cli(Some(&url), &["keyring", "check"]).await?;
     ensure!(out.code == Some(1), "keyring check should exit 1 on a mismatch:\n{out}");
+    // Version 2: NEW, DAMAGED, and the good ciphertext the tampering UPDATE replaced (a kept version).
     ensure!(
         out.stdout.contains("key version 1: mismatch (3 secret(s))")
-            && out.stdout.contains("key version 2: ok (2 secret(s), current)"),
+            && out.stdout.contains("key version 2: ok (3 secret(s), current)"),
         "keyring check should show version 1 mismatched and 2 ok:\n{out}"
     );
 

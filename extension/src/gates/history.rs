@@ -12,6 +12,7 @@ use crate::gates::caller::Caller;
 use crate::gates::secrets as secret_gate;
 use crate::pg::error::{Failure, Result};
 use crate::pg::gucs::HISTORY_KEEP;
+use crate::pg::history_rows::{self, KeptRow};
 use crate::pg::keyring;
 use crate::pg::spi;
 use crate::store::history::{self, Replaced};
@@ -60,19 +61,38 @@ pub fn keep(scope: Scope, key: &str, blob: Option<&[u8]>, version: Option<i32>, 
     let keep = HISTORY_KEEP.get();
     let reason = match (REASON.get(), how) {
         (Reason::Reencrypt, _) => return Ok(()),
-        _ if keep <= 0 => return Ok(()),
+        _ if keep <= 0 || !history_rows::present() => return Ok(()),
         (Reason::Rename, _) => "rename",
         (Reason::Restore, _) => "restore",
         (Reason::Write, Replacement::Update) => "set",
         (Reason::Write, Replacement::Delete) => "delete",
     };
-    let replaced = Replaced { scope, key, blob, version, replaced_by: replaced_by(), reason };
-    spi::as_owner_mut_indexed(|client| history::add(client, &replaced, keep))
+    let workspace_id = scope.workspace_id().map(|id| *id.as_bytes());
+    let row = KeptRow {
+        workspace_id: workspace_id.as_ref(),
+        key,
+        blob,
+        encryption_version: version,
+        replaced_by: replaced_by(),
+        reason,
+    };
+    match history_rows::insert(&row) {
+        // Written directly; versions past `keep` go through SQL (rarely more than one).
+        Some(number) if number > keep => {
+            spi::as_owner_mut_indexed(|client| history::prune(client, scope, key, number - keep))
+        }
+        Some(_) => Ok(()),
+        // A table of another shape: through SQL, as its owner.
+        None => {
+            let replaced = Replaced { scope, key, blob, version, replaced_by: row.replaced_by.to_string(), reason };
+            spi::as_owner_mut_indexed(|client| history::add(client, &replaced, keep))
+        }
+    }
 }
 
 /// Who replaced a value: role, `secretgate.caller`, whether an agent, and
 /// `application_name`.
-fn replaced_by() -> String {
+fn replaced_by() -> serde_json::Value {
     let caller = Caller::current().to_json();
     // SAFETY: application_name is NULL or a C string owned by the GUC machinery.
     let application_name = unsafe {
@@ -89,7 +109,6 @@ fn replaced_by() -> String {
         "agent": caller["agent"],
         "application_name": application_name,
     })
-    .to_string()
 }
 
 /// One kept version as `secret_versions` lists it.
@@ -178,6 +197,9 @@ pub fn purge(scope: Scope, key: Option<&str>) -> Result<i64> {
 /// extension's owner. A version that does not decrypt is left where it is
 /// (`verify_secrets` names it). The numbers moved and left.
 pub fn reencrypt(keyring: &Keyring, limit: i64) -> Result<(i64, i64)> {
+    if limit <= 0 || !history_rows::present() {
+        return Ok((0, 0));
+    }
     let current = keyring.current_version();
     let mut skip = Vec::new();
     let mut moved = 0;

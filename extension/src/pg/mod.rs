@@ -9,6 +9,7 @@ pub mod audit_writers;
 pub mod compat;
 pub mod error;
 pub mod gucs;
+pub mod history_rows;
 pub mod index_read;
 pub mod keyring;
 pub mod keyring_checks;

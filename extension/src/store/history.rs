@@ -58,6 +58,17 @@ pub fn add(client: &mut SpiClient<'_>, replaced: &Replaced<'_>, keep: i32) -> Re
     Ok(())
 }
 
+/// Drops the versions of one secret numbered `below` and lower (past
+/// `history_keep`).
+pub fn prune(client: &mut SpiClient<'_>, scope: Scope, key: &str, below: i32) -> Result<()> {
+    let sql = format!(
+        "DELETE FROM secretgate.secret_history h WHERE {} AND h.version OPERATOR(pg_catalog.<=) $3",
+        one_secret(scope)
+    );
+    spi::update(client, &sql, None, &[sql_uuid(scope).into(), key.into(), below.into()])?;
+    Ok(())
+}
+
 /// One kept version, as listed (never a value).
 pub struct Version {
     pub number: i32,
