@@ -70,6 +70,9 @@ fn cross_major(name: &str, from: u32, to: u32, route: Route) -> Trial {
     })
 }
 
+/// A kept version of a secret: (scope, key, number, key version, ciphertext, reason).
+type KeptVersion = (Option<Uuid>, String, i32, Option<i32>, Option<Vec<u8>>, String);
+
 /// What must survive the move (no Debug: it holds ciphertexts, which no message may show).
 #[derive(PartialEq)]
 struct Snapshot {
@@ -78,8 +81,8 @@ struct Snapshot {
     /// md5 over every plaintext (never the plaintexts themselves in a message).
     plaintexts: String,
     registry: Vec<String>,
-    /// Every kept version of a secret: (scope, key, number, key version, ciphertext, reason).
-    history: Vec<(Option<Uuid>, String, i32, Option<i32>, Option<Vec<u8>>, String)>,
+    /// Every kept version of a secret.
+    history: Vec<KeptVersion>,
     verify: Vec<(String, Option<String>, i64)>,
     extension_version: String,
 }
