@@ -115,7 +115,9 @@ fn over_share(q: &mut Locked, db: pg_sys::Oid) -> bool {
         let slot = q.slot(seq);
         slot.state != FREE && slot.db == db
     });
-    held.count() as u64 >= reserve
+    // Counting stops at the share: in a storm the ring is mostly this
+    // database's, and every record it drops would otherwise scan all of it.
+    held.take(reserve as usize).count() as u64 >= reserve
 }
 
 /// One multi-row insert of a batch, a parameter per column
