@@ -741,7 +741,7 @@ def bench_history():
         conn.execute("VACUUM public.workspace_secrets")
         conn.execute("SELECT secretgate.purge_history(id) FROM public.workspaces WHERE kind = 'workspace'")
         for mode in (["all", "off"] if i % 2 == 0 else ["off", "all"]):
-            conn.execute(f"SET secretgate.audit_reads = {mode}")
+            conn.execute(f"SET secretgate.audit_reads = '{mode}'")
             used = timed(conn, HISTORY_READ)
             (audited if mode == "all" else unaudited).append(used / HISTORY_ROWS * 1e6)
         log(f"history run {i + 1}: overwrite kept {kept[-1]:.2f} µs, not kept {unkept[-1]:.2f} µs; "
