@@ -91,6 +91,8 @@ SELECT * FROM secretgate.try_read_secret(:'byok', 'LLM_PROVIDER');
 \echo '   verify_secrets lists every row, and this one as an error'
 SELECT * FROM secretgate.verify_secrets() WHERE workspace_id IN (:'concierge', :'byok');
 DELETE FROM workspace_secrets WHERE workspace_id = :'byok' AND key = 'LLM_PROVIDER';
+\echo '   the delete kept the bad copy as a version of LLM_PROVIDER (history); purge it'
+SELECT secretgate.purge_history(:'byok', 'LLM_PROVIDER') AS versions_purged;
 
 \echo
 \echo '== Every refusal above also wrote one "secretgate audit:" line (no value) to the server log.'
