@@ -43,6 +43,7 @@ fn main() {
         key_check_bookkeeping_never_fails_or_waits,
         administrative_events_follow_commit_prepared,
         one_databases_storm_leaves_room_for_anothers_records,
+        history_and_restore_bind_nothing_of_the_table_owner,
     ];
     let conclusion = libtest_mimic::run(&args, trials);
     finish(cluster, conclusion)
@@ -737,4 +738,105 @@ async fn one_databases_storm_leaves_room_for_anothers_records(cluster: Arc<Clust
     }
     still_not_superuser(&mut storm).await?;
     still_not_superuser(&mut quiet).await
+}
+
+/// History runs as the extension's owner (kept versions written, pruned
+/// past `history_keep`, listed, purged, re-encrypted) and restore writes for
+/// a DBA: the table owner's operators for every type those statements
+/// compare, first on the session's, role's and database's search_path, bind
+/// none of it, and the owner never becomes a superuser.
+async fn history_and_restore_bind_nothing_of_the_table_owner(cluster: Arc<Cluster>) -> Result<()> {
+    let mut h = hostile(&cluster, "h_hist").await?;
+    let (role, db) = (h.role.clone(), h.db.clone());
+    let mut operators = String::new();
+    for (name, ty, op) in [
+        ("ueq", "uuid", "="),
+        ("teq", "text", "="),
+        ("ieq", "integer", "="),
+        ("ile", "integer", "<="),
+        ("ilt", "integer", "<"),
+        ("ine", "integer", "<>"),
+        ("beq", "bytea", "="),
+    ] {
+        operators.push_str(&format!(
+            "CREATE FUNCTION evil.{name}({ty}, {ty}) RETURNS boolean LANGUAGE plpgsql AS $$
+               BEGIN PERFORM public.escalate(); RETURN $1 OPERATOR(pg_catalog.{op}) $2; END $$;
+             CREATE OPERATOR evil.{op} (LEFTARG = {ty}, RIGHTARG = {ty}, FUNCTION = evil.{name});\n"
+        ));
+    }
+    for (name, op) in [("iminus", "-"), ("iplus", "+")] {
+        operators.push_str(&format!(
+            "CREATE FUNCTION evil.{name}(integer, integer) RETURNS integer LANGUAGE plpgsql AS $$
+               BEGIN PERFORM public.escalate(); RETURN $1 OPERATOR(pg_catalog.{op}) $2; END $$;
+             CREATE OPERATOR evil.{op} (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.{name});\n"
+        ));
+    }
+    sqlx::raw_sql(&format!(
+        "{}
+         CREATE SCHEMA evil;
+         {operators}
+         GRANT USAGE ON SCHEMA evil TO PUBLIC;
+         ALTER ROLE {role} SET search_path = evil, pg_catalog, public;
+         ALTER DATABASE {db} SET search_path = evil, pg_catalog, public;",
+        escalate_sql(&role)
+    ))
+    .execute(&mut h.app)
+    .await
+    .described("the attacker's operators")?;
+    attach_tables(&mut h, "text").await?;
+    // One version kept per secret: every further overwrite also prunes.
+    sqlx::raw_sql(&format!("ALTER DATABASE {db} SET secretgate.history_keep = 1"))
+        .execute(&mut h.dba)
+        .await
+        .described("history_keep")?;
+    let mut app = PgConnection::connect(&cluster.url_as(&role, &db)).await.context("reconnect")?;
+    sqlx::query("SET search_path = evil, pg_catalog, public").execute(&mut app).await.described("session path")?;
+    let ws = Uuid::new_v4();
+    sqlx::query("INSERT INTO public.w (id, kind, status, runtime) VALUES ($1, 'external', 'provisioning', 'custom')")
+        .bind(ws)
+        .execute(&mut app)
+        .await
+        .described("insert a workspace")?;
+    let values: Vec<String> = (0..4).map(|_| cluster.fresh_secret()).collect();
+    for v in &values {
+        sqlx::query("SELECT secretgate.set_secret($1, 'K', $2)")
+            .bind(ws)
+            .bind(v)
+            .execute(&mut app)
+            .await
+            .described("set")?;
+    }
+    sqlx::query("DELETE FROM public.s WHERE workspace_id = $1 AND key = 'K'")
+        .bind(ws)
+        .execute(&mut app)
+        .await
+        .described("delete")?;
+
+    // The DBA, in a session that takes the database's search_path.
+    let mut dba = PgConnection::connect(&cluster.url(&db)).await.context("connect as the DBA")?;
+    let kept: Vec<i32> = sqlx::query_scalar("SELECT version FROM secretgate.secret_versions($1, 'K')")
+        .bind(ws)
+        .fetch_all(&mut dba)
+        .await
+        .described("secret_versions")?;
+    ensure!(kept.len() == 1, "history_keep = 1 should leave one version, found {kept:?}");
+    sqlx::query("SELECT secretgate.restore_secret($1, 'K', $2)")
+        .bind(ws)
+        .bind(kept[0])
+        .execute(&mut dba)
+        .await
+        .described("restore_secret")?;
+    let read: Option<String> = sqlx::query_scalar("SELECT secretgate.read_secret($1, 'K')")
+        .bind(ws)
+        .fetch_one(&mut dba)
+        .await
+        .described("read the restored value")?;
+    ensure!(read.as_deref() == Some(values[3].as_str()), "the restore did not bring the last value back");
+    sqlx::query("SELECT count(*) FROM secretgate.verify_secrets()").execute(&mut dba).await.described("verify")?;
+    sqlx::query("SELECT secretgate.purge_history($1)").bind(ws).execute(&mut dba).await.described("purge")?;
+    let who = ran_as(&mut h.dba).await?;
+    // The operators are live: the attacker's own DELETE above ran them, as itself.
+    ensure!(who.iter().any(|r| *r == role), "the attacker's operators never ran at all: {who:?}");
+    ensure!(!who.iter().any(|r| r == "postgres"), "an operator of the attacker's ran as the superuser: {who:?}");
+    still_not_superuser(&mut h).await
 }
