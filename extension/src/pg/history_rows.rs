@@ -12,7 +12,7 @@
 //! are serialised by the secret row's own lock, and a duplicate number would
 //! still be refused by the unique index (23505), never stored twice.
 
-use super::compat;
+use super::{compat, index_read};
 use pgrx::pg_sys::{self, Oid};
 use pgrx::{FromDatum, IntoDatum};
 use std::ffi::CStr;
@@ -125,26 +125,15 @@ unsafe fn write(rel: pg_sys::Relation, row: &KeptRow<'_>) -> Option<i32> {
 /// # Safety
 /// `rel` must be open.
 unsafe fn version_index(rel: pg_sys::Relation, ws: i16, key: i16, version: i16) -> Option<pg_sys::Relation> {
-    // SAFETY: `rel` is open; each index is opened here and returned open or closed.
+    // SAFETY: `rel` is open; find_index hands the closure open index relations.
     unsafe {
-        let list = pg_sys::RelationGetIndexList(rel);
-        let count = if list.is_null() { 0 } else { (*list).length.max(0) as usize };
-        let oids: Vec<Oid> = (0..count).map(|i| (*(*list).elements.add(i)).oid_value).collect();
-        pg_sys::list_free(list);
-        oids.into_iter().find_map(|oid| {
-            let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        index_read::find_index(rel, |index| {
             let form = (*index).rd_index;
-            let fits = (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
+            (*(*index).rd_rel).relam == pg_sys::BTREE_AM_OID
                 && (*form).indisvalid
                 && (*form).indisunique
                 && (*form).indnkeyatts == 3
-                && (*form).indkey.values.as_slice(3) == [ws, key, version];
-            if fits {
-                Some(index)
-            } else {
-                pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-                None
-            }
+                && (*form).indkey.values.as_slice(3) == [ws, key, version]
         })
     }
 }

@@ -128,6 +128,32 @@ pub(crate) fn remember(table: Oid, key: &[u8; 16], tid: Option<pg_sys::ItemPoint
     });
 }
 
+/// The first of the relation's indexes that `fits`, open and locked
+/// AccessShare (the caller closes it); the others are closed again.
+/// # Safety
+/// `rel` must be an open relation; `fits` gets open index relations.
+pub(crate) unsafe fn find_index(
+    rel: pg_sys::Relation,
+    fits: impl Fn(pg_sys::Relation) -> bool,
+) -> Option<pg_sys::Relation> {
+    // SAFETY: `rel` is open; the relcache's index list is copied and freed; each index is opened here and returned open or closed.
+    unsafe {
+        let list = pg_sys::RelationGetIndexList(rel);
+        let count = if list.is_null() { 0 } else { (*list).length.max(0) as usize };
+        let oids: Vec<Oid> = (0..count).map(|i| (*(*list).elements.add(i)).oid_value).collect();
+        pg_sys::list_free(list);
+        oids.into_iter().find_map(|oid| {
+            let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            if fits(index) {
+                Some(index)
+            } else {
+                pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+                None
+            }
+        })
+    }
+}
+
 /// The attribute number of a live column whose type passes `type_ok`.
 /// # Safety
 /// `rel` must be an open relation.
@@ -211,6 +237,31 @@ unsafe fn fetch_at(
         if item_pointer_get_block_number_no_check(tid) >= blocks {
             return None;
         }
+        visible_tuple_at(rel, tid, snapshot, |tuple, desc| {
+            let mut null = false;
+            let id = pg_sys::heap_getattr(tuple, id_att.into(), desc, &mut null);
+            let same_row = !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == key;
+            same_row.then(|| {
+                let datum = pg_sys::heap_getattr(tuple, column_att.into(), desc, &mut null);
+                String::from_datum(datum, null).unwrap_or_default()
+            })
+        })
+    }
+}
+
+/// What `read` makes of the heap tuple at `tid`, if it is visible to the
+/// snapshot; its buffer is pinned only while `read` runs (which must copy
+/// out what it keeps).
+/// # Safety
+/// `rel` must be open and `tid`'s block inside its file.
+pub(crate) unsafe fn visible_tuple_at<T>(
+    rel: pg_sys::Relation,
+    tid: pg_sys::ItemPointerData,
+    snapshot: pg_sys::Snapshot,
+    read: impl FnOnce(&mut pg_sys::HeapTupleData, pg_sys::TupleDesc) -> Option<T>,
+) -> Option<T> {
+    // SAFETY: `rel` is open and the block in its file (the caller's contract); heap_fetch pins a buffer only when it returns true, and that pin is released after `read`.
+    unsafe {
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
         tuple.t_self = tid;
         let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
@@ -218,18 +269,9 @@ unsafe fn fetch_at(
         if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false) {
             return None;
         }
-        let desc = (*rel).rd_att;
-        let mut null = false;
-        let id = pg_sys::heap_getattr(&mut tuple, id_att.into(), desc, &mut null);
-        let same_row = !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == key;
-        let value = if same_row {
-            let datum = pg_sys::heap_getattr(&mut tuple, column_att.into(), desc, &mut null);
-            Some(String::from_datum(datum, null).unwrap_or_default())
-        } else {
-            None
-        };
+        let found = read(&mut tuple, (*rel).rd_att);
         pg_sys::ReleaseBuffer(buffer);
-        value
+        found
     }
 }
 

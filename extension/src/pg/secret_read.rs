@@ -277,16 +277,10 @@ unsafe fn lookup_index(rel: pg_sys::Relation, columns: &Columns) -> Option<Oid> 
             Some(id) => vec![(id, index_read::UUID_BTREE_FAM_OID), (columns.key, TEXT_BTREE_FAM_OID)],
             None => vec![(columns.key, TEXT_BTREE_FAM_OID)],
         };
-        let list = pg_sys::RelationGetIndexList(rel);
-        let count = if list.is_null() { 0 } else { (*list).length.max(0) as usize };
-        let indexes: Vec<Oid> = (0..count).map(|i| (*(*list).elements.add(i)).oid_value).collect();
-        pg_sys::list_free(list);
-        indexes.into_iter().find(|&oid| {
-            let index = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-            let fits = fits(index, &wanted);
-            pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
-            fits
-        })
+        let index = index_read::find_index(rel, |index| fits(index, &wanted))?;
+        let oid = (*index).rd_id;
+        pg_sys::index_close(index, pg_sys::NoLock as pg_sys::LOCKMODE);
+        Some(oid)
     }
 }
 
@@ -416,35 +410,27 @@ unsafe fn fetch_at(
     columns: &Columns,
     (workspace_id, key): RowKey<'_>,
 ) -> Option<Stored> {
-    // SAFETY: `rel` is open; the caller checked the block is in the file (a block past the end, after VACUUM truncated the table, would be an error to read); heap_fetch pins a buffer only when it returns true, and that pin is released after the values are copied out; the id attribute is a uuid (16 bytes) and the key a text or varchar (checked by `learn`).
+    // SAFETY: `rel` is open and the caller checked the block is in the file (a block past the end, after VACUUM truncated the table, would be an error to read); the values are copied out while the buffer is pinned; the id attribute is a uuid (16 bytes) and the key a text or varchar (checked by `learn`).
     unsafe {
-        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-        tuple.t_self = tid;
-        let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
-        // Not visible (or no tuple at that offset): false, and no buffer kept.
-        if !pg_sys::heap_fetch(rel, snapshot, &mut tuple, &mut buffer, false) {
-            return None;
-        }
-        let desc = (*rel).rd_att;
-        let mut null = false;
-        let same_workspace = match columns.workspace_id {
-            Some(att) => {
-                let id = pg_sys::heap_getattr(&mut tuple, att.into(), desc, &mut null);
-                !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == workspace_id
-            }
-            None => true,
-        };
-        let same_key = same_workspace && {
-            let datum = pg_sys::heap_getattr(&mut tuple, columns.key.into(), desc, &mut null);
-            !null && <&str>::from_datum(datum, false).is_some_and(|k| k == key)
-        };
-        let stored = same_key.then(|| {
-            let blob = pg_sys::heap_getattr(&mut tuple, columns.encrypted_value.into(), desc, &mut null);
-            let blob = Vec::<u8>::from_datum(blob, null);
-            let version = pg_sys::heap_getattr(&mut tuple, columns.encryption_version.into(), desc, &mut null);
-            (blob, i32::from_datum(version, null))
-        });
-        pg_sys::ReleaseBuffer(buffer);
-        stored
+        index_read::visible_tuple_at(rel, tid, snapshot, |tuple, desc| {
+            let mut null = false;
+            let same_workspace = match columns.workspace_id {
+                Some(att) => {
+                    let id = pg_sys::heap_getattr(tuple, att.into(), desc, &mut null);
+                    !null && std::slice::from_raw_parts(id.cast_mut_ptr::<u8>(), 16) == workspace_id
+                }
+                None => true,
+            };
+            let same_key = same_workspace && {
+                let datum = pg_sys::heap_getattr(tuple, columns.key.into(), desc, &mut null);
+                !null && <&str>::from_datum(datum, false).is_some_and(|k| k == key)
+            };
+            same_key.then(|| {
+                let blob = pg_sys::heap_getattr(tuple, columns.encrypted_value.into(), desc, &mut null);
+                let blob = Vec::<u8>::from_datum(blob, null);
+                let version = pg_sys::heap_getattr(tuple, columns.encryption_version.into(), desc, &mut null);
+                (blob, i32::from_datum(version, null))
+            })
+        })
     }
 }

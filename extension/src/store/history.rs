@@ -142,17 +142,23 @@ pub fn stale(client: &mut SpiClient<'_>, current: i32, skip: &[String], limit: i
                 LIMIT $3 FOR UPDATE SKIP LOCKED";
     let mut out = Vec::new();
     for row in spi::update(client, sql, None, &[current.into(), skip.to_vec().into(), limit.into()])? {
-        let Some(at) = row.get::<pgrx::pg_sys::ItemPointerData>(1)? else { continue };
-        out.push(Stale {
-            at,
-            number: row.get::<i32>(2)?.unwrap_or_default(),
-            scope: scope_of(row.get::<pgrx::Uuid>(3)?),
-            key: row.get::<String>(4)?.unwrap_or_default(),
-            blob: row.get(5)?,
-            version: row.get(6)?,
-        });
+        out.extend(stale_row(&row)?);
     }
     Ok(out)
+}
+
+/// A row of `ctid, version, workspace_id, key, encrypted_value,
+/// encryption_version` (the order [`stale`] and [`each`] select).
+fn stale_row(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Option<Stale>> {
+    let Some(at) = row.get::<pgrx::pg_sys::ItemPointerData>(1)? else { return Ok(None) };
+    Ok(Some(Stale {
+        at,
+        number: row.get::<i32>(2)?.unwrap_or_default(),
+        scope: scope_of(row.get::<pgrx::Uuid>(3)?),
+        key: row.get::<String>(4)?.unwrap_or_default(),
+        blob: row.get(5)?,
+        version: row.get(6)?,
+    }))
 }
 
 /// Replaces one (locked) history row's ciphertext.
@@ -183,15 +189,9 @@ pub fn each(client: &SpiClient<'_>, batch: i64, mut each: impl FnMut(Stale)) -> 
             return Ok(());
         }
         for row in rows {
-            let Some(at) = row.get::<pgrx::pg_sys::ItemPointerData>(1)? else { continue };
-            each(Stale {
-                at,
-                number: row.get::<i32>(2)?.unwrap_or_default(),
-                scope: scope_of(row.get::<pgrx::Uuid>(3)?),
-                key: row.get::<String>(4)?.unwrap_or_default(),
-                blob: row.get(5)?,
-                version: row.get(6)?,
-            });
+            if let Some(kept) = stale_row(&row)? {
+                each(kept);
+            }
         }
     }
 }
